@@ -1,0 +1,35 @@
+"""Hyper-parameters of the update methods, as strict pydantic models.
+
+Kept apart from the methods themselves so that a policy can validate them
+without importing torch. Defaults are tuned for SmolLM2-135M (see bench/).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ROMEConfig(BaseModel):
+    """ROME (Meng et al., 2022, "Locating and Editing Factual Associations in GPT")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layer: int | None = Field(None, ge=0, description="block whose MLP output projection is rewritten; default: the family's")
+    context_prefixes: int = Field(10, ge=0, le=64, description="model-generated prefixes the key is averaged over")
+    prefix_tokens: int = Field(8, ge=1, le=64, description="length of each generated prefix, in tokens")
+    steps: int = Field(30, ge=1, le=500, description="maximum optimisation steps for the value vector")
+    lr: float = Field(0.5, gt=0, le=10, description="Adam learning rate for the value vector")
+    kl_factor: float = Field(0.0625, ge=0, description="weight of the KL term that keeps '<subject> is a' unchanged")
+    weight_decay: float = Field(0.5, ge=0, description="penalty on |delta|^2 / |v|^2")
+    clamp_norm_factor: float = Field(4.0, gt=0, description="|delta| is kept below this multiple of |v|")
+    early_stop_nll: float = Field(0.05, ge=0, description="stop once the mean target NLL is below this")
+    covariance: Literal["second_moment", "identity"] = Field(
+        "second_moment", description="'identity' skips the statistics (worse locality); only where the policy allows it"
+    )
+    stats_source: Literal["corpus", "model"] = Field("corpus", description="text the covariance is estimated from")
+    stats_tokens: int = Field(20000, ge=100, le=10_000_000, description="tokens used to estimate the covariance")
+    stats_corpus: str | None = Field(None, description="text file for stats_source=corpus; default: the shipped CC0 corpus")
+    ridge: float = Field(0.01, ge=0, le=10, description="relative ridge added to C: C + ridge * tr(C)/d * I")
+    seed: int = Field(0, description="seed for the generated prefixes and sampled statistics text")

@@ -1,0 +1,130 @@
+"""Explicit layer maps per model family.
+
+A locate-and-edit method needs to know, for a transformer block index `l`:
+
+* the module whose weight it rewrites: the MLP's output projection, whose
+  *input* is the key `k` and whose *output* is the value `v`;
+* how that weight is laid out: `nn.Linear` stores ``(out, in)`` and computes
+  ``x @ W.T``; GPT-2's `Conv1D` stores ``(in, out)`` and computes ``x @ W``.
+  The orientation is declared here, never guessed from a tensor's shape;
+* where the block list lives, so that computation can start above layer `l`
+  from cached hidden states (`upper_stack`).
+
+Families are keyed by ``config.model_type``. Adding a family is one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from editors.errors import EditSpecError, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    family: str
+    blocks: str  # dotted path of the nn.ModuleList of transformer blocks
+    mlp_out: str  # dotted path (with {layer}) of the MLP output projection
+    orientation: Literal["linear", "conv1d"]
+    body: str  # dotted path of the module that takes inputs_embeds and runs the blocks
+    position_embedding: str | None = None  # learned absolute positions added to inputs_embeds (GPT-2)
+    default_layer_fraction: float = 0.2  # default edit layer as a fraction of depth
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(_get(model, self.blocks))
+
+    def check_layer(self, model: nn.Module, layer: int) -> None:
+        n = self.num_layers(model)
+        if not 0 <= layer < n:
+            raise EditSpecError(f"layer {layer} does not exist: this {self.family} model has layers 0..{n - 1}")
+
+    def default_layer(self, model: nn.Module) -> int:
+        return max(0, round(self.default_layer_fraction * self.num_layers(model)))
+
+    def mlp_out_name(self, layer: int) -> str:
+        return self.mlp_out.format(layer=layer)
+
+    def mlp_out_module(self, model: nn.Module, layer: int) -> nn.Module:
+        return _get(model, self.mlp_out_name(layer))
+
+    def weight_name(self, layer: int) -> str:
+        return self.mlp_out_name(layer) + ".weight"
+
+    def as_out_in(self, w: torch.Tensor) -> torch.Tensor:
+        """View the projection weight as (out, in) whatever its storage orientation."""
+        return w if self.orientation == "linear" else w.T
+
+    def from_out_in(self, w_out_in: torch.Tensor) -> torch.Tensor:
+        """Inverse of `as_out_in`: back to the storage orientation."""
+        return w_out_in if self.orientation == "linear" else w_out_in.T
+
+    @contextmanager
+    def upper_stack(self, model: nn.Module, layer: int) -> Iterator[Any]:
+        """Temporarily make the model run only the blocks above `layer`.
+
+        Yields ``run(hidden, attention_mask) -> logits`` where `hidden` is the
+        residual stream leaving block `layer` (B, T, D). The block list is
+        restored in `finally`.
+        """
+        body = _get(model, self.body)
+        blocks = _get(model, self.blocks)
+        parent_path, attr = self.blocks.rsplit(".", 1)
+        parent = _get(model, parent_path)
+        pos_emb = _get(model, self.position_embedding) if self.position_embedding else None
+
+        def run(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            b, t, _ = hidden.shape
+            pos = torch.arange(t, device=hidden.device).unsqueeze(0).expand(b, t)
+            embeds = hidden if pos_emb is None else hidden - pos_emb(pos)  # the body adds it back
+            out = body(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=pos, use_cache=False)
+            return model.lm_head(out.last_hidden_state)  # (B, T, V)
+
+        setattr(parent, attr, nn.ModuleList(list(blocks)[layer + 1 :]))
+        try:
+            yield run
+        finally:
+            setattr(parent, attr, blocks)
+
+
+_LLAMA_LIKE = dict(
+    blocks="model.layers",
+    mlp_out="model.layers.{layer}.mlp.down_proj",
+    orientation="linear",
+    body="model",
+)
+
+FAMILIES: dict[str, LayerMap] = {
+    "gpt2": LayerMap(
+        family="gpt2",
+        blocks="transformer.h",
+        mlp_out="transformer.h.{layer}.mlp.c_proj",
+        orientation="conv1d",
+        body="transformer",
+        position_embedding="transformer.wpe",
+        default_layer_fraction=0.35,
+    ),
+    **{name: LayerMap(family=name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3")},  # type: ignore[arg-type]
+}
+
+
+def layer_map_for(model: nn.Module) -> LayerMap:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"no layer map for model type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}. "
+            "Add an entry to editors/layers.py:FAMILIES."
+        )
+    return FAMILIES[model_type]
+
+
+def _get(root: nn.Module, dotted: str) -> Any:
+    obj: Any = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

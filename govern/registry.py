@@ -1,0 +1,116 @@
+"""MLflow: one run per change, one registered model per governed model, a model
+version per candidate, aliases ``production`` and ``candidate``.
+
+MLflow is the change log and the registry people browse; it has no approvals
+and no alias history, so the database and the audit trail stay the source of
+truth and MLflow mirrors them. mlflow is imported lazily (it is slow to import).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from govern.home import Home
+
+EXPERIMENT = "govern-changes"
+
+
+class Registry:
+    def __init__(self, home: Home) -> None:
+        import logging
+        import os
+
+        os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("DO_NOT_TRACK", "true")
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        logging.getLogger("alembic").setLevel(logging.ERROR)
+        from mlflow.tracking import MlflowClient
+
+        self.home = home
+        self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(EXPERIMENT, artifact_location=home.mlflow_artifacts.as_uri())
+        )
+
+    # -- runs ----------------------------------------------------------------
+    def log_run(
+        self,
+        *,
+        name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        metrics: dict[str, float | None],
+        files: dict[str, Path] | None = None,
+        texts: dict[str, str] | None = None,
+    ) -> str:
+        """Create a finished run with params, metrics and artifacts; return its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        rid = run.info.run_id
+        try:
+            for k, v in params.items():
+                self.client.log_param(rid, k, str(v)[:6000])
+            for k, v in metrics.items():
+                if v is not None:
+                    self.client.log_metric(rid, k, float(v))
+            for sub, path in (files or {}).items():
+                self.client.log_artifact(rid, str(path), artifact_path=sub)
+            with tempfile.TemporaryDirectory() as d:
+                for fname, text in (texts or {}).items():
+                    p = Path(d) / fname
+                    p.write_text(text, encoding="utf-8")
+                    self.client.log_artifact(rid, str(p))
+            self.client.set_terminated(rid, "FINISHED")
+        except BaseException:
+            self.client.set_terminated(rid, "FAILED")
+            raise
+        return rid
+
+    # -- registry ------------------------------------------------------------
+    def ensure_registered_model(self, name: str, description: str = "") -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description=description)
+
+    def register_base(self, name: str, checkpoint: dict[str, Any]) -> str:
+        """Register version 1 (the base checkpoint, described by its pinned files)."""
+        self.ensure_registered_model(name, f"governed model {name}")
+        rid = self.log_run(
+            name=f"{name}: base checkpoint",
+            tags={"govern.model": name, "govern.kind": "base"},
+            params={"source": checkpoint.get("source"), "base_digest": checkpoint.get("base_digest")},
+            metrics={},
+            texts={"checkpoint.json": json.dumps(checkpoint, indent=2)},
+        )
+        mv = self.client.create_model_version(name, source=f"runs:/{rid}/checkpoint.json", run_id=rid,
+                                              tags={"govern.kind": "base"})
+        self.client.set_registered_model_alias(name, "production", mv.version)
+        return str(mv.version)
+
+    def register_candidate(self, name: str, run_id: str, request_id: str) -> str:
+        mv = self.client.create_model_version(name, source=f"runs:/{run_id}/delta", run_id=run_id,
+                                              tags={"govern.kind": "candidate", "govern.request": request_id})
+        self.client.set_registered_model_alias(name, "candidate", mv.version)
+        return str(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: str | None) -> None:
+        if version is None:
+            try:
+                self.client.delete_registered_model_alias(name, alias)
+            except Exception:  # noqa: BLE001 - absent alias: nothing to delete
+                return
+        else:
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        rm = self.client.get_registered_model(name)
+        return {k: str(v) for k, v in (rm.aliases or {}).items()}
