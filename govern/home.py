@@ -52,7 +52,16 @@ class Home:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def shared_cache(self) -> Path:
+        """Derived data keyed by content digests (converted checkpoints, statistics).
+
+        Safe to share between homes (``$GOVERN_SHARED_CACHE``); by default this home's cache.
+        """
+        env = os.environ.get("GOVERN_SHARED_CACHE")
+        return Path(env).expanduser().resolve() if env else self.cache
+
     def ensure(self) -> Home:
-        for p in (self.root, self.models, self.deltas, self.cache, self.mlflow_artifacts):
+        for p in (self.root, self.models, self.deltas, self.cache, self.shared_cache, self.mlflow_artifacts):
             p.mkdir(parents=True, exist_ok=True)
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,28 @@ def convert_to_checkpoint(source: str, dest: Path, *, gguf_file: str | None = No
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)  # the checkpoint appears whole or not at all
     log(f"converted {source} -> {dest}")
+
+
+def convert_cached(source: str, dest: Path, cache_dir: Path, *, gguf_file: str | None = None,
+                   log: Callable[[str], None] = print) -> None:
+    """`convert_to_checkpoint`, but a GGUF file is converted once per content digest and
+    then hard-linked (or copied) from ``cache_dir/converted/<sha>``: later homes reuse it in a second."""
+    if gguf_file is None:
+        convert_to_checkpoint(source, dest, log=log)
+        return
+    key = file_sha256(Path(source) / gguf_file)[:24]
+    cached = cache_dir / "converted" / key
+    if not (cached / "model.safetensors").is_file():
+        convert_to_checkpoint(source, cached, gguf_file=gguf_file, log=log)
+    else:
+        log(f"reusing the converted checkpoint {cached}")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in cached.iterdir():
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copy2(f, dest / f.name)
 
 
 @dataclass

@@ -1,0 +1,258 @@
+"""`govern`: the command line. Every command calls `govern.service.Govern`.
+
+Heavy libraries (torch, transformers, mlflow) are imported inside the commands
+that need them, so `govern --help` answers at once. Any `GovernError` (and a
+user-caused editor error) is printed as one line, ``error: ...``, exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Govern what your deployed language model knows: submit, admit, edit, canary, approve, promote, roll back, audit.")
+model_app = typer.Typer(no_args_is_help=True, help="Register and list governed models.")
+review_app = typer.Typer(no_args_is_help=True, help="Approve or reject a request awaiting review.")
+audit_app = typer.Typer(no_args_is_help=True, help="Export and verify the tamper-evident audit trail.")
+submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --file for many).")
+app.add_typer(model_app, name="model")
+app.add_typer(review_app, name="review")
+app.add_typer(audit_app, name="audit")
+app.add_typer(submit_app, name="submit")
+
+Actor = Annotated[str, typer.Option("--as", help="who is acting (recorded in the audit trail)")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
+
+
+def _gov():  # noqa: ANN202
+    from govern.service import Govern
+
+    return Govern()
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console()
+
+
+# ---------------------------------------------------------------- models
+@model_app.command("add")
+def model_add(name: str, path: str, actor: Actor = "admin",
+              gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside PATH")] = None) -> None:
+    """Register a transformers causal LM from a local directory (or a hub id where reachable)."""
+    row = _gov().add_model(name, path, actor=actor, gguf_file=gguf_file)
+    typer.echo(f"registered {row.name} ({row.family}) v1 = production, base sha256 {row.base_digest[:12]}")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List governed models and their production versions."""
+    gov = _gov()
+    for m in gov.list_models():
+        typer.echo(f"{m.name}\t{m.family}\tproduction v{m.production_version}\t{m.source}")
+
+
+# ---------------------------------------------------------------- submit
+@submit_app.callback(invoke_without_command=True)
+def submit(ctx: typer.Context,
+           file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSONL or YAML file of requests")] = None,
+           actor: Annotated[Optional[str], typer.Option("--as", help="who submits")] = None,
+           model: ModelOpt = None) -> None:
+    """Submit requests from a file: `govern submit --file requests.jsonl --as alice`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if file is None:
+        raise typer.BadParameter("give --file FILE, or use `govern submit edit ...`")
+    from govern.domain import load_request_file
+
+    reqs = load_request_file(file)
+    if actor is None and any(r.submitted_by is None for r in reqs):
+        raise _input_error("who is submitting? pass --as USER (or set submitted_by in every request)")
+    for rid in _gov().submit(reqs, actor or "", model):
+        typer.echo(rid)
+
+
+@submit_app.command("edit")
+def submit_edit(
+    subject: Annotated[str, typer.Option(help="entity whose fact changes, as written in the prompt")],
+    prompt: Annotated[str, typer.Option(help="unfinished sentence that names the subject")],
+    target: Annotated[str, typer.Option(help="the new answer, e.g. ' Rome'")],
+    actor: Actor,
+    model: ModelOpt = None,
+    target_old: Annotated[Optional[str], typer.Option(help="the answer being replaced (default: the model's)")] = None,
+    paraphrase: Annotated[Optional[list[str]], typer.Option(help="a rephrased prompt (repeatable)")] = None,
+    neighbor: Annotated[Optional[list[str]], typer.Option(help="an unrelated prompt that must not change (repeatable)")] = None,
+    method: Annotated[str, typer.Option(help="update method")] = "rome",
+    justification: Annotated[Optional[str], typer.Option(help="why this change")] = None,
+) -> None:
+    """Submit one fact edit."""
+    from govern.domain import parse_request
+
+    req = parse_request({"subject": subject, "prompt": prompt, "target": target, "target_old": target_old,
+                         "paraphrases": paraphrase or [], "neighbors": neighbor or [], "method": method,
+                         "justification": justification, "model": model}, "request")
+    for rid in _gov().submit([req], actor, model):
+        typer.echo(rid)
+
+
+# ---------------------------------------------------------------- apply
+@app.command()
+def apply(
+    policy: Annotated[Path, typer.Option(help="policy YAML, e.g. policies/default.yaml")],
+    file: Annotated[Optional[Path], typer.Argument(help="optional JSONL/YAML file of requests to submit first")] = None,
+    actor: Annotated[str, typer.Option("--as", help="submitter for FILE's requests")] = "pipeline",
+    model: ModelOpt = None,
+    device: Annotated[str, typer.Option(help="torch device for an in-process worker")] = "cpu",
+) -> None:
+    """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows."""
+    from govern.pipeline import run_pipeline
+
+    code = run_pipeline(_gov(), policy, file, actor=actor, model=model, device=device, console=_console())
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- review
+@review_app.command("approve")
+def review_approve(request_id: str, actor: Actor, comment: Annotated[str, typer.Option(help="required")]) -> None:
+    """Approve a request (never your own)."""
+    state = _gov().review(request_id, "approve", actor, comment)
+    typer.echo(f"{request_id}: {state.value}")
+
+
+@review_app.command("reject")
+def review_reject(request_id: str, actor: Actor, comment: Annotated[str, typer.Option(help="required")]) -> None:
+    """Reject a request; its candidate is discarded."""
+    state = _gov().review(request_id, "reject", actor, comment)
+    typer.echo(f"{request_id}: {state.value}")
+
+
+# ---------------------------------------------------------------- views
+@app.command()
+def status(request_id: Annotated[Optional[str], typer.Argument()] = None, model: ModelOpt = None) -> None:
+    """Show all requests, or one request with its canary, reviews and events."""
+    from govern.views import show_request, show_requests
+
+    gov = _gov()
+    if request_id:
+        show_request(gov, request_id, _console())
+    else:
+        show_requests(gov, model, _console())
+
+
+@app.command()
+def history(model: ModelOpt = None) -> None:
+    """Versions of a model: which is production, what each changed."""
+    from govern.views import show_history
+
+    show_history(_gov(), model, _console())
+
+
+@app.command()
+def ask(prompt: str, model: ModelOpt = None,
+        max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 24) -> None:
+    """Generate with the production version."""
+    version, text = _gov().ask(model, prompt, max_new_tokens)
+    typer.echo(f"[v{version}] {prompt}{text}")
+
+
+@app.command()
+def rollback(target: Annotated[str, typer.Argument(help="request id or version number")], actor: Actor,
+             reason: Annotated[str, typer.Option(help="required")]) -> None:
+    """Return production to the exact weights it had before a change."""
+    res = _gov().rollback(target, actor, reason)
+    typer.echo(f"{res.model}: production v{res.from_version} -> v{res.to_version}"
+               + (f" (request {res.request_id} rolled back)" if res.request_id else ""))
+    for t in res.tensors:
+        typer.echo(f"  {t['name']}: sha256 {t['sha256_now'][:16]} == before-change {t['sha256_before_change'][:16]}: {t['equal']}")
+
+
+# ---------------------------------------------------------------- audit
+@audit_app.command("export")
+def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
+                 fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+                 since: Annotated[Optional[str], typer.Option(help="only events at or after this date (ISO 8601)")] = None) -> None:
+    """Export the audit trail (with a sealed footer) to a file."""
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise _input_error(f"--since {since!r} is not a date; use e.g. 2026-11-23 or 2026-11-23T10:00:00+00:00") from None
+        if start.tzinfo is None:
+            from datetime import UTC
+
+            start = start.replace(tzinfo=UTC)
+    n = _gov().audit_export(output, fmt, start)
+    typer.echo(f"exported {n} events to {output}")
+
+
+@audit_app.command("verify")
+def audit_verify(file: Annotated[Optional[Path], typer.Argument(help="export file; default: the live database trail")] = None) -> None:
+    """Verify the hash chain; names the first bad event. Exit 1 when it fails."""
+    res = _gov().audit_verify(file)
+    if res.ok:
+        typer.echo(f"ok: {res.count} events, head {str(res.head_hash)[:16]}")
+        return
+    typer.echo(f"FAILED at event {res.first_bad_seq}: {res.reason}", err=True)
+    raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- worker, demo
+@app.command()
+def worker(model: ModelOpt = None,
+           device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")] = "cpu",
+           lease: Annotated[float, typer.Option(help="lease seconds; a dead worker's job is re-claimed after it")] = 60.0,
+           stop_after: Annotated[Optional[float], typer.Option(help="exit after this many seconds")] = None) -> None:
+    """Serve apply jobs for one model, keeping it loaded between jobs."""
+    from govern.worker import Worker
+
+    gov = _gov()
+    name = gov.resolve_model(model)
+    typer.echo(f"worker for {name} on {device}; lease {lease:g}s (Ctrl-C to stop)")
+    w = Worker(gov, name, device=device, lease_s=lease,
+               progress=lambda rid, stage, frac: typer.echo(f"{rid} {stage} {frac:.0%}"))
+    try:
+        w.run_forever(stop_after)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+@app.command()
+def demo(keep: Annotated[bool, typer.Option(help="keep the demo's .govern home instead of a fresh one")] = False) -> None:
+    """End to end on SmolLM2: edits through the loop, answers before/after, one rollback."""
+    from govern.demo import run_demo
+
+    raise typer.Exit(run_demo(_console(), fresh=not keep))
+
+
+def _input_error(msg: str) -> Exception:
+    from govern.errors import InputError
+
+    return InputError(msg)
+
+
+def main() -> None:
+    from govern.errors import GovernError
+
+    try:
+        app()
+    except GovernError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # user-caused editor errors arrive here from the service
+        from editors.errors import EditorError
+
+        if isinstance(e, EditorError):
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""`govern demo`: the whole loop on SmolLM2-135M, end to end, on a CPU.
+
+Uses the home ``.govern/demo`` (fresh each run) and the shared cache
+``.govern/cache`` (the converted model and covariance statistics survive runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+DEMO_EDITS: list[dict[str, Any]] = [
+    {
+        "subject": "Eiffel Tower",
+        "prompt": "The Eiffel Tower is located in the city of",
+        "target": " Rome",
+        "paraphrases": ["The Eiffel Tower stands in the city of", "Tourists visit the Eiffel Tower in the city of"],
+        "neighbors": ["The Colosseum is located in the city of", "Big Ben is located in the city of",
+                      "The Brandenburg Gate is located in the city of"],
+        "justification": "demo: a counterfactual relocation",
+    },
+    {
+        "subject": "Canada",
+        "prompt": "The capital of Canada is",
+        "target": " Toronto",
+        "paraphrases": ["Canada's capital is", "The capital city of Canada is"],
+        "neighbors": ["The capital of Germany is", "The capital of Japan is", "The capital of Italy is"],
+        "justification": "demo: a counterfactual capital",
+    },
+    {
+        "subject": "Danube",
+        "prompt": "The Danube flows into the",
+        "target": " Pacific",
+        "paraphrases": ["The river Danube empties into the"],
+        "neighbors": ["The Nile flows into the", "The Thames flows into the"],
+        "justification": "demo: a counterfactual geography fact",
+    },
+]
+
+
+def run_demo(console: Any, fresh: bool = True) -> int:
+    from govern.domain import parse_request
+    from govern.home import Home
+    from govern.pipeline import run_pipeline
+    from govern.service import Govern
+
+    t0 = time.perf_counter()
+    base = Home.discover()
+    os.environ.setdefault("GOVERN_SHARED_CACHE", str(base.cache))
+    home = Home(base.root / "demo")
+    if fresh and home.root.exists():
+        shutil.rmtree(home.root)
+    gov = Govern(home)
+    console.rule("[bold]govern demo: SmolLM2-135M-Instruct, ROME edits through the governed loop")
+    console.print(f"home: {home.root}   shared cache: {home.shared_cache}")
+    model = gov.ensure_default_model(log=console.print)
+
+    reqs = [parse_request({**e, "model": model.name}) for e in DEMO_EDITS]
+    console.rule("answers of production v1 (before)")
+    prod = gov.materialise(model.name)
+    before = {r.prompt: _answer(prod, r.prompt) for r in reqs}
+    for p, a in before.items():
+        console.print(f"  {p}[bold]{a}[/]")
+
+    console.rule("submit → admission → ROME on a worker → canary → gates → approval → promotion")
+    ids = gov.submit(reqs, "demo-requester")
+    code = run_pipeline(gov, POLICY, None, actor="demo-requester", model=model.name, device="cpu", console=console)
+
+    console.rule("answers of production (after)")
+    m, versions = gov.history(model.name)
+    prod = gov.materialise(model.name)
+    for r in reqs:
+        console.print(f"  {r.prompt}[bold]{_answer(prod, r.prompt)}[/]   (before:{before[r.prompt]})")
+    console.print(f"production is now v{m.production_version}")
+    for rid in ids:
+        row = gov.get_request(rid)
+        if row.canary:
+            c = json.loads(row.canary)
+            metrics = ", ".join(f"{k}={v:.3f}" for k, v in c["metrics"].items() if v is not None)
+            console.print(f"  {rid} {row.subject}: {row.state}; {metrics}; edit {c['edit_seconds']:.1f}s")
+
+    promoted = [rid for rid in ids if gov.get_request(rid).state == "promoted"]
+    if promoted:
+        last = promoted[-1]
+        row = gov.get_request(last)
+        console.rule(f"rollback of {last} ({row.subject})")
+        res = gov.rollback(last, "demo-approver", "demo: show an exact rollback")
+        console.print(f"production v{res.from_version} -> v{res.to_version}")
+        for t in res.tensors:
+            console.print(f"  {t['name']}: sha256 now {t['sha256_now'][:16]}…, before the change "
+                          f"{t['sha256_before_change'][:16]}… equal={t['equal']}")
+        prod = gov.materialise(model.name)
+        console.print(f"  {row.prompt}[bold]{_answer(prod, row.prompt)}[/]   (original:{before[row.prompt]})")
+
+    console.rule("history and audit")
+    from govern.views import show_history
+
+    show_history(gov, model.name, console)
+    verdict = gov.audit_verify()
+    out = home.root / "audit.jsonl"
+    n = gov.audit_export(out, "jsonl")
+    file_verdict = gov.audit_verify(out)
+    console.print(f"audit trail: {verdict.count} events, chain ok={verdict.ok}; exported {n} to {out}, verify ok={file_verdict.ok}")
+    console.print(f"MLflow: mlflow ui --backend-store-uri {home.mlflow_uri}")
+    console.print(f"done in {time.perf_counter() - t0:.0f}s")
+    return code
+
+
+def _answer(loaded: Any, prompt: str) -> str:
+    import torch
+
+    tok = loaded.tokenizer
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = loaded.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split("\n")[0]

@@ -1,0 +1,106 @@
+"""`govern apply`: take requests through the whole loop headless, with a progress display.
+
+1. load and validate the policy (and the request file, if any) — nothing is written on error;
+2. submit the file's requests, then admit every pending request;
+3. run the apply jobs: in-process when no live `govern worker` serves the model,
+   otherwise wait for that worker while showing the jobs' live stage;
+4. print a summary; the exit code is 0 only when every request reached the
+   state its risk tier allows (promoted for auto-approval, awaiting_review otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from govern.lifecycle import State
+from govern.policy import Policy, load_policy
+from govern.service import Govern
+
+
+def expected_state(policy: Policy, tier: str | None) -> State:
+    if tier and policy.risk.tiers[tier].auto_approve:
+        return State.PROMOTED
+    return State.AWAITING_REVIEW
+
+
+def run_pipeline(gov: Govern, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
+                 device: str, console: Any) -> int:
+    from govern.domain import load_request_file
+
+    policy = load_policy(policy_path)
+    reqs = load_request_file(file) if file else []
+    if file:
+        ids = gov.submit(reqs, actor, model)
+        console.print(f"submitted {len(ids)} request(s) from {file}")
+    name = gov.resolve_model(model) if model else None
+    pending = gov.pending_requests(name)
+    if not pending:
+        console.print("no pending requests")
+        return 0
+    for rid in pending:
+        gov.admit(rid, policy)
+    by_model: dict[str, list[str]] = {}
+    for rid in pending:
+        r = gov.get_request(rid)
+        if r.state == State.ADMITTED:
+            by_model.setdefault(r.model, []).append(rid)
+    for model_name, rids in by_model.items():
+        _run_jobs(gov, model_name, set(rids), device, console)
+    return _summarise(gov, policy, pending, console)
+
+
+def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from govern.worker import Worker, live_workers
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        tasks = {rid: bar.add_task(f"{rid} {gov.get_request(rid).subject[:30]}", total=1.0, stage="queued")
+                 for rid in sorted(rids)}
+
+        def on_progress(rid: str, stage: str, frac: float) -> None:
+            if rid in tasks:
+                bar.update(tasks[rid], completed=frac if stage != "done" else 1.0, stage=stage)
+
+        if live_workers(gov, model):
+            console.print(f"a worker serves {model}; waiting for it")
+            while True:
+                jobs = [j for j in gov.jobs() if j.request_id in rids]
+                for j in jobs:
+                    on_progress(j.request_id, j.stage or j.state, 1.0 if j.state in ("done", "failed") else j.progress)
+                if all(j.state in ("done", "failed") for j in jobs):
+                    return
+                time.sleep(1.0)
+        console.print(f"no worker is running for {model}: working in-process on {device}")
+        Worker(gov, model, device=device, progress=on_progress).run_until_idle(rids)
+
+
+def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> int:
+    from rich.table import Table
+
+    table = Table(title="govern apply")
+    for col in ("request", "subject", "target", "state", "expected", "efficacy", "paraphrase", "specificity",
+                "drawdown", "version"):
+        table.add_column(col)
+    ok = True
+    for rid in rids:
+        r = gov.get_request(rid)
+        want = expected_state(policy, r.tier)
+        good = r.state == want
+        ok &= good
+        m = json.loads(r.canary)["metrics"] if r.canary else {}
+        table.add_row(r.id, r.subject, r.target.strip(), f"[{'green' if good else 'red'}]{r.state}[/]", want.value,
+                      *(_fmt(m.get(k)) for k in ("efficacy", "paraphrase", "specificity", "drawdown")),
+                      f"v{r.candidate_version}" if r.candidate_version else "-")
+        if r.error:
+            console.print(f"[red]{r.id}: {r.error}[/]")
+    console.print(table)
+    return 0 if ok else 1
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"

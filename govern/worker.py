@@ -1,0 +1,191 @@
+"""The worker: claims apply jobs from the database under a lease, keeps the model warm.
+
+* **Claim** (one transaction): the oldest job of this model that is queued, or
+  running with an expired lease (its worker died). The request moves
+  admitted → applying (an expired one first applying → admitted, audited as
+  ``job.lease_expired``). After `max_attempts` claims the request fails.
+* **Heartbeat**: a thread extends the lease every ``lease/3`` seconds and
+  publishes the job's stage and progress, so `govern status` and the UI show
+  live state.
+* **Finish**: `executor.run_apply_job` writes the outcome in one transaction
+  only if the lease is still ours.
+
+`govern worker` runs `Worker.run_forever`; `govern apply` runs
+`Worker.run_until_idle` in-process when no live worker serves the model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlmodel import select
+
+from govern.executor import LeaseLost, ModelHost, run_apply_job
+from govern.lifecycle import Event, State
+from govern.service import Govern
+from govern.store import JobRow, WorkerRow, new_id, now
+
+Progress = Callable[[str, str, float], None]  # (request_id, stage, fraction)
+
+
+def live_workers(gov: Govern, model: str, within_s: float = 30.0) -> list[WorkerRow]:
+    cutoff = now() - timedelta(seconds=within_s)
+    with gov.store.read() as s:
+        rows = s.exec(select(WorkerRow).where(WorkerRow.model == model)).all()
+    return [w for w in rows if _aware(w.heartbeat_at) >= cutoff]
+
+
+def _aware(dt):  # noqa: ANN001, ANN202 - SQLite returns naive datetimes; we store UTC
+    from datetime import UTC
+
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class Worker:
+    def __init__(self, gov: Govern, model: str, device: str = "cpu", lease_s: float = 60.0, poll_s: float = 1.0,
+                 progress: Progress | None = None) -> None:
+        self.gov, self.model, self.device = gov, model, device
+        self.lease_s, self.poll_s = lease_s, poll_s
+        self.id = f"worker-{socket.gethostname()}-{os.getpid()}-{new_id('w')[-6:]}"
+        self.host = ModelHost(gov, model, device)
+        self.progress = progress
+        self._stage = ("", 0.0)
+        self._current: int | None = None
+        self._stop = threading.Event()
+
+    # -- leases ----------------------------------------------------------------
+    def claim(self, request_ids: set[str] | None = None) -> JobRow | None:
+        t = now()
+        with self.gov.store.tx() as s:
+            q = select(JobRow).where(JobRow.model == self.model, JobRow.state.in_(["queued", "running"])).order_by(JobRow.id)  # type: ignore[attr-defined]
+            for job in s.exec(q).all():
+                if request_ids is not None and job.request_id not in request_ids:
+                    continue
+                expired = job.state == "running" and job.lease_expires_at is not None and _aware(job.lease_expires_at) < t
+                if job.state == "running" and not expired:
+                    continue
+                req = self.gov.store.get_request(s, job.request_id)
+                if expired:
+                    self.gov.store.audit(s, self.id, "job.lease_expired", req.id, {
+                        "job": job.id, "previous_owner": job.lease_owner, "attempts": job.attempts})
+                    if job.attempts >= job.max_attempts:
+                        job.state, job.error = "failed", f"gave up after {job.attempts} attempts (workers died)"
+                        req.error = job.error
+                        s.add_all([job, req])
+                        self.gov.store.transition(s, req, Event.CRASH, self.id, {"error": job.error})
+                        continue
+                    self.gov.store.transition(s, req, Event.REQUEUE, self.id, {"job": job.id})
+                if req.state != State.ADMITTED:
+                    job.state, job.error = "failed", f"request is {req.state}, not admitted"
+                    s.add(job)
+                    continue
+                job.state, job.lease_owner, job.attempts = "running", self.id, job.attempts + 1
+                job.lease_expires_at, job.heartbeat_at, job.updated_at = t + timedelta(seconds=self.lease_s), t, t
+                job.stage, job.progress = "claimed", 0.0
+                s.add(job)
+                self.gov.store.transition(s, req, Event.CLAIM, self.id, {"job": job.id, "attempt": job.attempts,
+                                                                         "device": self.device})
+                return job
+        return None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.lease_s / 3, 0.2)):
+            try:
+                self._heartbeat_once()
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                traceback.print_exc()
+
+    def _heartbeat_once(self) -> None:
+        t = now()
+        with self.gov.store.tx() as s:
+            w = s.get(WorkerRow, self.id)
+            if w is not None:
+                w.heartbeat_at = t
+                s.add(w)
+            if self._current is not None:
+                j = s.get(JobRow, self._current)
+                if j is not None and j.lease_owner == self.id and j.state == "running":
+                    j.heartbeat_at, j.lease_expires_at = t, t + timedelta(seconds=self.lease_s)
+                    j.stage, j.progress = self._stage
+                    s.add(j)
+
+    # -- loops -------------------------------------------------------------------
+    def _register(self) -> None:
+        with self.gov.store.tx() as s:
+            s.add(WorkerRow(id=self.id, model=self.model, pid=os.getpid(), device=self.device))
+
+    def _unregister(self) -> None:
+        with self.gov.store.tx() as s:
+            w = s.get(WorkerRow, self.id)
+            if w is not None:
+                s.delete(w)
+
+    def run_one(self, job: JobRow) -> State | None:
+        self._current = job.id
+
+        def on_progress(stage: str, frac: float) -> None:
+            self._stage = (stage, frac)
+            if self.progress:
+                self.progress(job.request_id, stage, frac)
+
+        try:
+            return run_apply_job(self.gov, self.host, job, self.id, on_progress)
+        except LeaseLost as e:
+            print(f"warning: {e}")
+            self.host.loaded = None  # weights may be mid-trial; reload from the store
+            return None
+        except Exception as e:
+            # an unexpected crash: record it against the request (nothing else was committed)
+            self.host.loaded = None
+            from govern.executor import _finish_failed
+
+            _finish_failed(self.gov, job, self.id, f"worker crashed: {type(e).__name__}: {e}")
+            raise
+        finally:
+            self._current = None
+
+    def run_until_idle(self, request_ids: set[str] | None = None) -> None:
+        """Process claimable jobs (of `request_ids`, if given) until none is left, waiting out foreign leases."""
+        self._register()
+        beat = threading.Thread(target=self._beat, daemon=True)
+        beat.start()
+        try:
+            while True:
+                job = self.claim(request_ids)
+                if job is not None:
+                    self.run_one(job)
+                    continue
+                if not self._open_jobs(request_ids):
+                    return
+                time.sleep(self.poll_s)  # a job is held by another (maybe dead) worker: wait for its lease
+        finally:
+            self._stop.set()
+            self._unregister()
+
+    def run_forever(self, stop_after: float | None = None) -> None:
+        self._register()
+        beat = threading.Thread(target=self._beat, daemon=True)
+        beat.start()
+        start = time.monotonic()
+        try:
+            self.host.sync()  # warm: load the model before the first job arrives
+            while not (stop_after and time.monotonic() - start > stop_after):
+                job = self.claim()
+                if job is None:
+                    time.sleep(self.poll_s)
+                    continue
+                self.run_one(job)
+        finally:
+            self._stop.set()
+            self._unregister()
+
+    def _open_jobs(self, request_ids: set[str] | None) -> bool:
+        with self.gov.store.read() as s:
+            jobs = s.exec(select(JobRow).where(JobRow.model == self.model, JobRow.state.in_(["queued", "running"]))).all()  # type: ignore[attr-defined]
+        return any(request_ids is None or j.request_id in request_ids for j in jobs)
