@@ -32,4 +32,5 @@ class ROMEConfig(BaseModel):
     stats_tokens: int = Field(20000, ge=100, le=10_000_000, description="tokens used to estimate the covariance")
     stats_corpus: str | None = Field(None, description="text file for stats_source=corpus; default: the shipped CC0 corpus")
     ridge: float = Field(0.01, ge=0, le=10, description="relative ridge added to C: C + ridge * tr(C)/d * I")
+    cache_lower_layers: bool = Field(True, description="reuse the hidden states below the edited layer across steps (False: naive baseline)")
     seed: int = Field(0, description="seed for the generated prefixes and sampled statistics text")

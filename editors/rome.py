@@ -64,7 +64,11 @@ def generate_prefixes(model: nn.Module, tokenizer: Any, n: int, length: int, see
     starts = ["The", "Therefore", "Because", "I", "You", "It", "In", "When", "A", "We"]
     device = next(model.parameters()).device
     firsts = [starts[i % len(starts)] for i in range(n)]
-    enc = tokenizer(firsts, return_tensors="pt", padding=True).to(device)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right end
+    try:
+        enc = tokenizer(firsts, return_tensors="pt", padding=True).to(device)
+    finally:
+        tokenizer.padding_side = side
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -85,6 +89,24 @@ def subject_last_token(tokenizer: Any, text: str, subject_start: int, subject_en
         if a <= last_char < b:
             return list(enc["input_ids"]), i
     raise EditSpecError(f"could not locate the subject (chars {subject_start}:{subject_end}) in the tokens of {text!r}")
+
+
+def rank_one_update(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor, ridge: float) -> torch.Tensor:
+    """ΔW (out, in) in float64 with ΔW k* = δ, spread along u = (C + λI)⁻¹ k*.
+
+    `C` is E[k kᵀ] (F, F) or None for the identity; λ = ridge · tr(C) / F keeps
+    a covariance estimated from few tokens invertible. Among all updates with
+    ΔW k* = δ, this one minimises E‖ΔW k‖² over keys distributed with second
+    moment C (+λI): Meng et al. 2022, eq. 2 and its appendix.
+    """
+    k64 = k_star.double()  # (F,)
+    if C is None:
+        u = k64
+    else:
+        d = C.shape[0]
+        reg = ridge * torch.trace(C) / d
+        u = torch.linalg.solve(C.to(k64) + reg * torch.eye(d, dtype=torch.float64, device=k64.device), k64)  # (F,)
+    return torch.outer(delta_v.double(), u) / torch.dot(u, k64)  # (D, F)
 
 
 @register("rome")
@@ -117,15 +139,7 @@ class ROME:
         with frozen(model):
             k_star, delta_v, v_norm, opt = self._key_and_value(model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
 
-        # 3. rank-one update ΔW = δ uᵀ / (uᵀ k*), u = C⁻¹ k*   (all float64)
-        k64 = k_star.double()  # (F,)
-        if C is None:
-            u = k64
-        else:
-            d = C.shape[0]
-            reg = cfg.ridge * torch.trace(C) / d
-            u = torch.linalg.solve(C.to(k64.device) + reg * torch.eye(d, dtype=C.dtype, device=k64.device), k64)  # (F,)
-        update = torch.outer(delta_v.double(), u) / torch.dot(u, k64)  # (D, F) as (out, in)
+        update = rank_one_update(C, k_star, delta_v, cfg.ridge)  # (D, F) as (out, in)
 
         name = lm.weight_name(layer)
         weight = dict(model.named_parameters())[name]
@@ -172,6 +186,27 @@ class ROME:
             raise
         except OSError as e:
             raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
+
+    @contextmanager
+    def _forward_with_delta(self, model, lm: LayerMap, layer: int, proj, input_ids, hidden, mask, row_idx, subj,
+                            cfg: ROMEConfig) -> Iterator[Any]:
+        """Yield ``run(delta) -> logits`` with δ added at the subject positions of layer `layer`.
+
+        Fast path: start from the cached residual stream leaving block `layer` and
+        run only the blocks above. Baseline (``cache_lower_layers=False``): the
+        whole model with a hook, as a naive implementation would.
+        """
+        if not cfg.cache_lower_layers:
+            with _naive_forward(model, proj, input_ids, mask, row_idx, subj, {}) as run:
+                yield run
+            return
+        with lm.upper_stack(model, layer) as run_upper:
+            def run(delta: torch.Tensor) -> torch.Tensor:
+                add = torch.zeros_like(hidden)
+                add[row_idx, subj] = delta  # δ at each row's subject position
+                return run_upper(hidden + add, mask)  # (B, T, V)
+
+            yield run
 
     # -- 1 + 2. key and value ----------------------------------------------
     def _key_and_value(self, model, tokenizer, lm: LayerMap, layer: int, edit: FactEdit, prefixes: list[str], cfg: ROMEConfig, ctx: EditContext):
@@ -244,12 +279,10 @@ class ROME:
         max_norm = cfg.clamp_norm_factor * v_norm
         nll = torch.tensor(float("inf"))
         steps_run = 0
-        with lm.upper_stack(model, layer) as run_upper:
+        with self._forward_with_delta(model, lm, layer, proj, input_ids, hidden, mask, row_idx, subj, cfg) as run:
             for step in range(cfg.steps):
                 steps_run = step + 1
-                add = torch.zeros_like(hidden)
-                add[row_idx, subj] = delta  # δ at each row's subject position
-                logits = run_upper(hidden + add, mask)  # (B, T, V)
+                logits = run(delta)  # (B, T, V)
                 logp = F.log_softmax(logits[:n_ctx].float(), dim=-1)  # (n_ctx, T, V)
                 tok_logp = logp[torch.arange(n_ctx, device=device)[:, None], pos, tgt[None, :]]  # (n_ctx, L)
                 nll = -tok_logp.mean(1).mean()
@@ -267,8 +300,26 @@ class ROME:
                     n = delta.norm()
                     if n > max_norm:
                         delta.mul_(max_norm / n)
-        info = {"steps": steps_run, "final_target_nll": round(float(nll), 5), "target_tokens": L}
+        info = {"steps": steps_run, "final_target_nll": round(float(nll.detach()), 5), "target_tokens": L}
         return k_star.detach(), delta.detach(), v_norm, info
+
+
+@contextmanager
+def _naive_forward(model: nn.Module, proj: nn.Module, input_ids, mask, row_idx, subj, holder: dict) -> Iterator[Any]:
+    def add_delta(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[row_idx, subj] = out[row_idx, subj] + holder["delta"]
+        return out
+
+    handle = proj.register_forward_hook(add_delta)
+    try:
+        def run(delta: torch.Tensor) -> torch.Tensor:
+            holder["delta"] = delta
+            return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+
+        yield run
+    finally:
+        handle.remove()
 
 
 def lm_block(model: nn.Module, lm: LayerMap, layer: int) -> nn.Module:

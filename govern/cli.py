@@ -38,7 +38,10 @@ def _gov():  # noqa: ANN202
 def _console():  # noqa: ANN202
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the summary tables
+        console = Console(width=160)
+    return console
 
 
 # ---------------------------------------------------------------- models

@@ -131,6 +131,7 @@ def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, v
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
