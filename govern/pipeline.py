@@ -89,7 +89,7 @@ def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> in
     ok = True
     for rid in rids:
         r = gov.get_request(rid)
-        want = expected_state(policy, r.tier)
+        want = expected_state(Policy.model_validate_json(r.policy) if r.policy else policy, r.tier)
         good = r.state == want
         ok &= good
         m = json.loads(r.canary)["metrics"] if r.canary else {}

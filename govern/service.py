@@ -212,8 +212,10 @@ class Govern:
         return reasons
 
     def pending_requests(self, model: str | None = None) -> list[str]:
+        """Requests still to be judged (submitted) or waiting for a worker (admitted)."""
         with self.store.read() as s:
-            q = select(RequestRow.id).where(RequestRow.state == State.SUBMITTED.value).order_by(RequestRow.created_at)
+            q = select(RequestRow.id).where(RequestRow.state.in_([State.SUBMITTED.value, State.ADMITTED.value]))  # type: ignore[attr-defined]
+            q = q.order_by(RequestRow.created_at)
             if model:
                 q = q.where(RequestRow.model == model)
             return list(s.exec(q).all())
@@ -226,31 +228,33 @@ class Govern:
             raise InputError("who is reviewing? pass --as USER")
         if not comment or not comment.strip():
             raise InputError("a review needs a comment (--comment TEXT)")
-        promoted_version = None
         with self.store.tx() as s:
             req = self.store.get_request(s, request_id)
             if req.state != State.AWAITING_REVIEW:
                 raise ConflictError(f"request {request_id} is {req.state}, not awaiting_review; nothing to review")
             if decision == "approve" and actor == req.submitted_by:
                 raise PermissionDenied(f"{actor} submitted {request_id} and cannot approve it (four-eyes rule); ask another reviewer")
-            earlier = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id, ReviewRow.decision == "approve")).all()
+            earlier = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id, ReviewRow.decision == "approve",
+                                                     ReviewRow.candidate_version == req.candidate_version)).all()
             if decision == "approve" and any(r.reviewer == actor for r in earlier):
                 raise PermissionDenied(f"{actor} already approved {request_id}; approvals must come from distinct people")
-            s.add(ReviewRow(request_id=req.id, reviewer=actor, decision=decision, comment=comment))
+            s.add(ReviewRow(request_id=req.id, candidate_version=req.candidate_version, reviewer=actor,
+                            decision=decision, comment=comment))
             if decision == "reject":
                 self.store.transition(s, req, Event.REJECT, actor, {"comment": comment})
                 self._discard_candidate(s, req, actor, "rejected by reviewer")
-                return State.REJECTED
-            policy = Policy.model_validate_json(req.policy) if req.policy else None
-            needed = policy.risk.tiers[req.tier].approvers if policy and req.tier else 1
-            have = len(earlier) + 1
-            if have < max(needed, 1):
-                return self.store.transition(s, req, Event.APPROVE, actor,
-                                             {"comment": comment, "approvals": have, "needed": needed})
-            self.store.transition(s, req, Event.APPROVE_FINAL, actor, {"comment": comment, "approvals": have, "needed": needed})
-            state, promoted_version = self._promote(s, req, actor)
+            else:
+                policy = Policy.model_validate_json(req.policy) if req.policy else None
+                needed = policy.risk.tiers[req.tier].approvers if policy and req.tier else 1
+                have = len(earlier) + 1
+                counts = {"comment": comment, "approvals": have, "needed": needed}
+                if have < max(needed, 1):
+                    self.store.transition(s, req, Event.APPROVE, actor, counts)
+                else:
+                    self.store.transition(s, req, Event.APPROVE_FINAL, actor, counts)
+                    self._promote(s, req, actor)
         self._mirror_aliases(req.model)
-        return state if promoted_version is not None else State(req.state)
+        return State(req.state)
 
     # --------------------------------------------------------------- promotion
     def _promote(self, s: Session, req: RequestRow, actor: str) -> tuple[State, int | None]:

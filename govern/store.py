@@ -118,6 +118,7 @@ class ReviewRow(SQLModel, table=True):
     __tablename__ = "reviews"
     id: int | None = Field(default=None, primary_key=True)
     request_id: str = Field(index=True)
+    candidate_version: int | None = None  # approvals count for this candidate only
     reviewer: str
     decision: str  # approve | reject
     comment: str
