@@ -8,7 +8,7 @@ maximum length and a file a maximum size and count.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -59,12 +59,16 @@ class EditRequestIn(BaseModel):
             raise ValueError("target is empty; give the new answer, e.g. ' Rome'")
         if self.subject not in self.prompt:
             raise ValueError(f"the prompt {self.prompt!r} does not contain the subject {self.subject!r}")
+        for name in ("valid_from", "valid_until"):  # naive times are read as UTC, so both compare
+            t = getattr(self, name)
+            if t is not None and t.tzinfo is None:
+                setattr(self, name, t.replace(tzinfo=UTC))
         if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
             raise ValueError("valid_until must be after valid_from")
         # the answer follows the prompt after a space, as the model would write it
         if not self.target.startswith((" ", "\n")) and not self.prompt.endswith(" "):
             self.target = " " + self.target
-        if self.target_old is not None and not self.target_old.startswith(" ") and not self.prompt.endswith(" "):
+        if self.target_old is not None and not self.target_old.startswith((" ", "\n")) and not self.prompt.endswith(" "):
             self.target_old = " " + self.target_old
         return self
 
@@ -94,7 +98,10 @@ def load_request_file(path: str | Path) -> list[EditRequestIn]:
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
         raise PayloadTooLarge(f"request file {p} is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}. Split it into smaller files")
-    text = p.read_text(encoding="utf-8", errors="strict")
+    try:
+        text = p.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        raise InputError(f"request file {p.name} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     records: list[tuple[str, object]] = []
     if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(text.splitlines(), 1):

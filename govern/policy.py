@@ -169,6 +169,8 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"policy file {p} does not exist; try policies/default.yaml")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"policy {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -184,6 +186,8 @@ def load_policy(path: str | Path) -> Policy:
 def format_validation_error(e: ValidationError) -> str:
     """One line: the first problem with its dotted location, and how many more there are."""
     errs = e.errors()
+    # an unknown key usually explains the "missing" one next to it (a typo): name it first
+    errs = sorted(errs, key=lambda x: x["type"] != "extra_forbidden")
     first = errs[0]
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
