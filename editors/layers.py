@@ -68,9 +68,11 @@ class LayerMap:
     def upper_stack(self, model: nn.Module, layer: int) -> Iterator[Any]:
         """Temporarily make the model run only the blocks above `layer`.
 
-        Yields ``run(hidden, attention_mask) -> logits`` where `hidden` is the
-        residual stream leaving block `layer` (B, T, D). The block list is
-        restored in `finally`.
+        Yields ``run(hidden, attention_mask) -> final hidden states`` (B, T, D),
+        after the final norm, ready for the output embedding; `hidden` is the
+        residual stream leaving block `layer`. The block list is restored in
+        `finally`. (Logits are left to the caller, which usually needs a few
+        positions only: the vocabulary projection is the costliest matmul.)
         """
         body = _get(model, self.body)
         blocks = _get(model, self.blocks)
@@ -83,7 +85,7 @@ class LayerMap:
             pos = torch.arange(t, device=hidden.device).unsqueeze(0).expand(b, t)
             embeds = hidden if pos_emb is None else hidden - pos_emb(pos)  # the body adds it back
             out = body(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=pos, use_cache=False)
-            return model.lm_head(out.last_hidden_state)  # (B, T, V)
+            return out.last_hidden_state  # (B, T, D)
 
         setattr(parent, attr, nn.ModuleList(list(blocks)[layer + 1 :]))
         try:

@@ -200,11 +200,13 @@ class ROME:
             with _naive_forward(model, proj, input_ids, mask, row_idx, subj, {}) as run:
                 yield run
             return
+        head = model.get_output_embeddings()
         with lm.upper_stack(model, layer) as run_upper:
-            def run(delta: torch.Tensor) -> torch.Tensor:
+            def run(delta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
                 add = torch.zeros_like(hidden)
                 add[row_idx, subj] = delta  # δ at each row's subject position
-                return run_upper(hidden + add, mask)  # (B, T, V)
+                final = run_upper(hidden + add, mask)  # (B, T, D)
+                return head(final[rows, cols])  # (N, V): logits only where the loss looks
 
             yield run
 
@@ -274,6 +276,9 @@ class ROME:
         L = len(target_ids)
         pos = torch.stack([torch.arange(p - 1, p - 1 + L, device=device) for p in tgt_pos])  # (n_ctx, L)
 
+        # the positions whose logits the loss needs: every target token of every context row, then the KL position
+        sel_rows = torch.cat([torch.arange(n_ctx, device=device).repeat_interleave(L), torch.tensor([n_ctx], device=device)])
+        sel_cols = torch.cat([pos.reshape(-1), torch.tensor([kl_last], device=device)])
         delta = torch.zeros(hidden.shape[-1], device=device, dtype=hidden.dtype, requires_grad=True)
         optim = torch.optim.Adam([delta], lr=cfg.lr)
         max_norm = cfg.clamp_norm_factor * v_norm
@@ -282,11 +287,11 @@ class ROME:
         with self._forward_with_delta(model, lm, layer, proj, input_ids, hidden, mask, row_idx, subj, cfg) as run:
             for step in range(cfg.steps):
                 steps_run = step + 1
-                logits = run(delta)  # (B, T, V)
-                logp = F.log_softmax(logits[:n_ctx].float(), dim=-1)  # (n_ctx, T, V)
-                tok_logp = logp[torch.arange(n_ctx, device=device)[:, None], pos, tgt[None, :]]  # (n_ctx, L)
+                logits = run(delta, sel_rows, sel_cols)  # (n_ctx * L + 1, V)
+                logp = F.log_softmax(logits.float(), dim=-1)
+                tok_logp = logp[:-1].gather(1, tgt.repeat(n_ctx)[:, None]).view(n_ctx, L)  # (n_ctx, L)
                 nll = -tok_logp.mean(1).mean()
-                kl_logp = F.log_softmax(logits[n_ctx, kl_last].float(), dim=-1)
+                kl_logp = logp[-1]  # (V,) at the end of "<subject> is a"
                 kl = F.kl_div(kl_logp, p0_log, log_target=True, reduction="sum")
                 wd = cfg.weight_decay * delta.float().pow(2).sum() / (v_norm**2)
                 loss = nll + cfg.kl_factor * kl + wd
@@ -313,9 +318,9 @@ def _naive_forward(model: nn.Module, proj: nn.Module, input_ids, mask, row_idx, 
 
     handle = proj.register_forward_hook(add_delta)
     try:
-        def run(delta: torch.Tensor) -> torch.Tensor:
+        def run(delta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
             holder["delta"] = delta
-            return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[rows, cols]
 
         yield run
     finally:

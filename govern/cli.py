@@ -116,7 +116,7 @@ def apply(
     """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows."""
     from govern.pipeline import run_pipeline
 
-    code = run_pipeline(_gov(), policy, file, actor=actor, model=model, device=device, console=_console())
+    code = run_pipeline(None, policy, file, actor=actor, model=model, device=device, console=_console())
     raise typer.Exit(code)
 
 

@@ -26,12 +26,14 @@ def expected_state(policy: Policy, tier: str | None) -> State:
     return State.AWAITING_REVIEW
 
 
-def run_pipeline(gov: Govern, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
+def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
                  device: str, console: Any) -> int:
+    """See the module docstring. `gov` may be None: it is then opened after the inputs validated."""
     from govern.domain import load_request_file
 
     policy = load_policy(policy_path)
     reqs = load_request_file(file) if file else []
+    gov = gov or Govern()
     if file:
         ids = gov.submit(reqs, actor, model)
         console.print(f"submitted {len(ids)} request(s) from {file}")

@@ -151,10 +151,11 @@ class Govern:
 
         if not actor or not actor.strip():
             raise InputError("who is submitting? pass --as USER")
-        resolved = {}
         for r in requests:
             if r.method not in available_methods():
                 raise InputError(f"unknown method {r.method!r}; available: {', '.join(available_methods())}")
+        resolved = {}
+        for r in requests:
             key = r.model or model
             if key not in resolved:
                 resolved[key] = self.resolve_model(key)

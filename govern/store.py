@@ -172,30 +172,36 @@ class AuditRow(SQLModel, table=True):
         )
 
 
+def _sqlite_pragmas(engine, begin: str) -> None:  # noqa: ANN001
+    """WAL, a generous busy timeout, and our own BEGIN (IMMEDIATE for writers, so that two
+    writers queue instead of both reading the same audit-chain head)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql(begin)
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             connect_args = {"check_same_thread": False, "timeout": 60}
-        self.engine = create_engine(url, connect_args=connect_args)
+        self.engine = create_engine(url, connect_args=connect_args)  # writes
+        self.read_engine = create_engine(url, connect_args=connect_args)  # reads never take the write lock
         if url.startswith("sqlite"):
-            self._sqlite_pragmas()
+            _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
+            _sqlite_pragmas(self.read_engine, "BEGIN")
         SQLModel.metadata.create_all(self.engine)
-
-    def _sqlite_pragmas(self) -> None:
-        @event.listens_for(self.engine, "connect")
-        def _connect(dbapi_conn, _record):  # noqa: ANN001
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(self.engine, "begin")
-        def _begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -210,7 +216,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with Session(self.read_engine, expire_on_commit=False) as s:
             yield s
 
     # -- audit -------------------------------------------------------------

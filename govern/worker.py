@@ -140,13 +140,13 @@ class Worker:
             print(f"warning: {e}")
             self.host.loaded = None  # weights may be mid-trial; reload from the store
             return None
-        except Exception as e:
-            # an unexpected crash: record it against the request (nothing else was committed)
+        except Exception as e:  # noqa: BLE001
+            # an unexpected crash: record it against the request (nothing else was committed), keep serving
+            traceback.print_exc()
             self.host.loaded = None
             from govern.executor import _finish_failed
 
-            _finish_failed(self.gov, job, self.id, f"worker crashed: {type(e).__name__}: {e}")
-            raise
+            return _finish_failed(self.gov, job, self.id, f"worker crashed: {type(e).__name__}: {e}")
         finally:
             self._current = None
 

@@ -23,7 +23,7 @@ def test_upper_stack_matches_full_forward(fixture, request):
         full = model(**enc).logits
     h.remove()
     with torch.no_grad(), lm.upper_stack(model, layer) as run:
-        upper = run(cap["h"], enc["attention_mask"])
+        upper = model.get_output_embeddings()(run(cap["h"], enc["attention_mask"]))
     m = enc["attention_mask"].bool()
     assert torch.allclose(full[m], upper[m], atol=1e-4), (full[m] - upper[m]).abs().max()
     assert len(model.get_submodule(lm.blocks)) == 4  # restored
