@@ -35,7 +35,12 @@ CONFIGS: dict[str, dict] = {
     "identity": {"covariance": "identity"},
     "naive": {"cache_lower_layers": False, "early_stop_nll": 0.0},
 }
-PARAPHRASES = ["{}'s capital is", "The capital city of {} is", "In {}, the capital city is"]
+# Rephrasings with the subject mid-sentence, as in the edit prompt. A subject that opens the
+# sentence ("{}'s capital is") is tokenised differently (no leading space), so its key is another
+# vector; ROME does not reach it. That case is measured apart, as `subject_first`.
+PARAPHRASES = ["The capital city of {} is", "Which city is the capital of {}? It is",
+               "The national capital of {} is", "In {}, the capital city is"]
+SUBJECT_FIRST = "{}'s capital is"
 
 
 def known_facts(gov, loaded, limit: int) -> list[tuple[str, str]]:
@@ -70,12 +75,14 @@ def main() -> None:
     ap.add_argument("--configs", default="default,model_stats,identity,naive")
     ap.add_argument("--naive-n", type=int, default=5, help="edits for the slow naive baseline")
     ap.add_argument("--layers", default=None, help="comma list: sweep the default config over these layers")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a ROME setting in every configuration (repeatable), e.g. --set layer=8")
     ap.add_argument("--out", default="bench/results/rome_countries.json")
     args = ap.parse_args()
 
     import torch
 
-    from audits.canary import Suite, compare, measure
+    from audits.canary import Suite, compare, measure, target_logprobs
     from editors import EditContext, FactEdit, get_editor
     from govern.home import Home
     from govern.service import Govern
@@ -108,6 +115,8 @@ def main() -> None:
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}
     if args.layers:
         configs = {f"layer{L}": {"layer": int(L)} for L in args.layers.split(",")}
+    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v for k, v in (x.split("=", 1) for x in args.set)}
+    configs = {k: {**v, **overrides} for k, v in configs.items()}
     editor = get_editor("rome")
     results: dict[str, dict] = {}
     for cname, cfg in configs.items():
@@ -118,9 +127,11 @@ def main() -> None:
             t = time.perf_counter()
             delta = editor.compute(net, tok, edit, ctx)
             secs = time.perf_counter() - t
+            lead = SUBJECT_FIRST.format(edit.subject)
             with delta.applied(net):
                 cand = measure(net, tok, suite)
-            m = compare(suite, prod, cand, tok).metrics
+                new_lp, old_lp = target_logprobs(net, tok, [lead, lead], [edit.target_new, edit.target_old])
+            m = {**compare(suite, prod, cand, tok).metrics, "subject_first": float(new_lp > old_lp)}
             rows.append({**m, "seconds": secs, "opt_seconds": secs, "steps": delta.meta["steps"], "subject": edit.subject,
                          "layer": delta.meta["layer"], "stats": delta.meta["statistics"].get("cache")})
             print(f"  {cname:12s} {edit.subject:14s} -> {edit.target_new.strip():14s} eff={m['efficacy']:.0f} "
@@ -129,7 +140,7 @@ def main() -> None:
         # the first edit of a config may pay for statistics (cache miss): report the median time
         results[cname] = {
             "edits": n,
-            **{k: statistics.mean(r[k] for r in rows) for k in ("efficacy", "paraphrase", "specificity", "probe_specificity", "drawdown")},
+            **{k: statistics.mean(r[k] for r in rows) for k in ("efficacy", "paraphrase", "specificity", "probe_specificity", "drawdown", "subject_first")},
             "median_seconds": statistics.median(r["seconds"] for r in rows),
             "mean_steps": statistics.mean(r["steps"] for r in rows),
             "rows": rows,
@@ -137,11 +148,12 @@ def main() -> None:
     base_t = results.get("naive", {}).get("median_seconds")
     print()
     print(f"ROME on SmolLM2-135M-Instruct, {args.n} country-capital edits, torch threads={torch.get_num_threads()}")
-    print(f"{'config':12s} {'edits':>5s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'probes':>9s} {'drawdown':>9s} {'s/edit':>7s} {'steps':>6s} {'speedup':>8s}")
+    print(f"{'config':12s} {'edits':>5s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'probes':>9s} {'drawdown':>9s} {'subj-1st':>9s} {'s/edit':>7s} {'steps':>6s} {'speedup':>8s}")
     for cname, r in results.items():
         ratio = f"{base_t / r['median_seconds']:.2f}x" if base_t else "-"
         print(f"{cname:12s} {r['edits']:5d} {r['efficacy']:9.1%} {r['paraphrase']:9.1%} {r['specificity']:9.1%} "
-              f"{r['probe_specificity']:9.1%} {r['drawdown']:+9.4f} {r['median_seconds']:7.2f} {r['mean_steps']:6.1f} {ratio:>8s}")
+              f"{r['probe_specificity']:9.1%} {r['drawdown']:+9.4f} {r['subject_first']:9.1%} {r['median_seconds']:7.2f} "
+              f"{r['mean_steps']:6.1f} {ratio:>8s}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))

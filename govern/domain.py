@@ -115,8 +115,9 @@ def load_request_file(path: str | Path) -> list[EditRequestIn]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise InputError(f"{p.name}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}: {getattr(e, 'problem', e)}") from None
+            from govern.policy import describe_yaml_error
+
+            raise InputError(f"{p.name}: {describe_yaml_error(e)}") from None
         items = data.get("requests") if isinstance(data, dict) and "requests" in data else data
         if isinstance(items, dict):
             items = [items]

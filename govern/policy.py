@@ -172,15 +172,20 @@ def load_policy(path: str | Path) -> Policy:
     except UnicodeDecodeError as e:
         raise PolicyError(f"policy {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise PolicyError(f"policy {p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise PolicyError(f"policy {p} is {describe_yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"policy {p} must be a YAML mapping with keys name, risk, canary, ...")
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
         raise PolicyError(f"policy {p}: {format_validation_error(e)}") from None
+
+
+def describe_yaml_error(e: Exception) -> str:
+    """'not valid YAML at line N: <problem>' for a yaml.YAMLError."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    return f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"
 
 
 def format_validation_error(e: ValidationError) -> str:
