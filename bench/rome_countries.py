@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="comma list: sweep the default config over these layers")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a ROME setting in every configuration (repeatable), e.g. --set layer=8")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=JSON",
+                    help='add a configuration, e.g. --extra \'wd0.25={"weight_decay": 0.25}\'')
     ap.add_argument("--out", default="bench/results/rome_countries.json")
     args = ap.parse_args()
 
@@ -115,6 +117,9 @@ def main() -> None:
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}
     if args.layers:
         configs = {f"layer{L}": {"layer": int(L)} for L in args.layers.split(",")}
+    for item in args.extra:
+        name, raw = item.split("=", 1)
+        configs[name] = json.loads(raw)
     overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v for k, v in (x.split("=", 1) for x in args.set)}
     configs = {k: {**v, **overrides} for k, v in configs.items()}
     editor = get_editor("rome")

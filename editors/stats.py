@@ -28,7 +28,7 @@ from torch import nn
 from editors.errors import StatisticsError
 from editors.layers import LayerMap
 
-DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.txt"
+DEFAULT_CORPUS = Path(__file__).parent / "data"  # every corpus*.txt in it
 Progress = Callable[[str, float], None]
 
 
@@ -36,13 +36,21 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the layer of interest ran."""
 
 
-def corpus_texts(path: str | Path = DEFAULT_CORPUS) -> list[str]:
-    """Paragraphs of a text file (blank-line separated, '#' comment lines dropped)."""
+def corpus_files(path: str | Path = DEFAULT_CORPUS) -> list[Path]:
+    """A text file, or every ``corpus*.txt`` of a directory (sorted)."""
     p = Path(path)
-    if not p.is_file():
-        raise StatisticsError(f"statistics corpus {p} does not exist; set rome.stats_corpus to a text file")
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
-    paras = [" ".join(block.split()) for block in "\n".join(lines).split("\n\n")]
+    files = sorted(p.glob("corpus*.txt")) if p.is_dir() else [p] if p.is_file() else []
+    if not files:
+        raise StatisticsError(f"statistics corpus {p} does not exist or holds no corpus*.txt; set rome.stats_corpus to a text file")
+    return files
+
+
+def corpus_texts(path: str | Path = DEFAULT_CORPUS) -> list[str]:
+    """Paragraphs of the corpus (blank-line separated, '#' comment lines dropped)."""
+    paras: list[str] = []
+    for f in corpus_files(path):
+        lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
+        paras += [" ".join(block.split()) for block in "\n".join(lines).split("\n\n")]
     return [t for t in paras if t]
 
 
@@ -173,4 +181,7 @@ def cached_second_moment(
 
 
 def _file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in corpus_files(path):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
