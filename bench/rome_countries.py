@@ -31,7 +31,7 @@ from pathlib import Path
 
 CONFIGS: dict[str, dict] = {
     "default": {},
-    "model_stats": {"stats_source": "model"},
+    "model_stats": {"stats_source": "model", "stats_tokens": 40000},
     "identity": {"covariance": "identity"},
     "naive": {"cache_lower_layers": False, "early_stop_nll": 0.0},
 }

@@ -149,8 +149,8 @@ class Govern:
         """Store requests (all or nothing); returns their ids."""
         from editors import available_methods
 
-        if not actor or not actor.strip():
-            raise InputError("who is submitting? pass --as USER")
+        if not (actor or "").strip() and any(not r.submitted_by for r in requests):
+            raise InputError("who is submitting? pass --as USER (or set submitted_by in every request)")
         for r in requests:
             if r.method not in available_methods():
                 raise InputError(f"unknown method {r.method!r}; available: {', '.join(available_methods())}")
@@ -166,11 +166,11 @@ class Govern:
                     id=new_id("req"), model=resolved[r.model or model], method=r.method, subject=r.subject,
                     prompt=r.prompt, target=r.target, target_old=r.target_old, relation=r.relation_id,
                     paraphrases=json.dumps(r.paraphrases), neighbors=json.dumps(r.neighbors),
-                    submitted_by=r.submitted_by or actor, justification=r.justification,
+                    submitted_by=actor or r.submitted_by, justification=r.justification,
                     valid_from=r.valid_from, valid_until=r.valid_until,
                 )
                 s.add(row)
-                self.store.audit(s, actor, "request.submitted", row.id, {
+                self.store.audit(s, row.submitted_by, "request.submitted", row.id, {
                     "model": row.model, "method": row.method, "subject": row.subject, "prompt": row.prompt,
                     "target": row.target, "relation": row.relation, "submitted_by": row.submitted_by})
                 ids.append(row.id)

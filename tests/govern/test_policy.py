@@ -92,7 +92,7 @@ def test_shipped_strict_policy():
     assert sensitive.approvers == 3 and sensitive.auto_approve is False
     assert not any(t.auto_approve for t in policy.risk.tiers.values()), "strict must never auto-approve"
     assert all(g.when_missing == "fail" for g in policy.canary.gates)
-    assert policy.method_config("rome")["stats_tokens"] == 20000
+    assert policy.method_config("rome")["stats_tokens"] == 50000
 
 
 def test_identity_covariance_loads_when_allowed(tmp_path):
