@@ -31,6 +31,7 @@ from pathlib import Path
 
 CONFIGS: dict[str, dict] = {
     "default": {},
+    "wd0.5": {"weight_decay": 0.5, "clamp_norm_factor": 4.0},  # the first default, kept for comparison
     "model_stats": {"stats_source": "model", "stats_tokens": 40000},
     "identity": {"covariance": "identity"},
     "naive": {"cache_lower_layers": False, "early_stop_nll": 0.0},
@@ -72,7 +73,7 @@ def known_facts(gov, loaded, limit: int) -> list[tuple[str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20, help="number of edits")
-    ap.add_argument("--configs", default="default,model_stats,identity,naive")
+    ap.add_argument("--configs", default="default,wd0.5,model_stats,identity,naive")
     ap.add_argument("--naive-n", type=int, default=5, help="edits for the slow naive baseline")
     ap.add_argument("--layers", default=None, help="comma list: sweep the default config over these layers")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
