@@ -76,6 +76,9 @@ def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any
                     on_progress(j.request_id, j.stage or j.state, 1.0 if j.state in ("done", "failed") else j.progress)
                 if all(j.state in ("done", "failed") for j in jobs):
                     return
+                if not live_workers(gov, model):
+                    console.print(f"the worker for {model} stopped; taking over its jobs")
+                    break
                 time.sleep(1.0)
         console.print(f"no worker is running for {model}: working in-process on {device}")
         Worker(gov, model, device=device, progress=on_progress).run_until_idle(rids)

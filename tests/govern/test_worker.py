@@ -82,3 +82,34 @@ def test_sigkill_mid_edit_then_reclaimed(gov, home, tmp_path):
     prod = gov.materialise("tiny")
     assert len(prod.deltas) == 1
     assert gov.audit_verify().ok
+
+
+def test_apply_waits_for_a_running_worker(gov, home, policy_file):
+    """`govern apply` hands the jobs to a live `govern worker` and reports its outcome."""
+    import io
+
+    from rich.console import Console
+
+    from govern.pipeline import run_pipeline
+    from govern.worker import live_workers
+
+    env = {**os.environ, "GOVERN_HOME": str(home.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "govern.cli", "worker", "--model", "tiny", "--lease", "5"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not live_workers(gov, "tiny") and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.2)
+        rid = gov.submit([parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is",
+                                         "target": " Paris"})], "alice")[0]
+        out = io.StringIO()
+        assert run_pipeline(gov, policy_file, None, actor="p", model=None, device="cpu",
+                            console=Console(file=out, width=200)) == 0
+        assert "a worker serves tiny" in out.getvalue()
+        assert gov.get_request(rid).state == "promoted"
+        claim = next(e for e in gov.store.audit_events() if e.action == "request.claim")
+        assert claim.actor.startswith("worker-") and str(proc.pid) in claim.actor
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
