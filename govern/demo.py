@@ -90,13 +90,18 @@ def run_demo(console: Any, fresh: bool = True) -> int:
         last = promoted[-1]
         row = gov.get_request(last)
         console.rule(f"rollback of {last} ({row.subject})")
+        with gov.store.read() as s:
+            parent = gov.store.get_version(s, model.name, row.candidate_version).parent
+        answer_before_change = _answer(gov.materialise(model.name, parent), row.prompt)
         res = gov.rollback(last, "demo-approver", "demo: show an exact rollback")
         console.print(f"production v{res.from_version} -> v{res.to_version}")
         for t in res.tensors:
             console.print(f"  {t['name']}: sha256 now {t['sha256_now'][:16]}…, before the change "
                           f"{t['sha256_before_change'][:16]}… equal={t['equal']}")
-        prod = gov.materialise(model.name)
-        console.print(f"  {row.prompt}[bold]{_answer(prod, row.prompt)}[/]   (original:{before[row.prompt]})")
+        now_answer = _answer(gov.materialise(model.name), row.prompt)
+        console.print(f"  now:                      {row.prompt}[bold]{now_answer}[/]")
+        console.print(f"  v{parent} before the change: {row.prompt}[bold]{answer_before_change}[/]   "
+                      f"identical={now_answer == answer_before_change}")
 
     console.rule("history and audit")
     from govern.views import show_history

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from govern.errors import ConflictError
 from govern.lifecycle import Event, State
 from govern.policy import Policy
 from govern.store import DeltaRow, JobRow, RequestRow, VersionRow, new_id, now
@@ -238,4 +237,4 @@ def _finish_failed(gov: Govern, job: JobRow, worker_id: str, error: str) -> Stat
         return State(r.state)
 
 
-__all__ = ["ModelHost", "run_apply_job", "LeaseLost", "ConflictError"]
+__all__ = ["ModelHost", "run_apply_job", "LeaseLost"]

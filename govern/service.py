@@ -39,7 +39,6 @@ from govern.store import (
     Store,
     VersionRow,
     new_id,
-    now,
 )
 
 

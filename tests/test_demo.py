@@ -24,6 +24,7 @@ def test_demo_end_to_end(tmp_path):
     out = p.stdout
     assert "equal=True" in out and "equal=False" not in out
     assert "chain ok=True" in out and "verify ok=True" in out
+    assert "identical=True" in out
 
     gov = Govern(Home(tmp_path / ".govern" / "demo"))
     states = sorted(r.state for r in gov.list_requests())
