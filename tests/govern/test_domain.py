@@ -381,3 +381,11 @@ def test_non_utf8_request_file_is_an_input_error(tmp_path):
     p = tmp_path / "latin1.jsonl"
     p.write_bytes(json.dumps({**GOOD, "target": "Itálie"}, ensure_ascii=False).encode("latin-1") + b"\n")
     _file_error(p)
+
+
+def test_shipped_examples_parse():
+    root = Path(__file__).resolve().parents[2] / "examples"
+    jsonl = load_request_file(root / "requests.jsonl")
+    yml = load_request_file(root / "requests.yaml")
+    assert [r.subject for r in jsonl] == ["Canada", "Danube"]
+    assert yml[0].target == " Rome" and yml[0].relation_id == "The {} is located in the city of"
