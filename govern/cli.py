@@ -202,7 +202,7 @@ def audit_verify(file: Annotated[Optional[Path], typer.Argument(help="export fil
     if res.ok:
         typer.echo(f"ok: {res.count} events, head {str(res.head_hash)[:16]}")
         return
-    typer.echo(f"FAILED at event {res.first_bad_seq}: {res.reason}", err=True)
+    typer.echo(f"FAILED: first bad event {res.first_bad_seq}: {res.reason}", err=True)
     raise typer.Exit(1)
 
 
