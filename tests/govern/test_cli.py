@@ -113,4 +113,4 @@ def test_cli_happy_path_status_history_export_verify(cli_home, tmp_path):
     text = f.read_text().replace("alice", "mallory", 1)
     f.write_text(text)
     p = govern(cli_home, "audit", "verify", str(f))
-    assert p.returncode == 1 and "FAILED: first bad event" in p.stderr
+    assert p.returncode == 1 and "FAILED: first bad event 2:" in p.stderr  # event 2 is alice's submission
