@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from editors.tokens import generate_greedy, pad_right
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -57,7 +59,7 @@ def target_logprobs(model: Any, tok: Any, prompts: list[str], targets: list[str]
             t_ids = tok(t, add_special_tokens=False)["input_ids"]
             rows.append(p_ids + t_ids)
             spans.append((len(p_ids), len(t_ids)))
-        ids, mask = _pad(rows, tok.pad_token_id, dev)
+        ids, mask = pad_right(rows, tok.pad_token_id, dev)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)  # (B, T, V)
         for r, (start, n) in enumerate(spans):
             pos = torch.arange(start - 1, start - 1 + n, device=dev)
@@ -72,7 +74,7 @@ def next_tokens(model: Any, tok: Any, prompts: list[str], batch: int = 32) -> li
     dev = _device(model)
     for i in range(0, len(prompts), batch):
         rows = [tok(p)["input_ids"] for p in prompts[i : i + batch]]
-        ids, mask = _pad(rows, tok.pad_token_id, dev)
+        ids, mask = pad_right(rows, tok.pad_token_id, dev)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
         last = mask.sum(1) - 1
         out.extend(logits[torch.arange(len(rows), device=dev), last].argmax(-1).tolist())
@@ -87,7 +89,7 @@ def perplexity(model: Any, tok: Any, text: str, window: int = 128, batch: int = 
     total, count = 0.0, 0
     dev = _device(model)
     for i in range(0, len(chunks), batch):
-        x, mask = _pad(chunks[i : i + batch], tok.pad_token_id, dev)
+        x, mask = pad_right(chunks[i : i + batch], tok.pad_token_id, dev)
         logp = F.log_softmax(model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1].float(), -1)
         tgt = x[:, 1:]
         m = mask[:, 1:].bool()
@@ -96,25 +98,12 @@ def perplexity(model: Any, tok: Any, text: str, window: int = 128, batch: int = 
     return math.exp(total / max(count, 1))
 
 
-@torch.no_grad()
 def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 8) -> str:
     """The model's short answer: greedy continuation cut at the first punctuation or newline."""
-    enc = tok(prompt, return_tensors="pt").to(_device(model))
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    text = generate_greedy(model, tok, prompt, max_new_tokens)
     for stop in ("\n", ".", ",", ";", "!", "?"):
         text = text.split(stop)[0]
     return text.rstrip() or text
-
-
-def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @dataclass(frozen=True)

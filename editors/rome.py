@@ -41,6 +41,7 @@ from editors.delta import Delta, TensorChange
 from editors.errors import EditSpecError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
 from editors.stats import cached_second_moment
+from editors.tokens import encode_left_padded, pad_right
 
 
 @contextmanager
@@ -64,11 +65,7 @@ def generate_prefixes(model: nn.Module, tokenizer: Any, n: int, length: int, see
     starts = ["The", "Therefore", "Because", "I", "You", "It", "In", "When", "A", "We"]
     device = next(model.parameters()).device
     firsts = [starts[i % len(starts)] for i in range(n)]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right end
-    try:
-        enc = tokenizer(firsts, return_tensors="pt", padding=True).to(device)
-    finally:
-        tokenizer.padding_side = side
+    enc = encode_left_padded(tokenizer, firsts, device)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -233,14 +230,7 @@ class ROME:
         rows.append(kl_ids)
         subj_idx.append(kl_si)
 
-        T = max(len(r) for r in rows)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        input_ids, mask = pad_right(rows, tokenizer.pad_token_id, device)  # (B, T) each
         row_idx = torch.arange(len(rows), device=device)
         subj = torch.tensor(subj_idx, device=device)
 

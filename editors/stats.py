@@ -27,6 +27,7 @@ from torch import nn
 
 from editors.errors import StatisticsError
 from editors.layers import LayerMap
+from editors.tokens import encode_left_padded
 
 DEFAULT_CORPUS = Path(__file__).parent / "data"  # every corpus*.txt in it
 Progress = Callable[[str, float], None]
@@ -65,11 +66,7 @@ def sample_texts(model: nn.Module, tokenizer, n_tokens: int, *, seed: int = 0, s
     produced = 0
     while produced < n_tokens:
         firsts = [starts[int(torch.randint(len(starts), (1,), generator=gen))] for _ in range(batch)]
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            enc = tokenizer(firsts, return_tensors="pt", padding=True).to(device)
-        finally:
-            tokenizer.padding_side = side
+        enc = encode_left_padded(tokenizer, firsts, device)
         torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
         out = model.generate(
             **enc, do_sample=True, top_k=50, max_new_tokens=seq_len, pad_token_id=tokenizer.pad_token_id or bos

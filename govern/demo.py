@@ -118,10 +118,6 @@ def run_demo(console: Any, fresh: bool = True) -> int:
 
 
 def _answer(loaded: Any, prompt: str) -> str:
-    import torch
+    from editors.tokens import generate_greedy
 
-    tok = loaded.tokenizer
-    enc = tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = loaded.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split("\n")[0]
+    return generate_greedy(loaded.model, loaded.tokenizer, prompt, 6).split("\n")[0]

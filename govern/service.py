@@ -398,7 +398,7 @@ class Govern:
 
     def ask(self, model: str | None, prompt: str, max_new_tokens: int = 24) -> tuple[int, str]:
         """Generate with the production version; returns (version, text)."""
-        import torch
+        from editors.tokens import generate_greedy
 
         if not prompt.strip():
             raise InputError("the prompt is empty")
@@ -406,11 +406,7 @@ class Govern:
         with self.store.read() as s:
             version = self.store.get_model(s, name).production_version
         loaded = self.materialise(name)
-        enc = loaded.tokenizer(prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=loaded.tokenizer.pad_token_id)
-        return version, loaded.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return version, generate_greedy(loaded.model, loaded.tokenizer, prompt, max_new_tokens)
 
     # ------------------------------------------------------------------ views
     def get_request(self, request_id: str) -> RequestRow:

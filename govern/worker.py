@@ -21,7 +21,8 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlmodel import select
@@ -150,12 +151,21 @@ class Worker:
         finally:
             self._current = None
 
+    @contextmanager
+    def _serving(self) -> Iterator[None]:
+        """Registered as a live worker with a heartbeat thread; both end in `finally`."""
+        self._register()
+        self._stop.clear()
+        threading.Thread(target=self._beat, daemon=True).start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._unregister()
+
     def run_until_idle(self, request_ids: set[str] | None = None) -> None:
         """Process claimable jobs (of `request_ids`, if given) until none is left, waiting out foreign leases."""
-        self._register()
-        beat = threading.Thread(target=self._beat, daemon=True)
-        beat.start()
-        try:
+        with self._serving():
             while True:
                 job = self.claim(request_ids)
                 if job is not None:
@@ -164,16 +174,10 @@ class Worker:
                 if not self._open_jobs(request_ids):
                     return
                 time.sleep(self.poll_s)  # a job is held by another (maybe dead) worker: wait for its lease
-        finally:
-            self._stop.set()
-            self._unregister()
 
     def run_forever(self, stop_after: float | None = None) -> None:
-        self._register()
-        beat = threading.Thread(target=self._beat, daemon=True)
-        beat.start()
         start = time.monotonic()
-        try:
+        with self._serving():
             self.host.sync()  # warm: load the model before the first job arrives
             while not (stop_after and time.monotonic() - start > stop_after):
                 job = self.claim()
@@ -181,9 +185,6 @@ class Worker:
                     time.sleep(self.poll_s)
                     continue
                 self.run_one(job)
-        finally:
-            self._stop.set()
-            self._unregister()
 
     def _open_jobs(self, request_ids: set[str] | None) -> bool:
         with self.gov.store.read() as s:
