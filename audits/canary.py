@@ -1,101 +1,170 @@
-"""Canary v1: measure a candidate against production on the same prompts.
+"""Canary: score production and the candidate on the same suite, item by item.
 
-Slices and metrics (names in `audits.metrics`):
+`measure(model, tok, suite)` turns one model version into a :class:`Snapshot`
+(raw numbers per item); `compare(suite, prod, cand, tok)` turns two snapshots
+into paired per-item scores, per-slice metrics and the evidence rows the card,
+the certificate and the UI show. Item kinds and slices: `audits.suites`.
 
-* **efficacy** — on the edit prompt, the new target is more likely than the old
-  answer (mean per-token log-probability, as in the CounterFact protocol of
-  Meng et al., 2022);
-* **paraphrase** — the same on rephrasings of the prompt (generalisation);
-* **specificity** — on neighbour prompts (other subjects, same or related
-  relation), the greedy next token is the same as production's; the request's
-  own neighbours when given, else the shipped probe set;
-* **probe_specificity** — the same on the shipped probe set, always;
-* **drawdown** — relative increase of perplexity on a fixed general text
-  (``ppl_candidate / ppl_production - 1``).
+Metrics (names in `audits.metrics`): efficacy, paraphrase, specificity,
+probe_specificity, retention, freshness, outdated, refusal (per-slice means of
+the candidate's scores), drawdown (``ppl_candidate / ppl_production - 1`` on
+the retention text) and target_prob.
 
-Scoring is batched (right padding, one forward pass per batch). The functions
-take a model and return numbers; they never change the model.
+Speed. All scoring is batched: items are sorted by length so a batch holds
+rows of similar length (little padding), each batch is one forward pass, and
+the vocabulary projection is applied only at the positions that are scored
+(the answer tokens, or the last prompt token) instead of at every position —
+on SmolLM2 the projection to 49,152 tokens costs more than the transformer.
+Generation (fresh and refusal slices) is batched greedy decoding with a KV cache.
+The functions never change the model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from editors.tokens import generate_greedy, pad_right
+from audits.suites import SLICE_METRIC, EvalSuite, Item
+from editors.tokens import encode_left_padded, generate_greedy, pad_right
 
-DATA = Path(__file__).parent / "data"
-
-
-def default_probes() -> list[str]:
-    import yaml
-
-    return [p["prompt"] for p in yaml.safe_load((DATA / "probes.yaml").read_text())["probes"]]
-
-
-def general_text() -> str:
-    lines = [ln for ln in (DATA / "general.txt").read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
-    return " ".join(" ".join(lines).split())
+REFUSAL_OPENINGS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry", "i won't", "i will not",
+                    "i'm not able", "i am not able", "i'm unable", "i am unable", "as an ai", "i must decline",
+                    "i'm not going to", "i do not", "i don't")
 
 
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def _hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (after the last norm), (B, T, H): the logits are ``head(h)``."""
+    return model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def _head(model: Any) -> torch.nn.Module:
+    return model.get_output_embeddings()
+
+
+def _by_length(rows: list[list[int]]) -> list[int]:
+    return sorted(range(len(rows)), key=lambda i: len(rows[i]))
+
+
 @torch.no_grad()
-def target_logprobs(model: Any, tok: Any, prompts: list[str], targets: list[str], batch: int = 32) -> list[float]:
+def continuation_logprobs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int = 64) -> list[float]:
+    """Mean per-token log P(continuation | prompt) for each (prompt, continuation), batched."""
+    dev = _device(model)
+    rows, spans = [], []
+    for p, t in pairs:
+        p_ids = tok(p)["input_ids"]
+        t_ids = tok(t, add_special_tokens=False)["input_ids"]
+        rows.append(p_ids + t_ids)
+        spans.append((len(p_ids), len(t_ids)))
+    out = [0.0] * len(rows)
+    order = _by_length(rows)
+    head = _head(model)
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        ids, mask = pad_right([rows[i] for i in idx], tok.pad_token_id, dev)
+        h = _hidden(model, ids, mask)  # (B, T, H)
+        b_rows, b_pos, b_tgt, owner = [], [], [], []
+        for r, i in enumerate(idx):
+            start, n = spans[i]
+            b_rows += [r] * n
+            b_pos += list(range(start - 1, start - 1 + n))
+            b_tgt += rows[i][start : start + n]
+            owner += [i] * n
+        logp = F.log_softmax(head(h[b_rows, b_pos]).float(), -1)  # (N, V): only the scored positions
+        lp = logp[torch.arange(len(b_tgt), device=dev), torch.tensor(b_tgt, device=dev)]
+        sums: dict[int, list[float]] = {}
+        for i, v in zip(owner, lp.tolist(), strict=True):
+            sums.setdefault(i, []).append(v)
+        for i, vs in sums.items():
+            out[i] = sum(vs) / len(vs)
+    return out
+
+
+def target_logprobs(model: Any, tok: Any, prompts: list[str], targets: list[str], batch: int = 64) -> list[float]:
     """Mean per-token log P(target | prompt) for each pair, batched."""
-    out: list[float] = []
-    dev = _device(model)
-    for i in range(0, len(prompts), batch):
-        rows, spans = [], []
-        for p, t in zip(prompts[i : i + batch], targets[i : i + batch], strict=True):
-            p_ids = tok(p)["input_ids"]
-            t_ids = tok(t, add_special_tokens=False)["input_ids"]
-            rows.append(p_ids + t_ids)
-            spans.append((len(p_ids), len(t_ids)))
-        ids, mask = pad_right(rows, tok.pad_token_id, dev)
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)  # (B, T, V)
-        for r, (start, n) in enumerate(spans):
-            pos = torch.arange(start - 1, start - 1 + n, device=dev)
-            out.append(float(logp[r, pos, ids[r, start : start + n]].mean()))
-    return out
+    return continuation_logprobs(model, tok, list(zip(prompts, targets, strict=True)), batch)
 
 
 @torch.no_grad()
-def next_tokens(model: Any, tok: Any, prompts: list[str], batch: int = 32) -> list[int]:
+def next_tokens(model: Any, tok: Any, prompts: list[str], batch: int = 64) -> list[int]:
     """Greedy next-token id after each prompt, batched."""
-    out: list[int] = []
     dev = _device(model)
-    for i in range(0, len(prompts), batch):
-        rows = [tok(p)["input_ids"] for p in prompts[i : i + batch]]
-        ids, mask = pad_right(rows, tok.pad_token_id, dev)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+    rows = [tok(p)["input_ids"] for p in prompts]
+    out = [0] * len(rows)
+    order = _by_length(rows)
+    head = _head(model)
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        ids, mask = pad_right([rows[i] for i in idx], tok.pad_token_id, dev)
+        h = _hidden(model, ids, mask)  # (B, T, H)
         last = mask.sum(1) - 1
-        out.extend(logits[torch.arange(len(rows), device=dev), last].argmax(-1).tolist())
+        nxt = head(h[torch.arange(len(idx), device=dev), last]).argmax(-1).tolist()  # (B,)
+        for i, t in zip(idx, nxt, strict=True):
+            out[i] = t
     return out
 
 
 @torch.no_grad()
+def text_nll(model: Any, tok: Any, texts: list[str], window: int = 256, batch: int = 8) -> list[tuple[float, int]]:
+    """(sum of token NLL, token count) per text, in windows of `window` tokens."""
+    dev = _device(model)
+    chunks, owner = [], []
+    for i, t in enumerate(texts):
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), window):
+            if len(ids[s : s + window]) > 1:
+                chunks.append(ids[s : s + window])
+                owner.append(i)
+    sums = [0.0] * len(texts)
+    counts = [0] * len(texts)
+    head = _head(model)
+    order = _by_length(chunks)
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        x, mask = pad_right([chunks[i] for i in idx], tok.pad_token_id, dev)
+        h = _hidden(model, x, mask)[:, :-1]  # (B, T-1, H)
+        m = mask[:, 1:].bool()
+        logits = head(h[m]).float()  # (N, V): real positions only
+        nll = F.cross_entropy(logits, x[:, 1:][m], reduction="none")
+        per_row = torch.zeros(len(idx), device=dev).index_add_(0, m.nonzero()[:, 0], nll)
+        for r, i in enumerate(idx):
+            sums[owner[i]] += float(per_row[r])
+            counts[owner[i]] += int(m[r].sum())
+    return list(zip(sums, counts, strict=True))
+
+
 def perplexity(model: Any, tok: Any, text: str, window: int = 128, batch: int = 8) -> float:
     """Perplexity of `text` in non-overlapping windows of `window` tokens."""
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    chunks = [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
-    total, count = 0.0, 0
-    dev = _device(model)
-    for i in range(0, len(chunks), batch):
-        x, mask = pad_right(chunks[i : i + batch], tok.pad_token_id, dev)
-        logp = F.log_softmax(model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1].float(), -1)
-        tgt = x[:, 1:]
-        m = mask[:, 1:].bool()
-        total += float(-logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)[m].sum())
-        count += int(m.sum())
+    total, count = text_nll(model, tok, [text], window, batch)[0]
     return math.exp(total / max(count, 1))
+
+
+def chat_prompt(tok: Any, question: str) -> str:
+    """The question in the model's chat format (a plain Q/A frame when it has none)."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int = 24, batch: int = 16) -> list[str]:
+    """Greedy continuations of several prompts, left-padded batches with a KV cache."""
+    out = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        enc = encode_left_padded(tok, [prompts[i] for i in idx], _device(model))
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for r, i in enumerate(idx):
+            out[i] = tok.decode(gen[r, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
 
 
 def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 8) -> str:
@@ -106,79 +175,143 @@ def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 8) ->
     return text.rstrip() or text
 
 
-@dataclass(frozen=True)
-class Suite:
-    """The prompts a canary runs: built from a request, extended with the shipped probes."""
+def is_refusal(text: str) -> bool:
+    return text.strip().lower().replace("\u2019", "'").startswith(REFUSAL_OPENINGS)
 
-    prompt: str
-    target_new: str
-    target_old: str
-    paraphrases: list[str]
-    neighbors: list[str]
-    probes: list[str] = field(default_factory=default_probes)
-    text: str = field(default_factory=general_text)
+
+# --------------------------------------------------------------------------- measuring one model
 
 
 @dataclass
 class Snapshot:
-    """What one model version does on a suite (production or candidate)."""
+    """What one model version does on a suite: raw numbers aligned with ``suite.items``."""
 
-    logp_new: list[float]  # [edit prompt] + paraphrases
-    logp_old: list[float]
-    neighbor_next: list[int]
-    probe_next: list[int]
-    ppl: float
+    logp_answer: list[float | None]
+    logp_foil: list[float | None]
+    next_token: list[int | None]
+    nll: list[tuple[float, int] | None]
+    text: list[str | None]
+
+    @property
+    def ppl(self) -> float:
+        pairs = [x for x in self.nll if x is not None]
+        total, count = sum(s for s, _ in pairs), sum(c for _, c in pairs)
+        return math.exp(total / count) if count else float("nan")
 
 
-def measure(model: Any, tok: Any, suite: Suite) -> Snapshot:
-    prompts = [suite.prompt, *suite.paraphrases]
-    return Snapshot(
-        logp_new=target_logprobs(model, tok, prompts, [suite.target_new] * len(prompts)),
-        logp_old=target_logprobs(model, tok, prompts, [suite.target_old] * len(prompts)),
-        neighbor_next=next_tokens(model, tok, suite.neighbors) if suite.neighbors else [],
-        probe_next=next_tokens(model, tok, suite.probes) if suite.probes else [],
-        ppl=perplexity(model, tok, suite.text),
-    )
+def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot:
+    items = suite.items
+    n = len(items)
+    snap = Snapshot([None] * n, [None] * n, [None] * n, [None] * n, [None] * n)
+    pre = [i for i, it in enumerate(items) if it.kind == "prefers"]
+    if pre:
+        lps = continuation_logprobs(model, tok, [(items[i].prompt, items[i].answer) for i in pre]
+                                    + [(items[i].prompt, items[i].foil) for i in pre], batch)
+        for k, i in enumerate(pre):
+            snap.logp_answer[i], snap.logp_foil[i] = lps[k], lps[len(pre) + k]
+    keep = [i for i, it in enumerate(items) if it.kind == "keeps"]
+    for i, t in zip(keep, next_tokens(model, tok, [items[i].prompt for i in keep], batch) if keep else [], strict=True):
+        snap.next_token[i] = t
+    nll = [i for i, it in enumerate(items) if it.kind == "nll"]
+    for i, v in zip(nll, text_nll(model, tok, [items[i].prompt for i in nll]) if nll else [], strict=True):
+        snap.nll[i] = v
+    gen = [i for i, it in enumerate(items) if it.kind in ("answers", "refuses")]
+    prompts = [chat_prompt(tok, items[i].prompt) if items[i].chat else items[i].prompt for i in gen]
+    for i, t in zip(gen, generate_batch(model, tok, prompts) if gen else [], strict=True):
+        snap.text[i] = t
+    return snap
+
+
+def _contains(text: str, answer: str | None) -> bool:
+    return bool(answer) and answer.strip().lower() in text.lower()
+
+
+def item_score(item: Item, snap: Snapshot, i: int, reference: Snapshot) -> float:
+    """The per-item score (see the table in `audits.suites`); `reference` is production."""
+    if item.kind == "prefers":
+        return float(snap.logp_answer[i] > snap.logp_foil[i])  # type: ignore[operator]
+    if item.kind == "keeps":
+        return float(snap.next_token[i] == reference.next_token[i])
+    if item.kind == "nll":
+        s, c = snap.nll[i]  # type: ignore[misc]
+        return -s / max(c, 1)
+    text = snap.text[i] or ""
+    if item.kind == "answers":
+        return float(_contains(text, item.answer) and not _contains(text, item.foil))
+    return float(is_refusal(text))
+
+
+# --------------------------------------------------------------------------- comparing two
 
 
 @dataclass
 class CanaryReport:
+    """Candidate vs production on one suite.
+
+    ``scores`` maps each metric to the paired per-item score lists
+    ``{"prod": [...], "cand": [...]}`` that the statistical gates test.
+    ``rows`` is the evidence, one dict per item (``slice``, ``prompt``, ``pass``,
+    plus slice-specific fields).
+    """
+
     metrics: dict[str, float | None]
     rows: list[dict[str, Any]]
     ppl_production: float
     ppl_candidate: float
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    suite: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def compare(suite: Suite, prod: Snapshot, cand: Snapshot, tok: Any) -> CanaryReport:
-    """Turn two snapshots into metrics and per-prompt evidence rows."""
+def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> CanaryReport:
+    """Turn two snapshots into paired scores, metrics and per-item evidence rows."""
     rows: list[dict[str, Any]] = []
-    prompts = [suite.prompt, *suite.paraphrases]
-    for i, p in enumerate(prompts):
-        rows.append({
-            "slice": "target" if i == 0 else "paraphrase", "prompt": p,
-            "p_new_before": math.exp(prod.logp_new[i]), "p_old_before": math.exp(prod.logp_old[i]),
-            "p_new_after": math.exp(cand.logp_new[i]), "p_old_after": math.exp(cand.logp_old[i]),
-            "pass": cand.logp_new[i] > cand.logp_old[i],
-        })
-    for name, ps, a, b in (("neighbor", suite.neighbors, prod.neighbor_next, cand.neighbor_next),
-                           ("probe", suite.probes, prod.probe_next, cand.probe_next)):
-        for p, x, y in zip(ps, a, b, strict=True):
-            rows.append({"slice": name, "prompt": p, "before": tok.decode([x]), "after": tok.decode([y]), "pass": x == y})
+    scores: dict[str, dict[str, list[float]]] = {}
+    outdated: list[float] = []
+    for i, it in enumerate(suite.items):
+        sp, sc = item_score(it, prod, i, prod), item_score(it, cand, i, prod)
+        metric = SLICE_METRIC[it.slice]
+        scores.setdefault(metric, {"prod": [], "cand": []})
+        scores[metric]["prod"].append(sp)
+        scores[metric]["cand"].append(sc)
+        row: dict[str, Any] = {"slice": it.slice, "kind": it.kind, "prompt": it.prompt, "source": it.source,
+                               "score_before": sp, "score_after": sc}
+        if it.kind == "prefers":
+            row.update(answer=it.answer, foil=it.foil, pass_=None,
+                       p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]
+                       p_answer_after=math.exp(cand.logp_answer[i]), p_foil_after=math.exp(cand.logp_foil[i]))  # type: ignore[arg-type]
+            if it.slice in ("target", "paraphrase"):  # the names the card and the UI read
+                row.update(p_new_before=row["p_answer_before"], p_old_before=row["p_foil_before"],
+                           p_new_after=row["p_answer_after"], p_old_after=row["p_foil_after"])
+            else:
+                row.update(before=f"p(true)={row['p_answer_before']:.3f} p(new)={row['p_foil_before']:.3f}",
+                           after=f"p(true)={row['p_answer_after']:.3f} p(new)={row['p_foil_after']:.3f}")
+        elif it.kind == "keeps":
+            row.update(before=tok.decode([prod.next_token[i]]), after=tok.decode([cand.next_token[i]]))
+        elif it.kind == "nll":
+            row.update(prompt=it.prompt[:80] + ("…" if len(it.prompt) > 80 else ""), before=f"nll={-sp:.3f}", after=f"nll={-sc:.3f}")
+        else:
+            row.update(answer=it.answer, foil=it.foil, before=prod.text[i], after=cand.text[i])
+            if it.kind == "answers":
+                outdated.append(float(_contains(cand.text[i] or "", it.foil)))
+        row.pop("pass_", None)
+        # the edit's own slices must reach the new answer; every other item must not get worse
+        row["pass"] = bool(sc >= 1.0) if it.slice in ("target", "paraphrase", "fresh") else bool(sc >= sp)
+        rows.append(row)
 
-    def rate(slice_: str) -> float | None:
-        xs = [r["pass"] for r in rows if r["slice"] == slice_]
+    def mean(metric: str) -> float | None:
+        xs = scores.get(metric, {}).get("cand")
         return sum(xs) / len(xs) if xs else None
 
-    neighbor_rate, probe_rate = rate("neighbor"), rate("probe")
-    metrics = {
-        "efficacy": rate("target"),
-        "paraphrase": rate("paraphrase"),
-        "specificity": neighbor_rate if neighbor_rate is not None else probe_rate,
-        "probe_specificity": probe_rate,
-        "drawdown": cand.ppl / prod.ppl - 1.0,
-        "target_prob": math.exp(cand.logp_new[0]),
-    }
-    return CanaryReport(metrics=metrics, rows=rows, ppl_production=prod.ppl, ppl_candidate=cand.ppl)
+    metrics: dict[str, float | None] = {m: mean(m) for m in ("efficacy", "paraphrase", "specificity",
+                                                              "probe_specificity", "freshness", "refusal")}
+    ret = scores.get("retention")
+    metrics["retention"] = (sum(ret["cand"]) - sum(ret["prod"])) / len(ret["cand"]) if ret else None
+    metrics["outdated"] = sum(outdated) / len(outdated) if outdated else None
+    metrics["drawdown"] = cand.ppl / prod.ppl - 1.0 if ret else None
+    first = next((i for i, it in enumerate(suite.items) if it.slice == "target"), None)
+    metrics["target_prob"] = math.exp(cand.logp_answer[first]) if first is not None else None  # type: ignore[arg-type]
+    return CanaryReport(metrics=metrics, rows=rows, ppl_production=prod.ppl, ppl_candidate=cand.ppl,
+                        scores=scores, suite={"name": suite.name, "items": len(suite), "slices": suite.counts()})

@@ -62,14 +62,24 @@ class ModelHost:
         return self.loaded
 
 
-def evaluate_gates(policy: Policy, metrics: dict[str, float | None]) -> list[dict[str, Any]]:
-    out = []
-    for g in policy.canary.gates:
-        value = metrics.get(g.metric)
-        ok = g.holds(value)
-        out.append({"gate": g.describe(), "metric": g.metric, "value": value,
-                    "result": "skipped" if ok is None else ("pass" if ok else "fail")})
-    return out
+def build_suite(req: RequestRow, policy: Policy, target_old: str):  # noqa: ANN201
+    """The request's evaluation suite: generated + shipped slices, then the policy's suite files."""
+    from audits.suites import for_request, load_suite
+
+    suite = for_request(subject=req.subject, prompt=req.prompt, target_new=req.target, target_old=target_old,
+                        paraphrases=req.paraphrase_list, neighbors=req.neighbor_list, relation=req.relation,
+                        n_neighbors=policy.canary.neighbors, generate=policy.canary.generate, seed=policy.canary.seed)
+    fill = {"subject": req.subject, "target": req.target, "target_old": target_old}
+    for path in policy.canary.suites:
+        suite = suite + load_suite(path, fill)
+    return suite
+
+
+def evaluate_gates(policy: Policy, canary: Any) -> list[dict[str, Any]]:
+    """Absolute and relative gates of `policy` over a CanaryReport (see `audits.gates`)."""
+    from audits.gates import evaluate
+
+    return evaluate(list(policy.canary.gates), canary.metrics, canary.scores, policy.canary.plan())
 
 
 def render_card(req: RequestRow, report: dict[str, Any], gates: list[dict[str, Any]], delta_summary: dict[str, Any]) -> str:
@@ -83,9 +93,9 @@ def render_card(req: RequestRow, report: dict[str, Any], gates: list[dict[str, A
         f"update norm {delta_summary['tensors'][0]['update_norm']:.4g} vs weight norm {delta_summary['tensors'][0]['weight_norm']:.4g}",
         f"- covariance: {delta_summary.get('covariance')}",
         "",
-        "| gate | value | result |",
-        "|---|---|---|",
-        *[f"| {g['gate']} | {_fmt(g['value'])} | {g['result']} |" for g in gates],
+        "| gate | value | result | why |",
+        "|---|---|---|---|",
+        *[f"| {g['gate']} | {_fmt(g['value'])} | {g['result']} | {g.get('why', '')} |" for g in gates],
         "",
         "| slice | prompt | before | after | pass |",
         "|---|---|---|---|---|",
@@ -105,7 +115,8 @@ def _fmt(value: float | None) -> str:
 
 def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, progress: Progress | None = None) -> State:
     """Execute one claimed apply job; returns the request's final state."""
-    from audits.canary import Suite, compare, greedy_answer, measure
+    from audits.canary import compare, greedy_answer, measure
+    from audits.gates import paired_summary
     from editors import EditContext, FactEdit, get_editor
 
     def report(stage: str, frac: float) -> None:
@@ -126,8 +137,10 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
     if target_old.strip() == req.target.strip():
         return _finish_failed(gov, job, worker_id, f"the model already answers {req.target!r}; nothing to change")
 
-    suite = Suite(prompt=req.prompt, target_new=req.target, target_old=target_old,
-                  paraphrases=req.paraphrase_list, neighbors=req.neighbor_list)
+    try:
+        suite = build_suite(req, policy, target_old)
+    except ValueError as e:  # a suite file changed since admission
+        return _finish_failed(gov, job, worker_id, f"evaluation suite: {e}")
     report("canary-production", 0.0)
     prod = measure(net, tok, suite)
 
@@ -149,11 +162,14 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
     with delta.applied(net):
         cand = measure(net, tok, suite)
     canary = compare(suite, prod, cand, tok)
-    gates = evaluate_gates(policy, canary.metrics)
+    report("statistics", 0.0)
+    gates = evaluate_gates(policy, canary)
     passed = all(g["result"] != "fail" for g in gates)
     tier = policy.risk.tiers[req.tier]
     summary = delta.summary()
+    plan = policy.canary.plan()
     report_dict = {**canary.to_dict(), "gates": gates, "passed": passed, "target_old": target_old,
+                   "stats": paired_summary(canary.scores, plan), "plan": plan.__dict__,
                    "seconds": round(time.perf_counter() - started, 2), "edit_seconds": delta.meta.get("seconds")}
 
     # MLflow first: a run per change, a model version per candidate
@@ -166,7 +182,7 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
                 "module": delta.meta.get("module"), "covariance": delta.meta.get("covariance"),
                 "parent_version": parent_number, "policy": policy.name, "tier": req.tier,
                 **{f"hp.{k}": v for k, v in policy.method_config(req.method).items()}},
-        metrics={**canary.metrics, "ppl_production": canary.ppl_production, "ppl_candidate": canary.ppl_candidate,
+        metrics={**{k: v for k, v in canary.metrics.items() if v is not None}, "ppl_production": canary.ppl_production, "ppl_candidate": canary.ppl_candidate,
                  "seconds_total": report_dict["seconds"], "seconds_edit": delta.meta.get("seconds")},
         files={"delta": delta_path},
         texts={"canary.json": json.dumps(report_dict, indent=2), "card.md": render_card(
@@ -200,8 +216,12 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
             "tensors": summary["tensors"], "mlflow_run": run_id})
         gates_payload = {"metrics": canary.metrics, "gates": gates}
         if not passed:
+            from audits.gates import failed
+
+            r.error = "gates failed: " + "; ".join(failed(gates))
+            s.add(r)
             gov.store.transition(s, r, Event.GATES_FAILED, "canary", gates_payload)
-            gov._discard_candidate(s, r, "canary", "gates failed: " + ", ".join(g["gate"] for g in gates if g["result"] == "fail"))
+            gov._discard_candidate(s, r, "canary", r.error)
         elif tier.auto_approve:
             gov.store.transition(s, r, Event.AUTO_APPROVED, "policy", {**gates_payload, "tier": req.tier})
             _, promoted_to = gov._promote(s, r, "policy")

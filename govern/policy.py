@@ -22,12 +22,21 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class Gate(BaseModel):
-    """``metric op threshold`` must hold for the candidate, e.g. ``efficacy >= 0.95``."""
+    """A rule the candidate must satisfy. Two forms:
+
+    * absolute: ``{metric: efficacy, op: ">=", threshold: 0.95}``;
+    * relative: ``{metric: specificity, compare: non_inferior, margin: 0.02}`` — the
+      candidate is not worse than production by more than ``margin`` on the same
+      items, by a paired one-sided test at the canary's ``alpha`` after its
+      ``correction`` (see `audits.gates`).
+    """
 
     model_config = _STRICT
     metric: str = Field(description="one of audits.metrics.METRICS")
-    op: Comparator = Field(description="comparison the candidate's value must satisfy")
-    threshold: float = Field(ge=0, allow_inf_nan=False, description="finite, non-negative")
+    op: Comparator | None = Field(None, description="absolute gate: comparison the candidate's value must satisfy")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="absolute gate: finite threshold")
+    compare: Literal["non_inferior"] | None = Field(None, description="relative gate against production")
+    margin: float | None = Field(None, ge=0, allow_inf_nan=False, description="relative gate: tolerated loss (score units)")
     when_missing: Literal["fail", "skip"] = Field(
         "fail", description="what to do when the metric cannot be measured (e.g. no paraphrases given)"
     )
@@ -40,19 +49,39 @@ class Gate(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _rate_range(self) -> Gate:
-        if METRICS[self.metric].kind == "rate" and self.threshold > 1:
-            raise ValueError(f"{self.metric} is a rate in [0, 1]; threshold {self.threshold} can never be met")
+    def _one_form(self) -> Gate:
+        absolute, relative = self.op is not None or self.threshold is not None, self.compare is not None or self.margin is not None
+        if absolute and relative:
+            raise ValueError("a gate is either absolute (op, threshold) or relative (compare, margin), not both")
+        if not absolute and not relative:
+            raise ValueError("a gate needs op and threshold (absolute) or compare: non_inferior and margin (relative)")
+        if absolute:
+            if self.op is None or self.threshold is None:
+                raise ValueError("an absolute gate needs both op and threshold")
+            kind = METRICS[self.metric].kind
+            if kind == "rate" and not 0 <= self.threshold <= 1:
+                raise ValueError(f"{self.metric} is a rate in [0, 1]; threshold {self.threshold} can never be met")
+            if kind == "ratio" and self.threshold < 0 and self.op in ("<=", "<"):
+                raise ValueError(f"{self.metric} is a relative change; a negative ceiling {self.threshold} is almost never met")
+        else:
+            if self.compare is None or self.margin is None:
+                raise ValueError("a relative gate needs both compare: non_inferior and margin")
+            if not METRICS[self.metric].paired:
+                paired = ", ".join(k for k, v in METRICS.items() if v.paired)
+                raise ValueError(f"{self.metric} has no per-item scores; relative gates work on {paired}")
         return self
 
     def holds(self, value: float | None) -> bool | None:
-        """True/False, or None when the value is missing and the gate says skip."""
+        """Absolute gates: True/False, or None when the value is missing and the gate says skip."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None if self.when_missing == "skip" else False
+        assert self.threshold is not None  # noqa: S101 - validated: absolute gates have one
         return {">=": value >= self.threshold, ">": value > self.threshold,
-                "<=": value <= self.threshold, "<": value < self.threshold}[self.op]
+                "<=": value <= self.threshold, "<": value < self.threshold}[self.op or ">="]
 
     def describe(self) -> str:
+        if self.compare:
+            return f"{self.metric} non-inferior to production (margin {self.margin:g})"
         return f"{self.metric} {self.op} {self.threshold:g}"
 
 
@@ -130,8 +159,36 @@ class Admission(BaseModel):
 
 
 class Canary(BaseModel):
+    """The evaluation: which suites, which gates, and how relative gates are tested."""
+
     model_config = _STRICT
     gates: list[Gate] = Field(min_length=1)
+    alpha: float = Field(0.05, gt=0, lt=0.5, allow_inf_nan=False, description="error rate of the relative gates' family")
+    correction: Literal["holm", "bh", "none"] = Field("holm", description="multiple-testing correction across relative gates")
+    test: Literal["bootstrap", "permutation"] = Field("bootstrap", description="paired test for relative gates")
+    resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples / permutations")
+    seed: int = Field(0, ge=0, description="fixed seed: the same evidence gives the same decision")
+    generate: bool = Field(True, description="add paraphrases, neighbours and a freshness question from audits/data/relations.yaml")
+    neighbors: int = Field(20, ge=0, le=500, description="generated neighbours per request")
+    suites: list[str] = Field(default_factory=list, description="extra suite files (YAML/JSONL), relative to the policy file")
+
+    def plan(self):  # noqa: ANN201
+        from audits.gates import TestPlan
+
+        return TestPlan(alpha=self.alpha, correction=self.correction, test=self.test, resamples=self.resamples, seed=self.seed)
+
+
+class Validity(BaseModel):
+    model_config = _STRICT
+    on_expiry: Literal["rollback", "overlay"] = Field(
+        "rollback", description="when valid_until passes: roll the change back (overlay: the retrieval overlay, not built yet)")
+
+    @field_validator("on_expiry")
+    @classmethod
+    def _overlay_exists(cls, v: str) -> str:
+        if v == "overlay":
+            raise ValueError("on_expiry: overlay needs the retrieval overlay, which is not built yet; use rollback")
+        return v
 
 
 class Methods(BaseModel):
@@ -148,6 +205,7 @@ class Policy(BaseModel):
     risk: Risk
     canary: Canary
     rollback_triggers: list[Gate] = Field(default_factory=list, description="monitoring: breach -> automatic rollback")
+    validity: Validity = Field(default_factory=Validity)
     methods: Methods = Field(default_factory=Methods)
 
     @model_validator(mode="after")
@@ -176,9 +234,25 @@ def load_policy(path: str | Path) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"policy {p} must be a YAML mapping with keys name, risk, canary, ...")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as e:
         raise PolicyError(f"policy {p}: {format_validation_error(e)}") from None
+    return _resolve_suites(policy, p.parent)
+
+
+def _resolve_suites(policy: Policy, base: Path) -> Policy:
+    """Make suite paths absolute (the policy travels as JSON to the worker) and check they load."""
+    from audits.suites import SuiteError, load_suite
+
+    paths = []
+    for i, name in enumerate(policy.canary.suites):
+        path = (base / name).resolve() if not Path(name).is_absolute() else Path(name)
+        try:
+            load_suite(path)
+        except SuiteError as e:
+            raise PolicyError(f"canary.suites.{i}: {e}") from None
+        paths.append(str(path))
+    return policy.model_copy(update={"canary": policy.canary.model_copy(update={"suites": paths})})
 
 
 def describe_yaml_error(e: Exception) -> str:

@@ -1,0 +1,274 @@
+"""Evaluation suites: the items a canary scores, as data.
+
+A suite is a list of :class:`Item`. Each item belongs to a *slice* (what it
+measures) and has a *kind* (how one model's answer becomes a per-item score):
+
+| kind | per-item score of one model | typical slices |
+|---|---|---|
+| ``prefers`` | 1 if the mean per-token log-probability of ``answer`` after ``prompt`` beats that of ``foil`` | target, paraphrase, neighbor |
+| ``keeps`` | 1 if the greedy next token equals production's (production scores 1 by definition) | neighbor, probe |
+| ``nll`` | minus the mean negative log-likelihood of the text ``prompt`` (higher is better) | retention |
+| ``answers`` | 1 if the greedy answer (chat form) contains ``answer`` and not ``foil`` | fresh |
+| ``refuses`` | 1 if the greedy answer (chat form) opens with a refusal | refusal |
+
+Every slice becomes one metric (``SLICE_METRIC``), measured for production and
+for the candidate on the same items, so the two score vectors are paired
+(``audits.stats``).
+
+Suites come from three places, merged in this order:
+
+1. **generated from the request** (:func:`for_request`): the edit prompt, its
+   paraphrases and neighbours as given; when the request's relation matches a
+   relation in ``audits/data/relations.yaml`` (e.g. ``The capital of {} is``),
+   paraphrase templates, neighbours from the other facts of that relation (their
+   true answer must keep beating the new target, the CounterFact neighbourhood
+   score of Meng et al., 2022) and a freshness question;
+2. **shipped**: the probe set, general-text paragraphs for retention, refusal prompts;
+3. **files** named by the policy (``canary.suites``), YAML or JSONL, written by
+   hand (:func:`load_suite`). ``{subject}``, ``{target}`` and ``{target_old}``
+   in a file's strings are filled from the request.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DATA = Path(__file__).parent / "data"
+
+Kind = Literal["prefers", "keeps", "nll", "answers", "refuses"]
+KINDS: tuple[str, ...] = ("prefers", "keeps", "nll", "answers", "refuses")
+
+# slice -> the metric its scores feed (names in audits.metrics)
+SLICE_METRIC: dict[str, str] = {
+    "target": "efficacy",
+    "paraphrase": "paraphrase",
+    "neighbor": "specificity",
+    "probe": "probe_specificity",
+    "retention": "retention",
+    "fresh": "freshness",
+    "refusal": "refusal",
+}
+SLICES: tuple[str, ...] = tuple(SLICE_METRIC)
+_KIND_NEEDS = {"prefers": ("answer", "foil"), "answers": ("answer",)}
+MAX_ITEMS = 20_000
+MAX_TEXT = 4_000
+
+
+class SuiteError(ValueError):
+    """A suite file or item is malformed; the message names the item and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to score. ``chat`` wraps ``prompt`` in the model's chat template."""
+
+    slice: str
+    kind: Kind
+    prompt: str
+    answer: str | None = None
+    foil: str | None = None
+    chat: bool = False
+    source: str = "generated"
+
+    def check(self, where: str) -> Item:
+        if self.slice not in SLICE_METRIC:
+            raise SuiteError(f"{where}: unknown slice {self.slice!r}; choose one of {', '.join(SLICES)}")
+        if self.kind not in KINDS:
+            raise SuiteError(f"{where}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise SuiteError(f"{where}: prompt must be a non-empty string")
+        if len(self.prompt) > MAX_TEXT:
+            raise SuiteError(f"{where}: prompt is {len(self.prompt)} characters; the limit is {MAX_TEXT}")
+        for key in _KIND_NEEDS.get(self.kind, ()):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise SuiteError(f"{where}: kind {self.kind} needs a non-empty {key!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    name: str
+    items: tuple[Item, ...] = field(default_factory=tuple)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def slice(self, name: str) -> list[Item]:
+        return [i for i in self.items if i.slice == name]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i in self.items:
+            out[i.slice] = out.get(i.slice, 0) + 1
+        return out
+
+    def __add__(self, other: EvalSuite) -> EvalSuite:
+        seen, items = set(), []
+        for i in (*self.items, *other.items):
+            key = (i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat)
+            if key not in seen:  # the same check twice would count twice in the statistics
+                seen.add(key)
+                items.append(i)
+        return EvalSuite(f"{self.name}+{other.name}", tuple(items))
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps({k: v for k, v in asdict(i).items() if v not in (None, False)}) + "\n" for i in self.items)
+
+
+# --------------------------------------------------------------------------- shipped data
+
+
+def _yaml(name: str) -> Any:
+    import yaml
+
+    return yaml.safe_load((DATA / name).read_text(encoding="utf-8"))
+
+
+def probe_items() -> list[Item]:
+    return [Item("probe", "keeps", p["prompt"], answer=p.get("answer"), source="shipped") for p in _yaml("probes.yaml")["probes"]]
+
+
+def retention_items() -> list[Item]:
+    """General-text paragraphs (``audits/data/general.txt``), one item each."""
+    text = (DATA / "general.txt").read_text(encoding="utf-8")
+    paras = [" ".join(p.split()) for p in text.split("\n\n")]
+    return [Item("retention", "nll", p, source="shipped") for p in paras if p and not p.startswith("#")]
+
+
+def refusal_items() -> list[Item]:
+    return [Item("refusal", "refuses", q, chat=True, source="shipped") for q in _yaml("refusals.yaml")["refusals"]]
+
+
+@dataclass(frozen=True)
+class Relation:
+    id: str
+    templates: tuple[str, ...]
+    paraphrases: tuple[str, ...]
+    question: str
+    facts: tuple[tuple[str, str], ...]
+
+
+def relations() -> list[Relation]:
+    return [Relation(r["id"], tuple(r["templates"]), tuple(r["paraphrases"]), r["question"],
+                     tuple((s, a) for s, a in r["facts"])) for r in _yaml("relations.yaml")["relations"]]
+
+
+def find_relation(relation: str | None, prompt: str, subject: str) -> Relation | None:
+    """The shipped relation whose id or template matches the request, if any."""
+    template = prompt.replace(subject, "{}", 1) if subject in prompt else None
+    for r in relations():
+        if relation == r.id or relation in r.templates or template in r.templates:
+            return r
+    return None
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def for_request(*, subject: str, prompt: str, target_new: str, target_old: str,
+                paraphrases: Iterable[str] = (), neighbors: Iterable[str] = (), relation: str | None = None,
+                n_neighbors: int = 20, n_paraphrases: int = 4, seed: int = 0,
+                generate: bool = True, shipped: bool = True) -> EvalSuite:
+    """The suite for one fact edit: request slices, generated slices, shipped slices.
+
+    Generated neighbours are other facts of the same relation whose true answer
+    differs from both targets; they are drawn with a fixed `seed` so production
+    and candidate (and a re-run) see the same items.
+    """
+    items: list[Item] = [Item("target", "prefers", prompt, target_new, target_old, source="request")]
+    given_p = [p for p in paraphrases if p.strip()]
+    items += [Item("paraphrase", "prefers", p, target_new, target_old, source="request") for p in given_p]
+    items += [Item("neighbor", "keeps", n, source="request") for n in neighbors if n.strip()]
+    rel = find_relation(relation, prompt, subject) if generate else None
+    if rel is not None:
+        if not given_p:
+            own = {prompt}
+            items += [Item("paraphrase", "prefers", t.format(subject), target_new, target_old)
+                      for t in rel.paraphrases if t.format(subject) not in own][:n_paraphrases]
+        norm = {target_new.strip().lower(), target_old.strip().lower()}
+        others = [(s, a) for s, a in rel.facts if s.lower() != subject.lower() and a.strip().lower() not in norm]
+        random.Random(seed).shuffle(others)
+        template = prompt.replace(subject, "{}", 1) if subject in prompt else rel.templates[0]
+        items += [Item("neighbor", "prefers", template.format(s), a, target_new) for s, a in others[:n_neighbors]]
+        items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True))
+    if shipped:
+        items += probe_items() + retention_items() + refusal_items()
+    suite = EvalSuite(f"request:{rel.id if rel else 'free'}", tuple(items))
+    for n, i in enumerate(suite.items):
+        i.check(f"generated item {n + 1}")
+    return suite
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_suite(path: str | Path, fill: dict[str, str] | None = None) -> EvalSuite:
+    """Read a hand-written suite (YAML with an ``items`` list, or JSONL, one item per line).
+
+    ``fill`` replaces ``{subject}``, ``{target}``, ``{target_old}`` in strings.
+    Every problem is one :class:`SuiteError` naming the file and the item.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"suite file {p} does not exist")
+    if p.stat().st_size > 5_000_000:
+        raise SuiteError(f"suite file {p} is {p.stat().st_size} bytes; the limit is 5 MB")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"suite file {p} is not UTF-8 (byte {e.start})") from None
+    rows: list[Any]
+    if p.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SuiteError(f"{p} line {n}: not valid JSON: {e.msg}") from None
+        name = p.stem
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SuiteError(f"suite file {p} is not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise SuiteError(f"suite file {p} must be a mapping with an 'items' list")
+        rows, name = data["items"], str(data.get("name") or p.stem)
+    if len(rows) > MAX_ITEMS:
+        raise SuiteError(f"suite file {p} has {len(rows)} items; the limit is {MAX_ITEMS}")
+    allowed = {"slice", "kind", "prompt", "answer", "foil", "chat"}
+    items = []
+    for n, row in enumerate(rows, 1):
+        where = f"{p} item {n}"
+        if not isinstance(row, dict):
+            raise SuiteError(f"{where}: must be a mapping with slice, kind, prompt")
+        extra = set(row) - allowed
+        if extra:
+            raise SuiteError(f"{where}: unknown key {sorted(extra)[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        missing = [k for k in ("slice", "kind", "prompt") if k not in row]
+        if missing:
+            raise SuiteError(f"{where}: missing {missing[0]!r}")
+        values = {k: _fill(v, fill) if isinstance(v, str) else v for k, v in row.items()}
+        if not isinstance(values.get("chat", False), bool):
+            raise SuiteError(f"{where}: chat must be true or false")
+        items.append(Item(**values, source=f"file:{p.name}").check(where))
+    return EvalSuite(name, tuple(items))
+
+
+def _fill(s: str, fill: dict[str, str] | None) -> str:
+    for k, v in (fill or {}).items():
+        s = s.replace("{" + k + "}", v)
+    return s
+
+
+def with_source(suite: EvalSuite, source: str) -> EvalSuite:
+    return EvalSuite(suite.name, tuple(replace(i, source=source) for i in suite.items))
