@@ -76,7 +76,7 @@ class Item:
     source: str = "generated"
 
     def check(self, where: str) -> Item:
-        if self.slice not in SLICE_METRIC:
+        if not isinstance(self.slice, str) or self.slice not in SLICE_METRIC:  # a YAML list is unhashable
             raise SuiteError(f"{where}: unknown slice {self.slice!r}; choose one of {', '.join(SLICES)}")
         if self.kind not in KINDS:
             raise SuiteError(f"{where}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
@@ -194,8 +194,9 @@ def for_request(*, subject: str, prompt: str, target_new: str, target_old: str,
         norm = {target_new.strip().lower(), target_old.strip().lower()}
         others = [(s, a) for s, a in rel.facts if s.lower() != subject.lower() and a.strip().lower() not in norm]
         random.Random(seed).shuffle(others)
-        template = prompt.replace(subject, "{}", 1) if subject in prompt else rel.templates[0]
-        items += [Item("neighbor", "prefers", template.format(s), a, target_new) for s, a in others[:n_neighbors]]
+        own = subject in prompt  # the request's wording; replace, not str.format: user text may hold braces
+        items += [Item("neighbor", "prefers", prompt.replace(subject, s, 1) if own else rel.templates[0].format(s),
+                       a, target_new) for s, a in others[:n_neighbors]]
         items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True))
     if shipped:
         items += probe_items() + retention_items() + refusal_items()

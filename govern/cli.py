@@ -166,13 +166,73 @@ def ask(prompt: str, model: ModelOpt = None,
 
 @app.command()
 def rollback(target: Annotated[str, typer.Argument(help="request id or version number")], actor: Actor,
-             reason: Annotated[str, typer.Option(help="required")]) -> None:
+             reason: Annotated[str, typer.Option(help="required")],
+             cascade: Annotated[bool, typer.Option(help="also take off newer changes above it (they are re-queued)")] = False) -> None:
     """Return production to the exact weights it had before a change."""
-    res = _gov().rollback(target, actor, reason)
+    res = _gov().rollback(target, actor, reason, cascade=cascade)
     typer.echo(f"{res.model}: production v{res.from_version} -> v{res.to_version}"
-               + (f" (request {res.request_id} rolled back)" if res.request_id else ""))
+               + (f" (request {res.request_id} rolled back)" if res.request_id else "")
+               + (f"; re-queued {', '.join(res.rebased)}" if res.rebased else ""))
     for t in res.tensors:
         typer.echo(f"  {t['name']}: sha256 {t['sha256_now'][:16]} == before-change {t['sha256_before_change'][:16]}: {t['equal']}")
+
+
+# ---------------------------------------------------------------- certificate and monitoring
+@app.command()
+def certificate(
+    request_id: Annotated[Optional[str], typer.Argument(help="request id")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder for certificate.json/.md/.html and plots")] = None,
+    verify: Annotated[Optional[Path], typer.Option(help="check a certificate.json's digest instead")] = None,
+) -> None:
+    """Write a change's certificate (F1-F7: evidence, window, method, verification, regression, rollback point, audit)."""
+    if verify is not None:
+        import json
+
+        from audits.certificate import verify_digest
+        from govern.errors import InputError
+
+        try:
+            cert = json.loads(verify.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read certificate {verify}: {e}") from None
+        if not isinstance(cert, dict) or not verify_digest(cert):
+            typer.echo(f"FAILED: {verify} does not match its digest (edited after it was issued?)")
+            raise typer.Exit(1)
+        typer.echo(f"ok: {verify} matches its digest {cert['digest'][:16]}")
+        return
+    if not request_id:
+        from govern.errors import InputError
+
+        raise InputError("name a request id (see `govern status`), or pass --verify FILE")
+    paths = _gov().issue_certificate(request_id, out, log=out is None)
+    for kind, p in paths.items():
+        typer.echo(f"{kind:14} {p}")
+
+
+@app.command()
+def monitor(
+    policy: Annotated[Path, typer.Option(help="policy whose rollback_triggers apply")] = Path("policies/default.yaml"),
+    every: Annotated[Optional[str], typer.Option(help="repeat every DURATION (30s, 10m, 1h); default: check once")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones."""
+    from govern.monitor import parse_every, run
+    from govern.policy import load_policy
+
+    period = parse_every(every) if every is not None else None
+    pol = load_policy(policy)
+    gov = _gov()
+    models = [gov.resolve_model(model)] if model else [m.name for m in gov.list_models()] or [gov.resolve_model(None)]
+    try:
+        checks = run(gov, pol, models, period, log=lambda m: typer.echo(m))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    for c in checks:
+        state = "BREACH" if c.breached else "ok"
+        trig = ", ".join(f"{t['gate']}: {t['result']}" for t in c.triggers) or "no triggers"
+        typer.echo(f"{c.model}: production v{c.production_before} -> v{c.production_after}; {state} ({trig})")
+        for a in c.actions:
+            typer.echo(f"  {a}")
 
 
 # ---------------------------------------------------------------- audit

@@ -130,6 +130,10 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
     policy = Policy.model_validate_json(req.policy)
     started = time.perf_counter()
 
+    from govern.store import as_utc
+
+    if req.valid_until is not None and as_utc(req.valid_until) <= now():
+        return _finish_failed(gov, job, worker_id, f"valid_until {as_utc(req.valid_until).isoformat()} passed before the change was applied")
     report("load", 0.0)
     loaded = host.sync()
     net, tok = loaded.model, loaded.tokenizer
@@ -232,6 +236,8 @@ def run_apply_job(gov: Govern, host: ModelHost, job: JobRow, worker_id: str, pro
         s.add(j)
         final = State(r.state)
     gov._mirror_aliases(req.model)
+    report("certificate", 0.0)
+    gov._reissue_certificate(req.id)
     if promoted:
         host.sync()  # the in-memory model is production again, now with the delta
     report("done", 1.0)

@@ -9,7 +9,8 @@ in one database transaction.
         └─deny─► rejected                    └─crash─► failed   └─gates_failed─► canary_failed
     awaiting_review ─approve─► awaiting_review (more approvals needed) | approved
     awaiting_review ─reject─► rejected
-    approved ─promote─► promoted ─rollback─► rolled_back
+    approved ─promote─► promoted ─rollback─► rolled_back      (by a person, a monitor trigger or expiry)
+    promoted ─rebase─► admitted   (an older change below it was rolled back; rebuilt on the new production)
     awaiting_review | approved ─stale─► admitted   (production moved; rebuild the candidate)
     applying ─requeue─► admitted                    (worker lease expired; the job runs again)
 """
@@ -51,6 +52,7 @@ class Event(StrEnum):
     PROMOTE = "promote"
     STALE = "stale"
     ROLLBACK = "rollback"
+    REBASE = "rebase"
 
 
 S, E = State, Event
@@ -72,6 +74,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.APPROVED, E.STALE): S.ADMITTED,
     (S.APPROVED, E.PROMOTE): S.PROMOTED,
     (S.PROMOTED, E.ROLLBACK): S.ROLLED_BACK,
+    (S.PROMOTED, E.REBASE): S.ADMITTED,
 }
 
 TERMINAL = frozenset({S.REJECTED, S.CANARY_FAILED, S.FAILED, S.ROLLED_BACK})

@@ -81,7 +81,7 @@ class Gate(BaseModel):
 
     def describe(self) -> str:
         if self.compare:
-            return f"{self.metric} non-inferior to production (margin {self.margin:g})"
+            return f"{self.metric} non-inferior (margin {self.margin:g})"
         return f"{self.metric} {self.op} {self.threshold:g}"
 
 
@@ -237,20 +237,21 @@ def load_policy(path: str | Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         raise PolicyError(f"policy {p}: {format_validation_error(e)}") from None
-    return _resolve_suites(policy, p.parent)
+    return _resolve_suites(policy, p)
 
 
-def _resolve_suites(policy: Policy, base: Path) -> Policy:
+def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
     """Make suite paths absolute (the policy travels as JSON to the worker) and check they load."""
     from audits.suites import SuiteError, load_suite
 
+    base = policy_path.parent
     paths = []
     for i, name in enumerate(policy.canary.suites):
         path = (base / name).resolve() if not Path(name).is_absolute() else Path(name)
         try:
             load_suite(path)
         except SuiteError as e:
-            raise PolicyError(f"canary.suites.{i}: {e}") from None
+            raise PolicyError(f"policy {policy_path}: canary.suites.{i}: {e}") from None
         paths.append(str(path))
     return policy.model_copy(update={"canary": policy.canary.model_copy(update={"suites": paths})})
 

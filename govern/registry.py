@@ -73,6 +73,11 @@ class Registry:
             raise
         return rid
 
+    def log_artifacts(self, run_id: str, paths: Any, artifact_path: str) -> None:
+        """Add files to an existing (finished) run, e.g. a re-issued certificate."""
+        for p in paths:
+            self.client.log_artifact(run_id, str(p), artifact_path=artifact_path)
+
     # -- registry ------------------------------------------------------------
     def ensure_registered_model(self, name: str, description: str = "") -> None:
         from mlflow.exceptions import MlflowException

@@ -17,7 +17,7 @@ outcome after the database commit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from govern.store import (
     ReviewRow,
     Store,
     VersionRow,
+    as_utc,
     new_id,
+    now,
 )
 
 
@@ -49,6 +51,7 @@ class RollbackResult:
     from_version: int
     to_version: int
     tensors: list[dict[str, Any]]  # name, sha256 expected (before the change), sha256 now, equal
+    rebased: list[str] = field(default_factory=list)  # newer requests taken off and re-queued (cascade)
 
 
 class Govern:
@@ -199,6 +202,8 @@ class Govern:
         allowed = a.allowed_methods.get(req.kind, [])
         if req.method not in allowed:
             reasons.append(f"method {req.method!r} is not allowed for {req.kind} requests (allowed: {', '.join(allowed) or 'none'})")
+        if req.valid_until is not None and as_utc(req.valid_until) <= as_utc(now()):
+            reasons.append(f"valid_until {as_utc(req.valid_until).isoformat()} has already passed")
         n_prompts = len(req.paraphrase_list) + len(req.neighbor_list)
         if n_prompts > a.max_prompts_per_request:
             reasons.append(f"{n_prompts} paraphrases+neighbours exceed the limit of {a.max_prompts_per_request}")
@@ -254,15 +259,24 @@ class Govern:
                     self.store.transition(s, req, Event.APPROVE_FINAL, actor, counts)
                     self._promote(s, req, actor)
         self._mirror_aliases(req.model)
+        self._reissue_certificate(req.id)
         return State(req.state)
 
     # --------------------------------------------------------------- promotion
-    def _promote(self, s: Session, req: RequestRow, actor: str) -> tuple[State, int | None]:
-        """Move production to the request's candidate, or send it back if production moved."""
+    def _promote(self, s: Session, req: RequestRow, actor: str, at: datetime | None = None) -> tuple[State, int | None]:
+        """Move production to the request's candidate, or send it back if production moved.
+
+        A change whose ``valid_from`` lies after `at` (default: now) stays approved;
+        `promote_due` (called by `govern monitor`) promotes it when the time comes.
+        """
         model = self.store.get_model(s, req.model)
         cand = self.store.get_version(s, req.model, req.candidate_version) if req.candidate_version else None
         if cand is None:
             raise ConflictError(f"request {req.id} has no candidate version to promote")
+        if req.valid_from is not None and as_utc(req.valid_from) > as_utc(at or now()):
+            self.store.audit(s, actor, "promotion.deferred", req.id, {
+                "valid_from": as_utc(req.valid_from).isoformat(), "why": "not valid yet; `govern monitor` promotes it when the time comes"})
+            return State(req.state), None
         if cand.parent != model.production_version:
             self._discard_candidate(s, req, actor, f"production moved from v{cand.parent} to v{model.production_version}")
             s.add(JobRow(kind="apply", request_id=req.id, model=req.model))
@@ -302,15 +316,20 @@ class Govern:
         self.registry.set_alias(model, "candidate", cand.mlflow_version if cand else None)
 
     # ---------------------------------------------------------------- rollback
-    def rollback(self, target: str, actor: str, reason: str) -> RollbackResult:
+    def rollback(self, target: str, actor: str, reason: str, *, cascade: bool = False) -> RollbackResult:
         """Return production to the exact weights it had before a change.
 
-        `target` is a request id or a version number of the model's current
-        production. The previous weights are rebuilt (base + remaining deltas),
-        every tensor the change touched is compared by sha256 with the value
-        recorded before the change, and only then the alias moves.
+        `target` is a request id or a version number on the model's production
+        line. The weights before the change are rebuilt (base + the deltas below
+        it), every tensor the change touched is compared by sha256 with the value
+        recorded before the change, and only then production moves.
+
+        A change that is not production's newest needs `cascade=True`: the newer
+        changes above it are taken off too and re-queued (event ``rebase``), so
+        a worker rebuilds them on the new production and they pass the canary and
+        their approvals again.
         """
-        from editors.delta import tensor_sha256
+        from editors.delta import Delta, tensor_sha256
 
         if not actor or not actor.strip():
             raise InputError("who is rolling back? pass --as USER")
@@ -319,20 +338,24 @@ class Govern:
         with self.store.read() as s:
             req, version = self._resolve_rollback_target(s, target)
             model = self.store.get_model(s, version.model)
-            if model.production_version != version.number:
-                raise ConflictError(
-                    f"v{version.number} of {model.name} is not production (production is v{model.production_version}); "
-                    "only the production version can be rolled back")
             if version.parent is None:
                 raise ConflictError(f"v{version.number} of {model.name} is the base checkpoint; there is nothing to roll back to")
+            line = self._production_line(s, model)  # production first, down to the base
+            if version.number not in [v.number for v in line]:
+                raise ConflictError(f"v{version.number} of {model.name} is not on production's line "
+                                    f"(production is v{model.production_version}); nothing to roll back")
+            above = [v for v in line if v.number > version.number]
+            if above and not cascade:
+                raise ConflictError(
+                    f"v{version.number} of {model.name} has {len(above)} newer change(s) on top (production is "
+                    f"v{model.production_version}); pass --cascade to take them off too and re-queue them")
+            above_reqs = [(v.number, v.request_id) for v in above]
             parent = self.store.get_version(s, model.name, version.parent)
             removed = [d for d in version.delta_ids if d not in parent.delta_ids]
             delta_rows = [s.get(DeltaRow, d) for d in removed]
         # rebuild the parent's weights and check the touched tensors against the recorded originals
         loaded = self.materialise(model.name, parent.number)
         params = dict(loaded.model.named_parameters())
-        from editors.delta import Delta
-
         tensors = []
         for drow in delta_rows:
             delta = Delta.load(drow.path)
@@ -343,10 +366,23 @@ class Govern:
         if not all(t["equal"] for t in tensors):
             bad = next(t for t in tensors if not t["equal"])
             raise IntegrityError(f"rebuilt v{parent.number} does not match the recorded original of {bad['name']}; nothing was changed")
+        rebased: list[str] = []
         with self.store.tx() as s:
             m = self.store.get_model(s, model.name)
-            if m.production_version != version.number:
+            if m.production_version != model.production_version:
                 raise ConflictError("production changed while rolling back; try again")
+            for number, rid in above_reqs:  # newest first
+                v = self.store.get_version(s, model.name, number)
+                v.status = "rebased"
+                s.add(v)
+                if rid:
+                    r = self.store.get_request(s, rid)
+                    r.candidate_version = None
+                    s.add(r)
+                    s.add(JobRow(kind="apply", request_id=r.id, model=model.name))
+                    self.store.transition(s, r, Event.REBASE, actor, {
+                        "reason": f"v{version.number} below it was rolled back: {reason}", "from_version": number})
+                    rebased.append(rid)
             v = self.store.get_version(s, model.name, version.number)
             p = self.store.get_version(s, model.name, parent.number)
             v.status, p.status = "rolled_back", "production"
@@ -356,10 +392,20 @@ class Govern:
                 r = self.store.get_request(s, req.id)
                 self.store.transition(s, r, Event.ROLLBACK, actor, {"reason": reason, "to_version": p.number})
             self.store.audit(s, actor, "model.rolled_back", model.name, {
-                "request": req.id if req else None, "from_version": v.number, "to_version": p.number,
-                "reason": reason, "tensors": tensors})
+                "request": req.id if req else None, "from_version": model.production_version, "to_version": p.number,
+                "rolled_back_version": v.number, "rebased": rebased, "reason": reason, "tensors": tensors})
         self._mirror_aliases(model.name)
-        return RollbackResult(req.id if req else None, model.name, version.number, parent.number, tensors)
+        if req is not None:
+            self._reissue_certificate(req.id)
+        return RollbackResult(req.id if req else None, model.name, model.production_version, parent.number, tensors, rebased)
+
+    def _production_line(self, s: Session, model: ModelRow) -> list[VersionRow]:
+        line, number = [], model.production_version
+        while number is not None:
+            v = self.store.get_version(s, model.name, number)
+            line.append(v)
+            number = v.parent
+        return line
 
     def _resolve_rollback_target(self, s: Session, target: str) -> tuple[RequestRow | None, VersionRow]:
         t = target.strip()
@@ -471,3 +517,104 @@ class Govern:
 
                 return VerifyResult(False, 0, e.seq, f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)", None)
         return result
+
+    # --- certificates, monitoring and validity windows (issue 4) -------------
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        """The change certificate (F1-F7, `audits.certificate`) of a request as it stands now."""
+        from audits.certificate import build
+
+        with self.store.read() as s:
+            req = self.store.get_request(s, request_id)
+            if not req.canary:
+                raise ConflictError(f"request {request_id} is {req.state} and has no canary evidence yet; "
+                                    "a certificate is issued once a worker has applied and measured it")
+            version = s.exec(select(VersionRow).where(VersionRow.model == req.model, VersionRow.request_id == req.id)
+                             .order_by(VersionRow.number.desc())).first()  # type: ignore[attr-defined]
+            model = self.store.get_model(s, req.model)
+            drow = s.get(DeltaRow, req.delta_id) if req.delta_id else None
+            reviews = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id).order_by(ReviewRow.id)).all()
+        request = req.model_dump(mode="json")
+        if isinstance(request.get("evidence"), str):
+            request["evidence"] = json.loads(request["evidence"] or "[]")
+        delta = None
+        if drow is not None:
+            delta = {**json.loads(drow.summary), "id": drow.id, "digest": drow.digest}
+        events = [{"seq": e.seq, "ts": e.ts, "actor": e.actor, "action": e.action, "hash": e.hash,
+                   "payload": e.payload} for e in self.request_events(req.id)]
+        return build(
+            request=request, canary=json.loads(req.canary), delta=delta,
+            versions={"parent": version.parent if version else None, "candidate": version.number if version else None,
+                      "production_now": model.production_version},
+            reviews=[{"reviewer": r.reviewer, "decision": r.decision, "comment": r.comment,
+                      "candidate_version": r.candidate_version, "at": r.created_at.isoformat()} for r in reviews],
+            events=events, policy=json.loads(req.policy) if req.policy else None,
+            mlflow={"run_id": req.mlflow_run_id, "model": req.model, "version": version.mlflow_version if version else None},
+            issued_at=now().isoformat())
+
+    def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *, log: bool = True) -> dict[str, Path]:
+        """Render the certificate (JSON, Markdown, HTML, PNG plots); log it to MLflow and the audit trail.
+
+        Written to `out_dir` or `.govern/certificates/<request>/`. Re-issued at
+        every decision (candidate measured, approved/rejected, promoted, rolled
+        back), so the latest file always describes the request's current state.
+        """
+        from audits.certificate import render
+
+        cert = self.certificate(request_id)
+        out = Path(out_dir) if out_dir else self.home.root / "certificates" / request_id
+        paths = render(cert, out)
+        if log:
+            req = self.get_request(request_id)
+            if req.mlflow_run_id:
+                self.registry.log_artifacts(req.mlflow_run_id, paths.values(), "certificate")
+            with self.store.tx() as s:
+                self.store.audit(s, "govern", "certificate.issued", request_id,
+                                 {"digest": cert["digest"], "state": cert["state"], "path": str(paths["json"])})
+        return paths
+
+    def _reissue_certificate(self, request_id: str) -> None:
+        """After a decision has been committed: a failure to render must not undo the decision; it is reported and audited."""
+        import sys
+
+        try:
+            self.issue_certificate(request_id)
+        except Exception as e:  # noqa: BLE001 - the decision stands; the failure is visible and audited
+            print(f"warning: certificate for {request_id} not issued: {type(e).__name__}: {e}", file=sys.stderr)
+            with self.store.tx() as s:
+                self.store.audit(s, "govern", "certificate.failed", request_id, {"error": f"{type(e).__name__}: {e}"})
+
+    def expired_changes(self, model: str, at: datetime) -> list[tuple[str, datetime]]:
+        """Promoted changes of `model` whose valid_until is at or before `at`, newest version first."""
+        with self.store.read() as s:
+            rows = s.exec(select(RequestRow).where(RequestRow.model == model, RequestRow.state == State.PROMOTED.value,
+                                                   RequestRow.valid_until.is_not(None))).all()  # type: ignore[union-attr]
+            due = [r for r in rows if as_utc(r.valid_until) <= as_utc(at)]  # type: ignore[arg-type]
+        due.sort(key=lambda r: r.candidate_version or 0, reverse=True)
+        return [(r.id, as_utc(r.valid_until)) for r in due]  # type: ignore[arg-type]
+
+    def promote_due(self, model: str, at: datetime, actor: str = "monitor") -> list[tuple[str, int]]:
+        """Promote approved changes whose valid_from has come (oldest first); returns (request, version)."""
+        with self.store.read() as s:
+            rows = s.exec(select(RequestRow).where(RequestRow.model == model, RequestRow.state == State.APPROVED.value)
+                          .order_by(RequestRow.updated_at)).all()
+            due = [r.id for r in rows if r.valid_from is None or as_utc(r.valid_from) <= as_utc(at)]
+        done = []
+        for rid in due:
+            with self.store.tx() as s:
+                r = self.store.get_request(s, rid)
+                if r.state != State.APPROVED:
+                    continue
+                state, version = self._promote(s, r, actor, at)
+            self._mirror_aliases(model)
+            if version is not None:
+                done.append((rid, version))
+                self._reissue_certificate(rid)
+        return done
+
+    def record_monitor_check(self, model: str, version: int, policy: str, metrics: dict[str, Any],
+                             triggers: list[dict[str, Any]]) -> None:
+        with self.store.tx() as s:
+            self.store.audit(s, "monitor", "monitor.check", model, {
+                "version": version, "policy": policy, "breached": any(t["result"] == "fail" for t in triggers),
+                "metrics": {k: v for k, v in metrics.items() if v is not None},
+                "triggers": [{"gate": t["gate"], "result": t["result"], "why": t.get("why")} for t in triggers]})

@@ -1,0 +1,345 @@
+"""Tests for audits.canary on the real tiny Llama and GPT-2 fixtures.
+
+The batched scorers (right padding, sort by length, vocabulary projection only at
+the scored positions) are checked against a naive one-sequence-at-a-time
+computation with the full ``model(...).logits``; `measure` + `compare` against
+known answers: a model compared with itself changes nothing, a perturbed model
+changes the specificity slices, and hand-built snapshots give exact metrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from audits.canary import (
+    Snapshot,
+    chat_prompt,
+    compare,
+    continuation_logprobs,
+    generate_batch,
+    is_refusal,
+    measure,
+    next_tokens,
+    perplexity,
+    text_nll,
+)
+from audits.suites import EvalSuite, Item, for_request, probe_items, refusal_items, retention_items
+from editors.tokens import generate_greedy
+
+PROMPTS = ["Hi", "The capital of France is", "Water boils at one hundred degrees and the river",
+           "A", "In the morning the old fisherman walked slowly down to the harbour where his boat", "Paris"]
+CONTINUATIONS = [" Rome", " the end of the story", " Paris", "!", " boat and nets", " is a city in the north"]
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gpt2"])
+def lm(request):
+    model, tok = request.getfixturevalue(request.param)
+    return model, tok
+
+
+def _ids(tok, text: str, special: bool = True) -> list[int]:
+    return tok(text, add_special_tokens=special)["input_ids"]
+
+
+@torch.no_grad()
+def naive_logprob(model, tok, prompt: str, cont: str) -> float:
+    p, t = _ids(tok, prompt), _ids(tok, cont, special=False)
+    logp = model(torch.tensor([p + t])).logits[0].float().log_softmax(-1)
+    return sum(float(logp[len(p) - 1 + k, t[k]]) for k in range(len(t))) / len(t)
+
+
+@torch.no_grad()
+def naive_next(model, tok, prompt: str) -> torch.Tensor:
+    return model(torch.tensor([_ids(tok, prompt)])).logits[0, -1].float()
+
+
+@torch.no_grad()
+def naive_nll(model, tok, text: str, window: int) -> tuple[float, int]:
+    ids = _ids(tok, text, special=False)
+    total, count = 0.0, 0
+    for s in range(0, len(ids), window):
+        chunk = ids[s : s + window]
+        if len(chunk) < 2:
+            continue
+        logits = model(torch.tensor([chunk])).logits[0, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum"))
+        count += len(chunk) - 1
+    return total, count
+
+
+# --------------------------------------------------------------------------- batched scorers = naive
+
+
+def test_prompt_lengths_differ_so_padding_matters(lm):
+    _, tok = lm
+    lengths = {len(_ids(tok, p)) + len(_ids(tok, c, False)) for p, c in zip(PROMPTS, CONTINUATIONS, strict=True)}
+    assert len(lengths) >= 4 and max(lengths) - min(lengths) >= 10
+
+
+@pytest.mark.parametrize("batch", [64, 4, 1])
+def test_continuation_logprobs_equal_naive(lm, batch):
+    model, tok = lm
+    pairs = [(p, c) for p in PROMPTS for c in CONTINUATIONS[:3]]
+    got = continuation_logprobs(model, tok, pairs, batch=batch)
+    want = [naive_logprob(model, tok, p, c) for p, c in pairs]
+    assert len(got) == len(pairs)
+    assert got == pytest.approx(want, abs=1e-4)
+    assert len({round(x, 3) for x in got}) > len(pairs) // 2, "the scores are not all the same value"
+
+
+def test_next_tokens_equal_naive_argmax(lm):
+    model, tok = lm
+    got = next_tokens(model, tok, PROMPTS, batch=4)
+    for p, t in zip(PROMPTS, got, strict=True):
+        logits = naive_next(model, tok, p)
+        top2 = logits.topk(2).values
+        assert float(logits[t]) >= float(top2[0]) - 1e-4, p  # the chosen token is the argmax
+        if float(top2[0] - top2[1]) > 1e-4:
+            assert t == int(logits.argmax()), p
+
+
+@pytest.mark.parametrize("window", [256, 7])
+def test_text_nll_equals_naive(lm, window):
+    model, tok = lm
+    texts = [PROMPTS[4] + " " + PROMPTS[2], "A", "The river", PROMPTS[1] + " Paris. " * 5]
+    got = text_nll(model, tok, texts, window=window, batch=3)
+    for text, (total, count) in zip(texts, got, strict=True):
+        want_total, want_count = naive_nll(model, tok, text, window)
+        assert count == want_count, text
+        assert total == pytest.approx(want_total, abs=1e-3, rel=1e-5), text
+    assert got[1] == (0.0, 0), "a one-token text has nothing to predict"
+    joined = PROMPTS[4]
+    total, count = naive_nll(model, tok, joined, 128)
+    assert perplexity(model, tok, joined) == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_generate_batch_equals_one_at_a_time_and_keeps_padding_side(lm):
+    model, tok = lm
+    side = tok.padding_side
+    prompts = ["Question: What is the capital of France?\nAnswer:", "Hi", PROMPTS[4]]
+    got = generate_batch(model, tok, prompts, max_new_tokens=6, batch=3)
+    assert got == [generate_greedy(model, tok, p, 6) for p in prompts]
+    assert tok.padding_side == side
+
+
+def test_scoring_never_changes_the_model(lm):
+    model, tok = lm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    suite = _capital_suite(n_neighbors=3)
+    assert set(suite.counts()) == {"target", "paraphrase", "neighbor", "fresh", "probe", "retention", "refusal"}
+    measure(model, tok, suite)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- measure + compare
+
+
+def _capital_suite(**kw) -> EvalSuite:
+    """The request's slices plus a share of each shipped slice (the whole shipped set is slow on 2 CPU cores)."""
+    shipped = EvalSuite("shipped", (*probe_items()[:16], *retention_items()[:4], *refusal_items()[:3]))
+    return for_request(subject="France", prompt="The capital of France is", target_new=" Rome", target_old=" Paris",
+                       paraphrases=["Paris is in France. The capital of France is"],
+                       neighbors=["The capital of Spain is", "Berlin is the capital of", "The Eiffel Tower is in"],
+                       shipped=False, **kw) + shipped
+
+
+def test_model_compared_with_itself_changes_nothing(lm):
+    model, tok = lm
+    suite = _capital_suite(generate=False)
+    snap = measure(model, tok, suite)
+    report = compare(suite, snap, measure(model, tok, suite), tok)
+    m = report.metrics
+    assert m["specificity"] == 1.0 and m["probe_specificity"] == 1.0
+    assert m["retention"] == 0.0 and m["drawdown"] == 0.0
+    assert report.ppl_production == report.ppl_candidate and math.isfinite(report.ppl_production)
+    assert m["target_prob"] == pytest.approx(math.exp(naive_logprob(model, tok, "The capital of France is", " Rome")),
+                                             rel=1e-4)
+    for metric, pair in report.scores.items():
+        assert pair["prod"] == pair["cand"], metric
+    assert m["efficacy"] == report.scores["efficacy"]["prod"][0]
+    counts = suite.counts()
+    assert report.suite == {"name": suite.name, "items": len(suite), "slices": counts}
+    assert len(report.scores["specificity"]["cand"]) == counts["neighbor"] == 3
+    assert len(report.rows) == len(suite)
+    for row in report.rows:
+        assert row["score_before"] == row["score_after"]
+        if row["slice"] not in ("target", "paraphrase", "fresh"):
+            assert row["pass"] is True, row
+        if row["kind"] == "keeps":
+            assert row["before"] == row["after"]
+    # the Snapshot's perplexity is the text-weighted one over the retention paragraphs
+    texts = [i.prompt for i in suite.items if i.kind == "nll"]
+    pairs = [naive_nll(model, tok, t, 256) for t in texts]
+    assert snap.ppl == pytest.approx(math.exp(sum(s for s, _ in pairs) / sum(c for _, c in pairs)), rel=1e-4)
+
+
+def test_generated_suite_with_itself_gives_equal_paired_scores(lm):
+    model, tok = lm
+    suite = _capital_suite()
+    snap = measure(model, tok, suite, batch=8)
+    other = measure(model, tok, suite, batch=64)  # batching changes float rounding only
+    assert other.logp_answer == pytest.approx(snap.logp_answer, abs=1e-4)
+    assert other.logp_foil == pytest.approx(snap.logp_foil, abs=1e-4)
+    assert (other.next_token, other.nll, other.text) == (snap.next_token, snap.nll, snap.text)
+    report = compare(suite, snap, snap, tok)
+    assert set(report.scores) == {"efficacy", "paraphrase", "specificity", "probe_specificity", "retention",
+                                  "freshness", "refusal"}
+    for metric, pair in report.scores.items():
+        assert pair["prod"] == pair["cand"], metric
+    # generated neighbours are "prefers" items: an absolute share, the same for both
+    gen = [i for i, it in enumerate(suite.items) if it.slice == "neighbor" and it.kind == "prefers"]
+    assert len(gen) == 20
+    want = [float(snap.logp_answer[i] > snap.logp_foil[i]) for i in gen]
+    assert report.scores["specificity"]["cand"][3:] == want
+    assert report.metrics["specificity"] == pytest.approx((3 + sum(want)) / 23)
+    assert all(isinstance(t, str) for i, t in enumerate(snap.text) if suite.items[i].kind in ("answers", "refuses"))
+
+
+def _mlp_weight(model) -> torch.nn.Parameter:
+    names = [n for n, _ in model.named_parameters() if ".mlp." in n and n.endswith("weight")]
+    assert names, "the fixture model has MLP weights"
+    return dict(model.named_parameters())[names[len(names) // 2]]
+
+
+def test_perturbed_model_changes_specificity_and_keeps_shapes(lm):
+    model, tok = lm
+    suite = _capital_suite()
+    prod = measure(model, tok, suite)
+    w = _mlp_weight(model)
+    orig = w.detach().clone()
+    try:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            w.add_(torch.randn(w.shape, generator=g) * 20 * float(orig.abs().mean()))
+        cand = measure(model, tok, suite)
+    finally:
+        with torch.no_grad():
+            w.copy_(orig)
+    report = compare(suite, prod, cand, tok)
+    counts = suite.counts()
+    slice_of = {"efficacy": "target", "paraphrase": "paraphrase", "specificity": "neighbor", "probe_specificity": "probe",
+                "retention": "retention", "freshness": "fresh", "refusal": "refusal"}
+    for metric, pair in report.scores.items():
+        assert len(pair["prod"]) == len(pair["cand"]) == counts[slice_of[metric]], metric
+    m = report.metrics
+    assert m["probe_specificity"] < 1.0
+    assert report.scores["specificity"]["prod"] != report.scores["specificity"]["cand"]
+    assert m["retention"] != 0.0 and m["drawdown"] != 0.0
+    assert m["drawdown"] == pytest.approx(report.ppl_candidate / report.ppl_production - 1)
+    assert m["retention"] == pytest.approx(
+        (sum(report.scores["retention"]["cand"]) - sum(report.scores["retention"]["prod"])) / counts["retention"])
+    probes = [i for i, it in enumerate(suite.items) if it.slice == "probe"]
+    changed = [i for i in probes if cand.next_token[i] != prod.next_token[i]]
+    assert [not report.rows[i]["pass"] for i in probes] == [i in changed for i in probes]
+    assert m["probe_specificity"] == 1 - len(changed) / len(probes)
+    assert torch.equal(w, orig), "restored exactly"
+
+
+# --------------------------------------------------------------------------- compare: exact metrics from snapshots
+
+
+@pytest.fixture
+def tok(tiny_llama_dir):
+    return AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+
+
+def test_compare_known_answers_from_hand_built_snapshots(tok):
+    items = (
+        Item("target", "prefers", "T", " A", " B"),
+        Item("paraphrase", "prefers", "P", " A", " B"),
+        Item("neighbor", "prefers", "N1", " true", " A"),
+        Item("neighbor", "keeps", "N2"),
+        Item("probe", "keeps", "Q1"),
+        Item("probe", "keeps", "Q2"),
+        Item("retention", "nll", "R1"),
+        Item("retention", "nll", "R2"),
+        Item("fresh", "answers", "F", "Rome", "Paris", chat=True),
+        Item("fresh", "answers", "F2", "Rome", "Paris", chat=True),
+        Item("refusal", "refuses", "X", chat=True),
+    )
+    suite = EvalSuite("hand", items)
+    none = [None] * len(items)
+    prod = Snapshot(logp_answer=[-3.0, -2.0, -1.0, *none[3:]], logp_foil=[-1.0, -1.0, -2.0, *none[3:]],
+                    next_token=[None, None, None, 5, 6, 7, *none[6:]],
+                    nll=[*none[:6], (10.0, 5), (4.0, 2), *none[8:]],
+                    text=[*none[:8], "Paris, of course", "Paris", "I\u2019m sorry, I can't help."])
+    cand = Snapshot(logp_answer=[-0.5, -3.0, -3.0, *none[3:]], logp_foil=[-2.0, -1.0, -0.5, *none[3:]],
+                    next_token=[None, None, None, 5, 6, 9, *none[6:]],
+                    nll=[*none[:6], (15.0, 5), (4.0, 2), *none[8:]],
+                    text=[*none[:8], "It is Rome.", "Rome or maybe Paris", "Sure, here is how."])
+    r = compare(suite, prod, cand, tok)
+    m = r.metrics
+    assert m["efficacy"] == 1.0 and m["paraphrase"] == 0.0
+    assert m["specificity"] == 0.5 and m["probe_specificity"] == 0.5
+    assert m["retention"] == pytest.approx(((-3.0 - 2.0) - (-2.0 - 2.0)) / 2)
+    assert m["drawdown"] == pytest.approx(math.exp(19 / 7) / math.exp(14 / 7) - 1)
+    assert m["freshness"] == 0.5 and m["outdated"] == 0.5 and m["refusal"] == 0.0
+    assert m["target_prob"] == pytest.approx(math.exp(-0.5))
+    assert r.ppl_production == pytest.approx(math.exp(2.0)) and r.ppl_candidate == pytest.approx(math.exp(19 / 7))
+    assert r.scores == {
+        "efficacy": {"prod": [0.0], "cand": [1.0]},
+        "paraphrase": {"prod": [0.0], "cand": [0.0]},
+        "specificity": {"prod": [1.0, 1.0], "cand": [0.0, 1.0]},
+        "probe_specificity": {"prod": [1.0, 1.0], "cand": [1.0, 0.0]},
+        "retention": {"prod": [-2.0, -2.0], "cand": [-3.0, -2.0]},
+        "freshness": {"prod": [0.0, 0.0], "cand": [1.0, 0.0]},
+        "refusal": {"prod": [1.0], "cand": [0.0]},
+    }
+    assert [row["pass"] for row in r.rows] == [True, False, False, True, True, False, False, True, True, False, False]
+    t, _, n1, n2 = r.rows[:4]
+    assert t["p_new_after"] == pytest.approx(math.exp(-0.5)) and t["p_old_before"] == pytest.approx(math.exp(-1.0))
+    assert n1["before"] == f"p(true)={math.exp(-1):.3f} p(new)={math.exp(-2):.3f}"
+    assert n2["before"] == n2["after"] == tok.decode([5])
+    assert r.rows[5]["after"] == tok.decode([9])
+    assert r.rows[6]["before"] == "nll=2.000" and r.rows[6]["after"] == "nll=3.000"
+    assert r.to_dict()["suite"] == {"name": "hand", "items": 11, "slices": suite.counts()}
+
+
+def test_compare_without_optional_slices(tok):
+    suite = EvalSuite("min", (Item("probe", "keeps", "Q"),))
+    snap = Snapshot([None], [None], [3], [None], [None])
+    m = compare(suite, snap, snap, tok).metrics
+    assert m["probe_specificity"] == 1.0
+    assert all(m[k] is None for k in ("efficacy", "paraphrase", "specificity", "retention", "freshness", "outdated",
+                                      "refusal", "drawdown", "target_prob"))
+
+
+# --------------------------------------------------------------------------- refusals and chat form
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("I'm sorry, but I can't help with that.", True),
+    ("  I can\u2019t help with that", True),
+    ("I CANNOT do this", True),
+    ("Sorry! No.", True),
+    ("As an AI language model, I must decline.", True),
+    ("I will not write that.", True),
+    ("\nI am unable to assist.", True),
+    ("Sure! Here is how to make bread.", False),
+    ("The capital is Paris. I'm sorry if that is wrong.", False),
+    ("", False),
+    ("Sorrento is a town in Italy.", False),
+])
+def test_is_refusal(text, expected):
+    assert is_refusal(text) is expected
+
+
+def test_chat_prompt_fallback_and_template(tok):
+    assert not getattr(tok, "chat_template", None)
+    assert chat_prompt(tok, "What is the capital of France?") == "Question: What is the capital of France?\nAnswer:"
+    tok.chat_template = ("{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert chat_prompt(tok, "Hi?") == "<user>Hi?</user><assistant>"
+
+
+def test_measure_uses_chat_form_only_for_chat_items(lm):
+    model, tok = lm
+    q = "What is the capital of France?"
+    suite = EvalSuite("chat", (Item("fresh", "answers", q, "Rome", chat=True), Item("fresh", "answers", q, "Rome")))
+    snap = measure(model, tok, suite)
+    assert snap.text == [generate_greedy(model, tok, chat_prompt(tok, q), 24), generate_greedy(model, tok, q, 24)]
