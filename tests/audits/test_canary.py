@@ -27,12 +27,28 @@ from audits.canary import (
     perplexity,
     text_nll,
 )
-from audits.suites import EvalSuite, Item, for_request, probe_items, refusal_items, retention_items
+from audits.suites import (
+    EvalSuite,
+    Item,
+    for_request,
+    probe_items,
+    refusal_items,
+    retention_items,
+)
 from editors.tokens import generate_greedy
 
 PROMPTS = ["Hi", "The capital of France is", "Water boils at one hundred degrees and the river",
            "A", "In the morning the old fisherman walked slowly down to the harbour where his boat", "Paris"]
 CONTINUATIONS = [" Rome", " the end of the story", " Paris", "!", " boat and nets", " is a city in the north"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Hidden size 64 gains nothing from threads; one thread avoids oversubscribing a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=["tiny_llama", "tiny_gpt2"])
@@ -80,7 +96,7 @@ def test_prompt_lengths_differ_so_padding_matters(lm):
     assert len(lengths) >= 4 and max(lengths) - min(lengths) >= 10
 
 
-@pytest.mark.parametrize("batch", [64, 4, 1])
+@pytest.mark.parametrize("batch", [64, 4])
 def test_continuation_logprobs_equal_naive(lm, batch):
     model, tok = lm
     pairs = [(p, c) for p in PROMPTS for c in CONTINUATIONS[:3]]

@@ -82,8 +82,10 @@ def test_identical_scores_pass_every_relative_gate():
 def test_clearly_worse_candidate_fails_and_names_the_evidence():
     n = 40
     pair = wins_losses(n, losses=12, wins=0)  # 30% of items flipped 1 -> 0
-    res = evaluate([rel("specificity", 0.05)], {}, {"specificity": pair}, PLAN)
+    gate = rel("specificity", 0.05)
+    res = evaluate([gate], {}, {"specificity": pair}, PLAN)
     (r,) = res
+    assert r["gate"] == gate.describe() and "specificity" in r["gate"] and "0.05" in r["gate"]
     assert r["result"] == "fail" and r["kind"] == "relative"
     assert r["diff"] == pytest.approx(-0.3) and r["value"] == pytest.approx(-0.3)
     assert r["mean_prod"] == 1.0 and r["mean_cand"] == pytest.approx(0.7)
@@ -98,7 +100,7 @@ def test_clearly_worse_candidate_fails_and_names_the_evidence():
     assert re.search(r"holm-adjusted p=[0-9.e-]+ > 0\.05", why), why
     assert "(n=40)" in why
     msgs = failed(res)
-    assert msgs == [f"specificity non-inferior to production (margin 0.05) ({why})"]
+    assert msgs == [f"{gate.describe()} ({why})"]
 
 
 def test_small_loss_within_margin_passes_and_equal_loss_fails():
