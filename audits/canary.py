@@ -222,6 +222,12 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
     return snap
 
 
+def _token_text(tok: Any, token_id: int | None) -> str:
+    """The token as text; with its id where the text alone is ambiguous (a partial UTF-8 byte decodes to U+FFFD)."""
+    text = tok.decode([token_id])
+    return f"{text} (#{token_id})" if "\ufffd" in text or not text.strip() else text
+
+
 def _contains(text: str, answer: str | None) -> bool:
     return bool(answer) and answer.strip().lower() in text.lower()
 
@@ -289,7 +295,7 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
                 row.update(before=f"p(true)={row['p_answer_before']:.3f} p(new)={row['p_foil_before']:.3f}",
                            after=f"p(true)={row['p_answer_after']:.3f} p(new)={row['p_foil_after']:.3f}")
         elif it.kind == "keeps":
-            row.update(before=tok.decode([prod.next_token[i]]), after=tok.decode([cand.next_token[i]]))
+            row.update(before=_token_text(tok, prod.next_token[i]), after=_token_text(tok, cand.next_token[i]))
         elif it.kind == "nll":
             row.update(prompt=it.prompt[:80] + ("…" if len(it.prompt) > 80 else ""), before=f"nll={-sp:.3f}", after=f"nll={-sc:.3f}")
         else:

@@ -118,7 +118,9 @@ class EvalSuite:
         return EvalSuite(f"{self.name}+{other.name}", tuple(items))
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps({k: v for k, v in asdict(i).items() if v not in (None, False)}) + "\n" for i in self.items)
+        """One item per line, in the format `load_suite` reads back (``source`` is set by the loader)."""
+        return "".join(json.dumps({k: v for k, v in asdict(i).items() if v not in (None, False) and k != "source"}) + "\n"
+                       for i in self.items)
 
 
 # --------------------------------------------------------------------------- shipped data

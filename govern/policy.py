@@ -36,7 +36,9 @@ class Gate(BaseModel):
     op: Comparator | None = Field(None, description="absolute gate: comparison the candidate's value must satisfy")
     threshold: float | None = Field(None, allow_inf_nan=False, description="absolute gate: finite threshold")
     compare: Literal["non_inferior"] | None = Field(None, description="relative gate against production")
-    margin: float | None = Field(None, ge=0, allow_inf_nan=False, description="relative gate: tolerated loss (score units)")
+    margin: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                 description="relative gate: tolerated loss in score units, > 0 (with 0, a candidate "
+                                             "equal to production can never be shown non-inferior)")
     when_missing: Literal["fail", "skip"] = Field(
         "fail", description="what to do when the metric cannot be measured (e.g. no paraphrases given)"
     )

@@ -208,7 +208,7 @@ def test_to_jsonl_is_one_object_per_item():
     assert len(lines) == len(suite)
     first = json.loads(lines[0])
     assert first == {"slice": "target", "kind": "prefers", "prompt": "The capital of France is", "answer": " Rome",
-                     "foil": " Paris", "source": "request"}
+                     "foil": " Paris"}
     assert json.loads(lines[-1])["chat"] is True
 
 
@@ -273,12 +273,9 @@ def test_yaml_name_defaults_to_file_stem(tmp_path):
     assert load_suite(p).name == "my_suite"
 
 
-def test_generated_suite_round_trips_through_a_file_without_sources(tmp_path):
+def test_generated_suite_round_trips_through_a_file(tmp_path):
     suite = for_request(**CAPITAL, n_neighbors=3)
-    rows = [json.loads(line) for line in suite.to_jsonl().splitlines()]
-    for r in rows:
-        r.pop("source")
-    p = _write(tmp_path, "rt.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    p = _write(tmp_path, "rt.jsonl", suite.to_jsonl())
     loaded = load_suite(p)
     assert [replace(i, source="x") for i in loaded.items] == [replace(i, source="x") for i in suite.items]
 

@@ -91,7 +91,9 @@ def test_shipped_strict_policy():
     sensitive = policy.risk.tiers["sensitive"]
     assert sensitive.approvers == 3 and sensitive.auto_approve is False
     assert not any(t.auto_approve for t in policy.risk.tiers.values()), "strict must never auto-approve"
-    assert all(g.when_missing == "fail" for g in policy.canary.gates)
+    # only the slices a request may lack (no relation known: no freshness question; no refusal prompts) may skip
+    assert all(g.when_missing == "fail" for g in policy.canary.gates if g.metric not in ("freshness", "refusal"))
+    assert {g.metric for g in policy.canary.gates if g.compare} >= {"specificity", "probe_specificity", "retention"}
     assert policy.method_config("rome")["stats_tokens"] == 50000
 
 
@@ -135,8 +137,8 @@ def test_non_finite_threshold(tmp_path, value):
 
 def test_negative_threshold(tmp_path):
     msg = _policy_error(_write(tmp_path, BASE.replace("threshold: 0.05}", "threshold: -0.05}")))
-    assert "canary.gates.1.threshold" in msg
-    assert "greater than or equal to 0" in msg
+    assert "canary.gates.1" in msg
+    assert "negative ceiling -0.05" in msg
 
 
 def test_unknown_metric(tmp_path):
