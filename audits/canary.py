@@ -54,37 +54,72 @@ def _by_length(rows: list[list[int]]) -> list[int]:
 
 
 @torch.no_grad()
-def continuation_logprobs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int = 64) -> list[float]:
-    """Mean per-token log P(continuation | prompt) for each (prompt, continuation), batched."""
+def score_prompts(model: Any, tok: Any, pairs: list[tuple[str, str]], keep_prompts: list[str], batch: int = 64
+                  ) -> tuple[list[float], list[int]]:
+    """Mean per-token log P(continuation | prompt) for `pairs`, and the greedy next token after `keep_prompts`.
+
+    Every distinct prompt runs once (right-padded batches of similar length).
+    Its last position gives the greedy token and the log-probability of every
+    continuation's first token; continuations of several tokens then run only
+    their own tokens on top of the prompt's key/value cache (rows repeated per
+    continuation, explicit positions so the padding in between is skipped).
+    Causal attention makes this equal to scoring each sequence alone.
+    """
     dev = _device(model)
-    rows, spans = [], []
-    for p, t in pairs:
-        p_ids = tok(p)["input_ids"]
-        t_ids = tok(t, add_special_tokens=False)["input_ids"]
-        rows.append(p_ids + t_ids)
-        spans.append((len(p_ids), len(t_ids)))
-    out = [0.0] * len(rows)
-    order = _by_length(rows)
     head = _head(model)
+    distinct: dict[str, int] = {}
+    for p in [*(p for p, _ in pairs), *keep_prompts]:
+        distinct.setdefault(p, len(distinct))
+    prompts = list(distinct)
+    rows = [tok(p)["input_ids"] for p in prompts]
+    cont = [tok(t, add_special_tokens=False)["input_ids"] for _, t in pairs]
+    by_prompt: list[list[int]] = [[] for _ in prompts]  # pair indices per prompt
+    for k, (p, _) in enumerate(pairs):
+        if not cont[k]:
+            raise ValueError(f"continuation {pairs[k][1]!r} has no tokens; nothing to score")
+        by_prompt[distinct[p]].append(k)
+    out, nxt = [0.0] * len(pairs), [0] * len(prompts)
+    order = _by_length(rows)
     for s in range(0, len(order), batch):
         idx = order[s : s + batch]
-        ids, mask = pad_right([rows[i] for i in idx], tok.pad_token_id, dev)
-        h = _hidden(model, ids, mask)  # (B, T, H)
-        b_rows, b_pos, b_tgt, owner = [], [], [], []
-        for r, i in enumerate(idx):
-            start, n = spans[i]
-            b_rows += [r] * n
-            b_pos += list(range(start - 1, start - 1 + n))
-            b_tgt += rows[i][start : start + n]
-            owner += [i] * n
-        logp = F.log_softmax(head(h[b_rows, b_pos]).float(), -1)  # (N, V): only the scored positions
-        lp = logp[torch.arange(len(b_tgt), device=dev), torch.tensor(b_tgt, device=dev)]
-        sums: dict[int, list[float]] = {}
-        for i, v in zip(owner, lp.tolist(), strict=True):
-            sums.setdefault(i, []).append(v)
-        for i, vs in sums.items():
-            out[i] = sum(vs) / len(vs)
-    return out
+        ids, mask = pad_right([rows[i] for i in idx], tok.pad_token_id, dev)  # (B, T)
+        multi = [(r, k) for r, i in enumerate(idx) for k in by_prompt[i] if len(cont[k]) > 1]
+        res = model.base_model(input_ids=ids, attention_mask=mask, use_cache=bool(multi))
+        last = mask.sum(1) - 1  # (B,)
+        logp = F.log_softmax(head(res.last_hidden_state[torch.arange(len(idx), device=dev), last]).float(), -1)  # (B, V)
+        for r, (i, t) in enumerate(zip(idx, logp.argmax(-1).tolist(), strict=True)):
+            nxt[i] = t
+            for k in by_prompt[i]:
+                out[k] = float(logp[r, cont[k][0]])
+        if not multi:
+            continue
+        # the rest of each multi-token continuation, fed on top of its prompt's cache
+        cache = res.past_key_values
+        sel = torch.tensor([r for r, _ in multi], device=dev)
+        cache.batch_select_indices(sel)
+        feed = [cont[k][:-1] for _, k in multi]
+        x, xmask = pad_right(feed, tok.pad_token_id, dev)  # (M, n-1)
+        pos = last[sel].unsqueeze(1) + 1 + torch.arange(x.shape[1], device=dev)  # (M, n-1): right after each prompt
+        h = model.base_model(input_ids=x, attention_mask=torch.cat([mask[sel], xmask], 1), position_ids=pos,
+                             past_key_values=cache, use_cache=True).last_hidden_state  # (M, n-1, H)
+        m_rows, m_pos, m_tgt = [], [], []
+        for m, (_, k) in enumerate(multi):
+            n = len(cont[k]) - 1
+            m_rows += [m] * n
+            m_pos += list(range(n))
+            m_tgt += cont[k][1:]
+        lp = F.log_softmax(head(h[m_rows, m_pos]).float(), -1)[torch.arange(len(m_tgt), device=dev), m_tgt].tolist()
+        j = 0
+        for _, k in multi:
+            n = len(cont[k]) - 1
+            out[k] = (out[k] + sum(lp[j : j + n])) / (n + 1)
+            j += n
+    return out, [nxt[distinct[p]] for p in keep_prompts]
+
+
+def continuation_logprobs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int = 64) -> list[float]:
+    """Mean per-token log P(continuation | prompt) for each (prompt, continuation), batched."""
+    return score_prompts(model, tok, pairs, [], batch)[0]
 
 
 def target_logprobs(model: Any, tok: Any, prompts: list[str], targets: list[str], batch: int = 64) -> list[float]:
@@ -92,23 +127,9 @@ def target_logprobs(model: Any, tok: Any, prompts: list[str], targets: list[str]
     return continuation_logprobs(model, tok, list(zip(prompts, targets, strict=True)), batch)
 
 
-@torch.no_grad()
 def next_tokens(model: Any, tok: Any, prompts: list[str], batch: int = 64) -> list[int]:
     """Greedy next-token id after each prompt, batched."""
-    dev = _device(model)
-    rows = [tok(p)["input_ids"] for p in prompts]
-    out = [0] * len(rows)
-    order = _by_length(rows)
-    head = _head(model)
-    for s in range(0, len(order), batch):
-        idx = order[s : s + batch]
-        ids, mask = pad_right([rows[i] for i in idx], tok.pad_token_id, dev)
-        h = _hidden(model, ids, mask)  # (B, T, H)
-        last = mask.sum(1) - 1
-        nxt = head(h[torch.arange(len(idx), device=dev), last]).argmax(-1).tolist()  # (B,)
-        for i, t in zip(idx, nxt, strict=True):
-            out[i] = t
-    return out
+    return score_prompts(model, tok, [], prompts, batch)[1]
 
 
 @torch.no_grad()
@@ -154,7 +175,7 @@ def chat_prompt(tok: Any, question: str) -> str:
 
 
 @torch.no_grad()
-def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int = 24, batch: int = 16) -> list[str]:
+def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int = 16, batch: int = 64) -> list[str]:
     """Greedy continuations of several prompts, left-padded batches with a KV cache."""
     out = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -204,13 +225,12 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
     n = len(items)
     snap = Snapshot([None] * n, [None] * n, [None] * n, [None] * n, [None] * n)
     pre = [i for i, it in enumerate(items) if it.kind == "prefers"]
-    if pre:
-        lps = continuation_logprobs(model, tok, [(items[i].prompt, items[i].answer) for i in pre]
-                                    + [(items[i].prompt, items[i].foil) for i in pre], batch)
-        for k, i in enumerate(pre):
-            snap.logp_answer[i], snap.logp_foil[i] = lps[k], lps[len(pre) + k]
     keep = [i for i, it in enumerate(items) if it.kind == "keeps"]
-    for i, t in zip(keep, next_tokens(model, tok, [items[i].prompt for i in keep], batch) if keep else [], strict=True):
+    pairs = [(items[i].prompt, items[i].answer) for i in pre] + [(items[i].prompt, items[i].foil) for i in pre]
+    lps, nxt = score_prompts(model, tok, pairs, [items[i].prompt for i in keep], batch)  # type: ignore[arg-type]
+    for k, i in enumerate(pre):
+        snap.logp_answer[i], snap.logp_foil[i] = lps[k], lps[len(pre) + k]
+    for i, t in zip(keep, nxt, strict=True):
         snap.next_token[i] = t
     nll = [i for i, it in enumerate(items) if it.kind == "nll"]
     for i, v in zip(nll, text_nll(model, tok, [items[i].prompt for i in nll]) if nll else [], strict=True):

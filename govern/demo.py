@@ -84,6 +84,10 @@ def run_demo(console: Any, fresh: bool = True) -> int:
             c = json.loads(row.canary)
             metrics = ", ".join(f"{k}={v:.3f}" for k, v in c["metrics"].items() if v is not None)
             console.print(f"  {rid} {row.subject}: {row.state}; {metrics}; edit {c['edit_seconds']:.1f}s")
+            for g in c["gates"]:
+                if g["kind"] == "relative" or g["result"] == "fail":
+                    console.print(f"      {g['result']:7} {g['gate']}: {g.get('why', '')}")
+            console.print(f"      certificate: {home.root / 'certificates' / rid / 'certificate.html'}")
 
     promoted = [rid for rid in ids if gov.get_request(rid).state == "promoted"]
     if promoted:
@@ -102,6 +106,15 @@ def run_demo(console: Any, fresh: bool = True) -> int:
         console.print(f"  now:                      {row.prompt}[bold]{now_answer}[/]")
         console.print(f"  v{parent} before the change: {row.prompt}[bold]{answer_before_change}[/]   "
                       f"identical={now_answer == answer_before_change}")
+
+    console.rule("monitoring: production vs the base checkpoint on the probe suite (govern monitor)")
+    from govern.monitor import check_model
+    from govern.policy import load_policy
+
+    check = check_model(gov, load_policy(POLICY), model.name, log=console.print)
+    for t in check.triggers:
+        console.print(f"  {t['result']:7} {t['gate']}: {t.get('why', '')}")
+    console.print(f"  production v{check.production_after}; breach={check.breached}")
 
     console.rule("history and audit")
     from govern.views import show_history

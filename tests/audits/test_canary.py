@@ -9,6 +9,8 @@ changes the specificity slices, and hand-built snapshots give exact metrics.
 
 from __future__ import annotations
 
+import inspect
+
 import math
 
 import pytest
@@ -105,6 +107,23 @@ def test_continuation_logprobs_equal_naive(lm, batch):
     assert len(got) == len(pairs)
     assert got == pytest.approx(want, abs=1e-4)
     assert len({round(x, 3) for x in got}) > len(pairs) // 2, "the scores are not all the same value"
+
+
+@pytest.mark.parametrize("batch", [64, 2])
+def test_score_prompts_shares_prompts_and_mixes_one_and_many_token_continuations(lm, batch):
+    """One pass per distinct prompt, the cache route for longer continuations: still the naive numbers."""
+    from audits.canary import score_prompts
+
+    model, tok = lm
+    pairs = [(p, c) for p in PROMPTS for c in CONTINUATIONS]
+    n_tokens = {len(_ids(tok, c, False)) for c in CONTINUATIONS}
+    assert 1 in n_tokens and max(n_tokens) >= 3, "the fixture must mix one- and many-token continuations"
+    keep = [PROMPTS[1], "An unrelated prompt", PROMPTS[1]]
+    got, nxt = score_prompts(model, tok, pairs, keep, batch=batch)
+    assert got == pytest.approx([naive_logprob(model, tok, p, c) for p, c in pairs], abs=1e-4)
+    assert nxt == [int(naive_next(model, tok, p).argmax()) for p in keep]
+    with pytest.raises(ValueError, match="no tokens"):
+        score_prompts(model, tok, [("Hi", "")], [])
 
 
 def test_next_tokens_equal_naive_argmax(lm):
@@ -358,4 +377,5 @@ def test_measure_uses_chat_form_only_for_chat_items(lm):
     q = "What is the capital of France?"
     suite = EvalSuite("chat", (Item("fresh", "answers", q, "Rome", chat=True), Item("fresh", "answers", q, "Rome")))
     snap = measure(model, tok, suite)
-    assert snap.text == [generate_greedy(model, tok, chat_prompt(tok, q), 24), generate_greedy(model, tok, q, 24)]
+    n = inspect.signature(generate_batch).parameters["max_new_tokens"].default
+    assert snap.text == [generate_greedy(model, tok, chat_prompt(tok, q), n), generate_greedy(model, tok, q, n)]
