@@ -36,10 +36,11 @@ def show_request(gov: Govern, request_id: str, console: Any) -> None:
     if r.canary:
         c = json.loads(r.canary)
         g = Table(title="canary gates")
-        for col in ("gate", "value", "result"):
+        for col in ("gate", "value", "result", "why"):
             g.add_column(col)
         for gate in c["gates"]:
-            g.add_row(gate["gate"], "n/a" if gate["value"] is None else f"{gate['value']:.4f}", gate["result"])
+            g.add_row(gate["gate"], "n/a" if gate["value"] is None else f"{gate['value']:.4f}", gate["result"],
+                      gate.get("why", ""))
         console.print(g)
         e = Table(title="evidence (target and paraphrases)")
         for col in ("slice", "prompt", "p(new) before", "p(new) after", "p(old) after"):
