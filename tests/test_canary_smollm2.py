@@ -79,9 +79,10 @@ def test_monitor_rolls_back_a_harmful_change_forced_past_the_gates(gov, tmp_path
     good_before = gov.history("smollm2")[0].production_version
     forced = gov.get_request(run(gov, HARMFUL, load_policy(permissive)))
     assert forced.state == "promoted", forced.error  # the permissive policy let it in
+    bad_version = gov.history("smollm2")[0].production_version
 
     check = check_model(gov, load_policy(REPO / "policies" / "default.yaml"), "smollm2")
-    assert check.actions == [f"breach: rolled back {forced.id} (v{good_before + 1} -> v{good_before})"]
+    assert check.actions == [f"breach: rolled back {forced.id} (v{bad_version} -> v{good_before})"]
     assert gov.get_request(forced.id).state == "rolled_back"
     assert gov.history("smollm2")[0].production_version == good_before  # the good edit stays
     assert not check.breached
