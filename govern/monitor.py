@@ -169,10 +169,17 @@ def parse_every(text: str) -> float:
 
 def run(gov: Govern, policy: Policy, models: list[str], every: float | None, log=print) -> list[Check]:  # noqa: ANN001
     """Check every model once, or forever every `every` seconds (Ctrl-C stops)."""
+    from govern.errors import GovernError
+
     checks: list[Check] = []
     while True:
         for m in models:
-            checks.append(check_model(gov, policy, m, log=log))
+            try:
+                checks.append(check_model(gov, policy, m, log=log))
+            except GovernError as e:
+                if every is None:
+                    raise
+                log(f"error: monitoring {m}: {e} (will try again in {every:g}s)")  # a long-running monitor keeps going
         if every is None:
             return checks
         time.sleep(every)
