@@ -1,0 +1,70 @@
+"""Fixtures for the UI tests: a real home (SQLite, MLflow) with the tiny Llama, users, and a review policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
+PASSWORD = "correct horse battery"
+
+# every edit needs one human approval; gates check the plumbing on an untrained model
+REVIEW_POLICY = """
+version: 1
+name: review
+admission:
+  allowed_methods: {edit: [rome]}
+  max_active_edits_per_model: 5
+risk:
+  default_tier: one
+  tiers:
+    one: {approvers: 1, auto_approve: false}
+canary:
+  gates:
+    - {metric: drawdown, op: "<=", threshold: 1.0}
+    - {metric: paraphrase, op: ">=", threshold: 0.0, when_missing: skip}
+methods:
+  rome: {stats_tokens: 2000, context_prefixes: 2, steps: 8}
+"""
+
+USERS = {  # name -> roles
+    "alice": ["requester"],
+    "bob": ["reviewer", "approver"],
+    "carol": ["requester", "reviewer"],
+    "dave": ["auditor"],
+    "root": ["admin"],
+}
+
+
+@pytest.fixture
+def review_policy(tmp_path) -> Path:
+    p = tmp_path / "review.yaml"
+    p.write_text(REVIEW_POLICY)
+    return p
+
+
+@pytest.fixture
+def ui_gov(gov, review_policy, monkeypatch):
+    """The `gov` home (tiny model registered) with users, as the app will find it."""
+    monkeypatch.setenv("GOVERN_HOME", str(gov.home.root))
+    monkeypatch.setenv("GOVERN_UI_POLICY", str(review_policy))
+    for name, roles in USERS.items():
+        gov.add_user(name, roles, password=PASSWORD, actor="admin")
+    return gov
+
+
+def sign_in(name: str, password: str = PASSWORD):
+    """A fresh AppTest session signed in through the sign-in form."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
