@@ -228,6 +228,15 @@ def user_add(
     typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
 
 
+@user_app.command("roles")
+def user_roles(name: str,
+               role: Annotated[list[str], typer.Option("--role", "-r", help="the user's new roles (repeatable)")],
+               actor: Annotated[str, typer.Option("--as", help="who changes them (audited)")] = "admin") -> None:
+    """Replace a user's roles (effective at their next action)."""
+    row = _gov().set_roles(name, role, actor=actor)
+    typer.echo(f"user {row.name}: {', '.join(row.role_list)}")
+
+
 @user_app.command("list")
 def user_list() -> None:
     """List users, their roles and how they sign in."""

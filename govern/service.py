@@ -505,6 +505,21 @@ class Govern:
                                                                "password": password is not None})
         return row
 
+    def set_roles(self, name: str, roles: list[str], *, actor: str) -> UserRow:
+        """Replace a user's roles; takes effect at the user's next action, even mid-session."""
+        from govern.auth import check_roles
+
+        roles = check_roles(roles)
+        with self.store.tx() as s:
+            row = s.get(UserRow, name)
+            if row is None:
+                raise NotFoundError(f"no user {name!r}; `govern user list` shows them")
+            before = row.role_list
+            row.roles = json.dumps(roles)
+            s.add(row)
+            self.store.audit(s, actor, "user.roles_changed", name, {"from": before, "to": roles})
+        return row
+
     def list_users(self) -> list[UserRow]:
         with self.store.read() as s:
             return list(s.exec(select(UserRow).order_by(UserRow.name)).all())

@@ -36,17 +36,17 @@ if principal() is None and email and not st.session_state.get("oidc_refused"):
 
 me = principal()
 if me is None:
-    nav = st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon="🔑")], position="hidden")
+    nav = st.navigation([st.Page("views/sign_in.py", title="Sign in", icon="🔑")], position="hidden")
 else:
-    pages = [st.Page("pages/queue.py", title="Queue", icon="📋", default=True),
-             st.Page("pages/request.py", title="Request", icon="🔎")]
+    pages = [st.Page("views/queue.py", title="Queue", icon="📋", default=True),
+             st.Page("views/request.py", title="Request", icon="🔎")]
     if me.can("submit"):
-        pages.insert(0, st.Page("pages/submit.py", title="Submit", icon="✏️"))
-    pages.append(st.Page("pages/versions.py", title="Versions", icon="🧬"))
+        pages.insert(0, st.Page("views/submit.py", title="Submit", icon="✏️"))
+    pages.append(st.Page("views/versions.py", title="Versions", icon="🧬"))
     if me.can("audit"):
-        pages.append(st.Page("pages/audit.py", title="Audit", icon="🔏"))
+        pages.append(st.Page("views/audit.py", title="Audit", icon="🔏"))
     if me.can("manage_users"):
-        pages.append(st.Page("pages/users.py", title="Users", icon="👥"))
+        pages.append(st.Page("views/users.py", title="Users", icon="👥"))
     nav = st.navigation(pages)
     with st.sidebar:
         st.markdown(f"Signed in as **{me.name}**")

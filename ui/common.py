@@ -91,4 +91,4 @@ def state_label(state: str) -> str:
 
 def open_request(request_id: str) -> None:
     st.session_state[OPEN_KEY] = request_id
-    st.switch_page("pages/request.py")
+    st.switch_page("views/request.py")

@@ -48,7 +48,11 @@ with c1:
         open_request(prod_req.id)
 
 
-@st.dialog("Roll back production")
+def _close_dialog() -> None:
+    st.session_state.pop("rb_open", None)
+
+
+@st.dialog("Roll back production", on_dismiss=_close_dialog)
 def confirm_rollback(model: str, version: int, parent: int, request_id: str) -> None:
     st.markdown(f"Production of **{model}** goes from **v{version}** back to **v{parent}**. The weights are rebuilt "
                 "and every touched tensor is compared with its recorded original before the alias moves.")
@@ -61,11 +65,13 @@ def confirm_rollback(model: str, version: int, parent: int, request_id: str) -> 
         except GovernError as e:
             show_error(e)
             return
+        _close_dialog()
         st.session_state["rb_result"] = (f"{res.model}: production v{res.from_version} → v{res.to_version}; "
                                          f"{sum(t['equal'] for t in res.tensors)}/{len(res.tensors)} touched tensors "
                                          "equal their recorded originals (sha256)")
         st.rerun()
     if b.button("Cancel", key="rb_cancel"):
+        _close_dialog()
         st.rerun()
 
 
@@ -75,6 +81,9 @@ with c2:
     elif not me.can("rollback"):
         st.caption("Rolling back needs the role approver or admin.")
     elif st.button(f"Roll back v{prod.number}…", key="v_rollback", type="primary"):
+        st.session_state["rb_open"] = (name, prod.number)
+    # the dialog stays open across reruns (a click inside it reruns the page) until done, cancelled or dismissed
+    if st.session_state.get("rb_open") == (name, prod.number) and prod.parent is not None:
         confirm_rollback(name, prod.number, prod.parent, prod_req.id if prod_req else str(prod.number))
 if st.session_state.get("rb_result"):
     st.success(st.session_state.pop("rb_result"))
