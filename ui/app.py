@@ -12,7 +12,7 @@ import streamlit as st
 from govern.errors import GovernError
 from ui.common import USER_KEY, gov, principal, show_error
 
-st.set_page_config(page_title="govern", page_icon="🛡️", layout="wide")
+st.set_page_config(page_title="govern", page_icon=":material/shield:", layout="wide")
 
 
 def _oidc_user_email() -> str | None:
@@ -36,17 +36,17 @@ if principal() is None and email and not st.session_state.get("oidc_refused"):
 
 me = principal()
 if me is None:
-    nav = st.navigation([st.Page("views/sign_in.py", title="Sign in", icon="🔑")], position="hidden")
+    nav = st.navigation([st.Page("views/sign_in.py", title="Sign in", icon=":material/login:")], position="hidden")
 else:
-    pages = [st.Page("views/queue.py", title="Queue", icon="📋", default=True),
-             st.Page("views/request.py", title="Request", icon="🔎")]
+    pages = [st.Page("views/queue.py", title="Queue", icon=":material/list:", default=True),
+             st.Page("views/request.py", title="Request", icon=":material/fact_check:")]
     if me.can("submit"):
-        pages.insert(0, st.Page("views/submit.py", title="Submit", icon="✏️"))
-    pages.append(st.Page("views/versions.py", title="Versions", icon="🧬"))
+        pages.insert(0, st.Page("views/submit.py", title="Submit", icon=":material/edit_note:"))
+    pages.append(st.Page("views/versions.py", title="Versions", icon=":material/account_tree:"))
     if me.can("audit"):
-        pages.append(st.Page("views/audit.py", title="Audit", icon="🔏"))
+        pages.append(st.Page("views/audit.py", title="Audit", icon=":material/verified_user:"))
     if me.can("manage_users"):
-        pages.append(st.Page("views/users.py", title="Users", icon="👥"))
+        pages.append(st.Page("views/users.py", title="Users", icon=":material/group:"))
     nav = st.navigation(pages)
     with st.sidebar:
         st.markdown(f"Signed in as **{me.name}**")

@@ -21,10 +21,6 @@ from govern.service import Govern
 USER_KEY = "govern_user"  # the signed-in Principal (server-side session state, never sent by the browser)
 OPEN_KEY = "open_request"  # the request the request page shows
 
-STATE_ICONS = {
-    "submitted": "📝", "admitted": "⏳", "applying": "⚙️", "canary": "🧪", "awaiting_review": "👀",
-    "approved": "✅", "promoted": "🚀", "rejected": "⛔", "canary_failed": "❌", "failed": "💥", "rolled_back": "↩️",
-}
 LIVE_STATES = ("submitted", "admitted", "applying", "canary")
 
 
@@ -68,7 +64,7 @@ def acting() -> Acting:
 
 
 def show_error(e: GovernError) -> None:
-    st.error(str(e), icon="🚫")
+    st.error(str(e), icon=":material/block:")
 
 
 def age(ts: datetime | None) -> str:
@@ -86,9 +82,30 @@ def age(ts: datetime | None) -> str:
 
 
 def state_label(state: str) -> str:
-    return f"{STATE_ICONS.get(state, '')} {state}"
+    return state.replace("_", " ")
 
 
 def open_request(request_id: str) -> None:
     st.session_state[OPEN_KEY] = request_id
     st.switch_page("views/request.py")
+
+
+def verdict_style(value: object) -> str:
+    """Cell style for pass/fail columns (st.table with a pandas Styler)."""
+    return {"pass": "color: #1a7f37; font-weight: 600", "fail": "color: #cf222e; font-weight: 700",
+            "changed": "color: #cf222e; font-weight: 700", "skipped": "color: #6e7781"}.get(str(value), "")
+
+
+def table(df, verdict_columns: tuple[str, ...] = ()) -> None:  # noqa: ANN001
+    """A static table (wraps long prompts; renders without a canvas), pass/fail coloured."""
+    if df.empty:
+        st.caption("(none)")
+        return
+    styler = df.style.hide(axis="index")
+    cols = [c for c in verdict_columns if c in df.columns]
+    if cols:
+        styler = styler.map(verdict_style, subset=cols)
+    num = [c for c in df.columns if df[c].dtype.kind == "f"]
+    if num:
+        styler = styler.format({c: "{:.4g}" for c in num}, na_rep="n/a")
+    st.table(styler)

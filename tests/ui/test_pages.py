@@ -183,9 +183,9 @@ def test_queue_lists_filters_sorts_and_opens_a_request(ui_gov):
     assert "Nothing matches these filters." in [i.value for i in at.info]
     at.text_input(key="q_text").input("").run()
     at.selectbox(key="q_open").select(c).run()
-    button(at, "Open").click().run()
+    button(at, "Open selected").click().run()
     assert at.session_state["open_request"] == c
-    assert at.title[0].value == "🔎 Quux: Paris"
+    assert at.title[0].value == "Quux: Paris"
 
 
 # ------------------------------------------------------------------ request page
@@ -193,7 +193,7 @@ def test_request_page_shows_live_job_state_while_no_worker_serves(ui_gov):
     rid = submit_via_ui("alice")
     at = open_page(sign_in("bob"), "views/request.py", rid)
     assert any("No live worker serves tiny" in w.value for w in at.warning)
-    assert any("admitted" in m.value for m in at.metric if m.label == "State")
+    assert any(m.value == ":blue-badge[admitted]" for m in at.markdown), [m.value for m in at.markdown]
     assert "No canary yet" in at.info[0].value
 
 
@@ -203,13 +203,13 @@ def test_request_page_evidence_then_approval_promotes(ui_gov):
     assert ui_gov.get_request(rid).state == "awaiting_review"
     at = open_page(sign_in("bob"), "views/request.py", rid)
     assert not at.exception
-    frames = [f.value for f in at.dataframe]
+    frames = [f.value for f in at.dataframe] + [t.value for t in at.table]
     gates = next(f for f in frames if "gate" in f.columns)
     assert list(gates["gate"]) == ["drawdown <= 1", "paraphrase >= 0"]
-    assert set(gates["result"]) <= {"✅ pass", "➖ skipped"}
+    assert set(gates["result"]) <= {"pass", "skipped"}
     probs = next(f for f in frames if "p(new) after" in f.columns)
     assert list(probs["slice"]) == ["target", "paraphrase"]
-    neighbours = next(f for f in frames if "unchanged" in f.columns)
+    neighbours = next(f for f in frames if "next token" in f.columns)
     assert "The capital of Spain is" in list(neighbours["prompt"])
     delta = next(f for f in frames if "update norm" in f.columns)
     assert list(delta["tensor"]) == ["model.layers.1.mlp.down_proj.weight"]
@@ -277,7 +277,7 @@ def test_versions_rollback_needs_a_reason_and_the_approver_role(ui_gov):
     alice.switch_page("views/versions.py").run()
     assert "Rolling back needs the role approver or admin." in [c.value for c in alice.caption]
     assert len(alice.get("graphviz_chart")) == 1
-    table = alice.dataframe[0].value
+    table = alice.table[0].value
     assert list(table["alias"]) == ["", "production"] and list(table["request"]) == ["-", rid]
 
     at = sign_in("bob")

@@ -14,7 +14,7 @@ from govern.errors import GovernError
 from ui.common import acting, require_principal, show_error
 
 me = require_principal()
-st.title("🔏 Audit trail")
+st.title("Audit trail")
 if not me.can("audit"):
     st.warning("The audit trail needs the role auditor or admin.")
     st.stop()

@@ -10,7 +10,7 @@ import streamlit as st
 from ui.common import LIVE_STATES, age, gov, open_request, require_principal, state_label
 
 me = require_principal()
-st.title("📋 Queue")
+st.title("Queue")
 ALL = ["submitted", "admitted", "applying", "canary", "awaiting_review", "approved", "promoted",
        "rejected", "canary_failed", "failed", "rolled_back"]
 PENDING = [*LIVE_STATES, "awaiting_review", "approved"]
@@ -68,5 +68,5 @@ c1, c2 = st.columns([3, 1])
 choice = c1.selectbox("Open request", [r["id"] for r in rows], key="q_open",
                       format_func=lambda rid: next(f"{x['id']} · {x['subject']} · {x['state']}" for x in rows if x["id"] == rid))
 c2.write("")
-if c2.button("Open", key="q_open_btn", type="primary"):
+if c2.button("Open selected", key="q_open_btn", type="primary"):
     open_request(choice)

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from govern.errors import GovernError
-from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, require_principal, show_error, state_label
+from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, require_principal, show_error, state_label, table
 
 me = require_principal()
 g = gov()
@@ -17,32 +17,30 @@ g = gov()
 rid = st.session_state.get(OPEN_KEY) or st.query_params.get("id")
 all_ids = [r.id for r in reversed(g.list_requests())]
 if not all_ids:
-    st.title("🔎 Request")
+    st.title("Request")
     st.info("No requests yet.")
     st.stop()
 if rid not in all_ids:
     if rid:
         st.warning(f"no request {rid!r}; pick one below")
     rid = all_ids[0]
-rid = st.selectbox("Request", all_ids, index=all_ids.index(rid), key="r_pick")
+rid = st.sidebar.selectbox("Request", all_ids, index=all_ids.index(rid), key="r_pick")
 st.session_state[OPEN_KEY] = rid
 st.query_params["id"] = rid
 r = g.get_request(rid)
 
-st.title(f"🔎 {r.subject}: {r.target.strip()}")
-c = st.columns(6)
-c[0].metric("State", state_label(r.state))
-c[1].metric("Risk tier", r.tier or "-")
-c[2].metric("Model", r.model)
-c[3].metric("Method", r.method)
-c[4].metric("Submitted by", r.submitted_by)
-c[5].metric("Age", age(r.created_at))
+st.title(f"{r.subject}: {r.target.strip()}")
+COLOURS = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
+           "canary_failed": "red", "failed": "red", "rolled_back": "gray"}
+st.badge(state_label(r.state), color=COLOURS.get(r.state, "blue"))
+st.markdown(f"`{r.id}` · model **{r.model}** · method **{r.method}** · risk tier **{r.tier or '-'}** · "
+            f"submitted by **{r.submitted_by}** {age(r.created_at)} ago")
 if r.error:
     st.error(r.error)
 
 with st.container(border=True):
     st.markdown("**The change**")
-    st.dataframe(pd.DataFrame([
+    table(pd.DataFrame([
         {"field": "prompt", "value": r.prompt},
         {"field": "new target", "value": repr(r.target)},
         {"field": "old answer", "value": repr(r.target_old) if r.target_old else "(production's answer, measured by the worker)"},
@@ -50,7 +48,7 @@ with st.container(border=True):
         {"field": "neighbours", "value": " | ".join(r.neighbor_list) or "-"},
         {"field": "valid", "value": f"{r.valid_from or 'now'} → {r.valid_until or 'open-ended'}"},
         {"field": "justification", "value": r.justification or "-"},
-    ]), hide_index=True, width="stretch")
+    ]))
     if r.evidence_list:
         st.markdown("Evidence: " + " · ".join(f"[{link.replace(']', '%5D')}]({link.replace(')', '%29')})"
                                                 for link in r.evidence_list))
@@ -95,22 +93,22 @@ else:
                 f"candidate {canary['ppl_candidate']:.3f}")
     gates = pd.DataFrame([{"gate": x["gate"], "metric": x["metric"],
                            "value": None if x["value"] is None else round(x["value"], 4),
-                           "result": {"pass": "✅ pass", "fail": "❌ fail"}.get(x["result"], "➖ " + x["result"])}
+                           "result": x["result"]}
                           for x in canary["gates"]])
     mcols = st.columns(max(len(canary["metrics"]), 1))
     for col, (k, v) in zip(mcols, canary["metrics"].items()):
         col.metric(k, "n/a" if v is None else f"{v:.3f}")
     st.markdown("**Metrics against the policy's thresholds**")
-    st.dataframe(gates, hide_index=True, width="stretch")
+    table(gates, ("result",))
 
     probs = [x for x in canary["rows"] if x["slice"] in ("target", "paraphrase")]
     answers = [x for x in canary["rows"] if x["slice"] not in ("target", "paraphrase")]
     st.markdown(f"**Target and paraphrases**: probability of the new answer {r.target!r} and the old "
                 f"{canary.get('target_old')!r}, production (before) vs candidate (after)")
-    st.dataframe(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"],
-                                "p(new) before": round(x["p_new_before"], 4), "p(new) after": round(x["p_new_after"], 4),
-                                "p(old) before": round(x["p_old_before"], 4), "p(old) after": round(x["p_old_after"], 4),
-                                "pass": "✅" if x["pass"] else "❌"} for x in probs]), hide_index=True, width="stretch")
+    table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"],
+                         "p(new) before": x["p_new_before"], "p(new) after": x["p_new_after"],
+                         "p(old) before": x["p_old_before"], "p(old) after": x["p_old_after"],
+                         "result": "pass" if x["pass"] else "fail"} for x in probs]), ("result",))
     long = pd.DataFrame([{"prompt": f"{i + 1}. {x['slice']}", "text": x["prompt"], "series": f"{w} {when}",
                           "probability": x[f"p_{w[2:5]}_{when}"]}
                          for i, x in enumerate(probs) for when in ("before", "after") for w in ("p(new)", "p(old)")])
@@ -123,11 +121,18 @@ else:
         tooltip=["text", "series", alt.Tooltip("probability:Q", format=".4f")],
     ).properties(height=260)
     st.altair_chart(chart, width="stretch")
-    if answers:
-        st.markdown("**Neighbours and probes**: greedy answers, production (before) vs candidate (after)")
-        st.dataframe(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"], "before": x["before"], "after": x["after"],
-                                    "unchanged": "✅" if x["pass"] else "❌"} for x in answers]),
-                     hide_index=True, width="stretch")
+    def answer_table(rows: list) -> None:  # noqa: ANN001
+        table(pd.DataFrame([{"prompt": x["prompt"], "production (before)": repr(x["before"]),
+                             "candidate (after)": repr(x["after"]), "next token": "same" if x["pass"] else "changed"}
+                            for x in rows]), ("next token",))
+
+    neighbours = [x for x in answers if x["slice"] == "neighbor"]
+    probes = [x for x in answers if x["slice"] == "probe"]
+    st.markdown("**Neighbours**: greedy next token, production (before) vs candidate (after) — must not change")
+    answer_table(neighbours)
+    if probes:
+        with st.expander(f"Probes: {sum(x['pass'] for x in probes)}/{len(probes)} unchanged"):
+            answer_table(probes)
 
 delta = g.delta_summary(r.delta_id)
 if delta:
@@ -137,12 +142,10 @@ if delta:
     c[1].metric("Module", str(delta.get("module", "-")).split(".")[-1] or "-")
     c[2].metric("Covariance", str(delta.get("covariance", "-")))
     c[3].metric("Candidate", f"v{r.candidate_version}" if r.candidate_version else "discarded / none")
-    st.dataframe(pd.DataFrame([{"tensor": t["name"], "shape": "×".join(map(str, t.get("shape", []))),
-                                "update norm": t.get("update_norm"), "weight norm": t.get("weight_norm"),
-                                "relative size": (t["update_norm"] / t["weight_norm"]) if t.get("weight_norm") else None}
-                               for t in delta.get("tensors", [])]),
-                 hide_index=True, width="stretch",
-                 column_config={"relative size": st.column_config.NumberColumn(format="%.2e")})
+    table(pd.DataFrame([{"tensor": x["name"], "shape": "×".join(map(str, x.get("shape", []))),
+                         "update norm": x.get("update_norm"), "weight norm": x.get("weight_norm"),
+                         "update / weight": (x["update_norm"] / x["weight_norm"]) if x.get("weight_norm") else None}
+                        for x in delta.get("tensors", [])]))
     st.caption(f"delta `{r.delta_id}` · sha256 `{delta['digest'][:16]}…` · method {delta['method']}")
 
 st.subheader("Review")
@@ -176,6 +179,6 @@ if st.session_state.get("review_done", "").startswith(rid):
 
 st.subheader("History")
 events = g.request_events(rid)
-st.dataframe(pd.DataFrame([{"seq": e.seq, "time": e.ts[:19].replace("T", " "), "actor": e.actor, "action": e.action,
-                            "details": json.dumps({k: v for k, v in e.payload.items() if k not in ("tensors", "gates", "metrics")})}
-                           for e in events]), hide_index=True, width="stretch")
+table(pd.DataFrame([{"seq": e.seq, "time": e.ts[:19].replace("T", " "), "actor": e.actor, "action": e.action,
+                     "details": json.dumps({k: v for k, v in e.payload.items() if k not in ("tensors", "gates", "metrics")})[:300]}
+                    for e in events]))

@@ -15,7 +15,7 @@ def _oidc_configured() -> bool:
         return False
 
 
-st.title("🛡️ govern")
+st.title(":material/shield: govern")
 st.caption("Governed edits of deployed language models: submit, review, promote, roll back — every step audited.")
 left, _ = st.columns([1, 1])
 with left:

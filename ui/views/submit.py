@@ -13,7 +13,7 @@ from govern.errors import GovernError
 from ui.common import acting, gov, load_policy, open_request, require_principal, show_error, state_label
 
 me = require_principal()
-st.title("✏️ Submit a change")
+st.title("Submit a change")
 if not me.can("submit"):
     st.warning("Your roles do not include requester; submitting is refused.")
 models = [m.name for m in gov().list_models()]
@@ -105,5 +105,5 @@ if done:
         c1.markdown(f"`{rid}` — {state_label(state.value)}" + (f" — tier **{r.tier}**" if r.tier else ""))
         if r.error:
             c1.error(f"admission: {r.error}")
-        if c2.button("Open", key=f"open_{rid}"):
+        if c2.button("Open request", key=f"open_{rid}"):
             open_request(rid)

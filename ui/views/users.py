@@ -10,7 +10,7 @@ from govern.errors import GovernError
 from ui.common import acting, gov, require_principal, show_error
 
 me = require_principal()
-st.title("👥 Users")
+st.title("Users")
 st.dataframe(pd.DataFrame([{"name": u.name, "roles": ", ".join(u.role_list), "e-mail (OIDC)": u.email or "-",
                             "password": "set" if u.password_hash else "-", "created by": u.created_by}
                            for u in gov().list_users()]), hide_index=True, width="stretch")

@@ -6,11 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from govern.errors import GovernError
-from ui.common import acting, age, gov, open_request, require_principal, show_error
+from ui.common import acting, age, gov, open_request, require_principal, show_error, table
 
 me = require_principal()
 g = gov()
-st.title("🧬 Versions")
+st.title("Versions")
 models = [m.name for m in g.list_models()]
 if not models:
     st.info("No model is registered yet: `govern model add NAME PATH`.")
@@ -39,7 +39,7 @@ for v, r in versions:
                  "alias": alias, "change": "base checkpoint" if r is None else f"{r.subject}: {r.prompt} →{r.target}",
                  "request": r.id if r else "-", "by": r.submitted_by if r else "-", "age": age(v.created_at),
                  "mlflow": v.mlflow_version or "-"})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+table(pd.DataFrame(rows))
 
 prod, prod_req = next((v, r) for v, r in versions if v.number == m.production_version)
 c1, c2 = st.columns([3, 1])
