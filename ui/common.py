@@ -8,6 +8,7 @@ roles in the database before calling the same service method as the CLI.
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,8 +64,21 @@ def acting() -> Acting:
     return gov().acting(require_principal().name)
 
 
-def show_error(e: GovernError) -> None:
-    st.error(str(e), icon=":material/block:")
+_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md(text: object) -> str:
+    """Escape user-supplied text for anything Streamlit renders as Markdown (titles, alerts, st.table cells).
+
+    Prompts, subjects, comments and error messages that quote them could otherwise
+    inject links, images (fetched by the reviewer's browser) or Streamlit directives
+    such as ``:red[...]``. CommonMark lets any ASCII punctuation be backslash-escaped.
+    """
+    return _PUNCT.sub(r"\\\1", str(text))
+
+
+def show_error(e: GovernError | str) -> None:
+    st.error(md(e), icon=":material/block:")
 
 
 def age(ts: datetime | None) -> str:
@@ -93,7 +107,8 @@ def open_request(request_id: str) -> None:
 def verdict_style(value: object) -> str:
     """Cell style for pass/fail columns (st.table with a pandas Styler)."""
     return {"pass": "color: #1a7f37; font-weight: 600", "fail": "color: #cf222e; font-weight: 700",
-            "changed": "color: #cf222e; font-weight: 700", "skipped": "color: #6e7781"}.get(str(value), "")
+            "same": "color: #1a7f37", "changed": "color: #cf222e; font-weight: 700",
+            "skipped": "color: #6e7781"}.get(str(value).replace("\\", ""), "")
 
 
 def table(df, verdict_columns: tuple[str, ...] = ()) -> None:  # noqa: ANN001
@@ -101,6 +116,10 @@ def table(df, verdict_columns: tuple[str, ...] = ()) -> None:  # noqa: ANN001
     if df.empty:
         st.caption("(none)")
         return
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype.kind not in "iufcbmM":  # text (object or pandas' string dtype)
+            df[c] = df[c].map(lambda v: v if v is None else md(v))
     styler = df.style.hide(axis="index")
     cols = [c for c in verdict_columns if c in df.columns]
     if cols:

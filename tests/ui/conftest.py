@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,5 +67,25 @@ def sign_in(name: str, password: str = PASSWORD):
     return at
 
 
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def plain(text: str) -> str:
+    """Undo ui.common.md (the app escapes user text before Streamlit renders it as Markdown)."""
+    return _ESCAPED.sub(r"\1", text)
+
+
 def errors(at) -> list[str]:
-    return [e.value for e in at.error]
+    return [plain(e.value) for e in at.error]
+
+
+def tables(at) -> list:
+    """Every st.table and st.dataframe on the page, with Markdown escapes undone."""
+    out = []
+    for t in [*at.table, *at.dataframe]:
+        df = t.value.copy()
+        for c in df.columns:
+            if df[c].dtype.kind not in "iufcbmM":
+                df[c] = df[c].map(lambda v: plain(v) if isinstance(v, str) else v)
+        out.append(df)
+    return out

@@ -153,7 +153,7 @@ def test_submit_review_promote_rollback_in_chromium(ui_server):
         shot(bob, "04_queue")
         bob.get_by_role("button", name="Open selected", exact=True).click()
         bob.get_by_text("Metrics against the policy's thresholds").wait_for()
-        for evidence in ("Target and paraphrases", "Neighbours and probes", "Where the change sits", "History",
+        for evidence in ("Target and paraphrases", "Neighbours", "Probes:", "Where the change sits", "History",
                          "https://tickets.example/17"):
             expect(bob.get_by_text(evidence).first).to_be_visible()
         expect(bob.locator('[data-testid="stVegaLiteChart"]')).to_have_count(1)

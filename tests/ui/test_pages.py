@@ -7,7 +7,7 @@ import json
 import pytest
 
 from govern.worker import Worker
-from tests.ui.conftest import PASSWORD, errors, sign_in
+from tests.ui.conftest import PASSWORD, errors, plain, sign_in, tables
 
 
 def actions(gov) -> list[str]:
@@ -185,7 +185,7 @@ def test_queue_lists_filters_sorts_and_opens_a_request(ui_gov):
     at.selectbox(key="q_open").select(c).run()
     button(at, "Open selected").click().run()
     assert at.session_state["open_request"] == c
-    assert at.title[0].value == "Quux: Paris"
+    assert plain(at.title[0].value) == "Quux: Paris"
 
 
 # ------------------------------------------------------------------ request page
@@ -203,7 +203,7 @@ def test_request_page_evidence_then_approval_promotes(ui_gov):
     assert ui_gov.get_request(rid).state == "awaiting_review"
     at = open_page(sign_in("bob"), "views/request.py", rid)
     assert not at.exception
-    frames = [f.value for f in at.dataframe] + [t.value for t in at.table]
+    frames = tables(at)
     gates = next(f for f in frames if "gate" in f.columns)
     assert list(gates["gate"]) == ["drawdown <= 1", "paraphrase >= 0"]
     assert set(gates["result"]) <= {"pass", "skipped"}
@@ -277,7 +277,7 @@ def test_versions_rollback_needs_a_reason_and_the_approver_role(ui_gov):
     alice.switch_page("views/versions.py").run()
     assert "Rolling back needs the role approver or admin." in [c.value for c in alice.caption]
     assert len(alice.get("graphviz_chart")) == 1
-    table = alice.table[0].value
+    table = tables(alice)[0]
     assert list(table["alias"]) == ["", "production"] and list(table["request"]) == ["-", rid]
 
     at = sign_in("bob")
@@ -350,3 +350,13 @@ def test_admin_adds_users_and_bad_input_is_one_line(ui_gov):
     created = ui_gov.store.audit_events()[-1]
     assert (created.action, created.actor, created.subject) == ("user.created", "root", "frank")
     sign_in("frank", "long enough pw")
+
+
+def test_user_text_is_escaped_before_streamlit_renders_markdown(ui_gov):
+    sneaky = "![pixel](https://evil.example/p.png) :red[urgent] [click](javascript:alert(1))"
+    rid = submit_via_ui("alice", justification=sneaky)
+    at = open_page(sign_in("bob"), "views/request.py", rid)
+    change = at.table[0].value
+    raw = change.loc[change["field"] == "justification", "value"].item()
+    assert raw.startswith("\\!\\[pixel\\]\\(https\\:") and "](" not in raw.replace("\\]\\(", "")
+    assert tables(at)[0].loc[change["field"] == "justification", "value"].item() == sneaky

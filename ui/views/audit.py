@@ -48,7 +48,7 @@ with left, st.container(border=True):
             if res.ok:
                 st.success(f"ok: {res.count} events, head {str(res.head_hash)[:16]}")
             else:
-                st.error(f"FAILED: first bad event {res.first_bad_seq}: {res.reason}")
+                show_error(f"FAILED: first bad event {res.first_bad_seq}: {res.reason}")
 with right, st.container(border=True):
     st.markdown("**Export** (sealed footer: count, first/last sequence, head hash)")
     fmt = st.radio("Format", ["jsonl", "csv"], horizontal=True, key="a_fmt")

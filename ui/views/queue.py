@@ -19,16 +19,15 @@ g = gov()
 requests = g.list_requests()
 jobs = {j.request_id: j for j in g.jobs()}
 
-c1, c2, c3, c4 = st.columns([3, 1.2, 1.2, 1.2])
-states = c1.multiselect("State", ALL, default=PENDING, key="q_states")
+states = st.multiselect("State", ALL, default=PENDING, key="q_states", format_func=state_label)
+c1, c2, c3, c4 = st.columns([2.4, 1, 1, 1])
+text = c1.text_input("Search subject, prompt, target or id", key="q_text")
 models = sorted({r.model for r in requests})
 model = c2.selectbox("Model", ["all", *models], key="q_model")
 submitters = sorted({r.submitted_by for r in requests})
 who = c3.selectbox("Submitter", ["anyone", *submitters], key="q_submitter")
 sort = c4.selectbox("Sort", ["oldest first", "newest first", "state", "tier"], key="q_sort")
-c1, c2 = st.columns([3, 1.2])
-text = c1.text_input("Search subject, prompt, target or id", key="q_text")
-mine = c2.toggle("Awaiting my review", key="q_mine", help="awaiting review and not submitted by you")
+mine = st.toggle("Only what awaits my review", key="q_mine", help="awaiting review and not submitted by you")
 
 rows = []
 for r in requests:
@@ -45,9 +44,9 @@ for r in requests:
         continue
     j = jobs.get(r.id)
     created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
-    rows.append({"id": r.id, "state": state_label(r.state), "tier": r.tier or "-", "model": r.model,
-                 "subject": r.subject, "change": f"{r.prompt} →{r.target}", "submitter": r.submitted_by,
-                 "age": age(r.created_at), "job": f"{j.state} · {j.stage or ''} {j.progress:.0%}" if j else "-",
+    rows.append({"id": r.id, "state": state_label(r.state), "tier": r.tier or "-", "age": age(r.created_at),
+                 "submitter": r.submitted_by, "subject": r.subject, "change": f"{r.prompt} →{r.target}",
+                 "model": r.model, "job": f"{j.state} · {j.stage or ''} {j.progress:.0%}" if j else "-",
                  "_created": created, "_state": r.state})
 
 key = {"oldest first": ("_created", True), "newest first": ("_created", False),
@@ -59,7 +58,7 @@ if not rows:
     st.stop()
 table = pd.DataFrame(rows).drop(columns=["_created", "_state"])
 picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                      key="q_table", column_config={"change": st.column_config.TextColumn(width="large")})
+                      key="q_table", column_config={"change": st.column_config.TextColumn(width="medium")})
 sel = picked.selection.rows if picked is not None else []
 if sel:
     open_request(rows[sel[0]]["id"])

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from govern.errors import GovernError
-from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, require_principal, show_error, state_label, table
+from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, md, require_principal, show_error, state_label, table
 
 me = require_principal()
 g = gov()
@@ -29,14 +29,14 @@ st.session_state[OPEN_KEY] = rid
 st.query_params["id"] = rid
 r = g.get_request(rid)
 
-st.title(f"{r.subject}: {r.target.strip()}")
+st.title(md(f"{r.subject}: {r.target.strip()}"))
 COLOURS = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
            "canary_failed": "red", "failed": "red", "rolled_back": "gray"}
 st.badge(state_label(r.state), color=COLOURS.get(r.state, "blue"))
-st.markdown(f"`{r.id}` · model **{r.model}** · method **{r.method}** · risk tier **{r.tier or '-'}** · "
-            f"submitted by **{r.submitted_by}** {age(r.created_at)} ago")
+st.markdown(f"`{r.id}` · model **{md(r.model)}** · method **{md(r.method)}** · risk tier **{md(r.tier or '-')}** · "
+            f"submitted by **{md(r.submitted_by)}** {age(r.created_at)} ago")
 if r.error:
-    st.error(r.error)
+    show_error(r.error)
 
 with st.container(border=True):
     st.markdown("**The change**")
@@ -50,7 +50,8 @@ with st.container(border=True):
         {"field": "justification", "value": r.justification or "-"},
     ]))
     if r.evidence_list:
-        st.markdown("Evidence: " + " · ".join(f"[{link.replace(']', '%5D')}]({link.replace(')', '%29')})"
+        # links were checked to be http(s) without spaces at submission; the text is escaped, the target quoted
+        st.markdown("Evidence: " + " · ".join(f"[{md(link)}](<{link.replace('>', '%3E').replace('<', '%3C')}>)"
                                                 for link in r.evidence_list))
 
 
@@ -103,8 +104,8 @@ else:
 
     probs = [x for x in canary["rows"] if x["slice"] in ("target", "paraphrase")]
     answers = [x for x in canary["rows"] if x["slice"] not in ("target", "paraphrase")]
-    st.markdown(f"**Target and paraphrases**: probability of the new answer {r.target!r} and the old "
-                f"{canary.get('target_old')!r}, production (before) vs candidate (after)")
+    st.markdown(f"**Target and paraphrases**: probability of the new answer {md(repr(r.target))} and the old "
+                f"{md(repr(canary.get('target_old')))}, production (before) vs candidate (after)")
     table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"],
                          "p(new) before": x["p_new_before"], "p(new) after": x["p_new_after"],
                          "p(old) before": x["p_old_before"], "p(old) after": x["p_old_after"],
@@ -137,21 +138,21 @@ else:
 delta = g.delta_summary(r.delta_id)
 if delta:
     st.subheader("Where the change sits")
-    c = st.columns(4)
+    c = st.columns(3)
     c[0].metric("Layer", str(delta.get("layer", "-")))
     c[1].metric("Module", str(delta.get("module", "-")).split(".")[-1] or "-")
-    c[2].metric("Covariance", str(delta.get("covariance", "-")))
-    c[3].metric("Candidate", f"v{r.candidate_version}" if r.candidate_version else "discarded / none")
+    c[2].metric("Candidate", f"v{r.candidate_version}" if r.candidate_version else "none")
     table(pd.DataFrame([{"tensor": x["name"], "shape": "×".join(map(str, x.get("shape", []))),
                          "update norm": x.get("update_norm"), "weight norm": x.get("weight_norm"),
                          "update / weight": (x["update_norm"] / x["weight_norm"]) if x.get("weight_norm") else None}
                         for x in delta.get("tensors", [])]))
-    st.caption(f"delta `{r.delta_id}` · sha256 `{delta['digest'][:16]}…` · method {delta['method']}")
+    st.caption(f"delta `{r.delta_id}` · sha256 `{delta['digest'][:16]}…` · method {md(delta['method'])} · "
+               f"module `{delta.get('module', '-')}` · covariance {md(delta.get('covariance', '-'))}")
 
 st.subheader("Review")
 reviews = g.reviews(rid)
 for rv in reviews:
-    st.markdown(f"- **{rv.decision}** by {rv.reviewer} ({age(rv.created_at)} ago, candidate v{rv.candidate_version}): ")
+    st.markdown(f"- **{rv.decision}** by {md(rv.reviewer)} ({age(rv.created_at)} ago, candidate v{rv.candidate_version}):")
     st.text(rv.comment)
 if r.state == "awaiting_review":
     if not me.can("review"):

@@ -10,7 +10,7 @@ import streamlit as st
 
 from govern.domain import load_request_file, parse_request
 from govern.errors import GovernError
-from ui.common import acting, gov, load_policy, open_request, require_principal, show_error, state_label
+from ui.common import acting, gov, load_policy, md, open_request, require_principal, show_error, state_label
 
 me = require_principal()
 st.title("Submit a change")
@@ -98,12 +98,12 @@ with batch:
 
 done = st.session_state.get("submitted")
 if done:
-    st.success(f"Submitted {len(done)} request(s) as {me.name}.")
+    st.success(f"Submitted {len(done)} request(s) as {md(me.name)}.")
     for rid, state in done:
         r = gov().get_request(rid)
         c1, c2 = st.columns([4, 1])
         c1.markdown(f"`{rid}` — {state_label(state.value)}" + (f" — tier **{r.tier}**" if r.tier else ""))
         if r.error:
-            c1.error(f"admission: {r.error}")
+            show_error(f"admission: {r.error}")
         if c2.button("Open request", key=f"open_{rid}"):
             open_request(rid)

@@ -24,7 +24,8 @@ COLORS = {"production": "#2ca02c", "candidate": "#ffbf00", "superseded": "#c7c7c
 dot = ["digraph { rankdir=LR; node [shape=box, style=\"rounded,filled\", fontname=Helvetica, fontsize=11];"]
 for v, r in versions:
     alias = " ★ production" if v.number == m.production_version else (" ◆ candidate" if v.number == m.candidate_version else "")
-    what = "base" if r is None else (r.subject + ": " + r.target.strip())[:40].replace('"', "'")
+    what = "base" if r is None else (r.subject + ": " + r.target.strip())[:40]
+    what = what.replace("\\", "/").replace('"', "'").replace("\n", " ")  # DOT string literal
     dot.append(f'v{v.number} [label="v{v.number}{alias}\\n{what}\\n({v.status})", fillcolor="{COLORS.get(v.status, "#ffffff")}"'
                + (", penwidth=3" if alias else "") + "];")
     if v.parent:
