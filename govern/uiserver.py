@@ -52,7 +52,8 @@ def serve(*, host: str, port: int, policy: Path, worker: bool, device: str) -> i
             if not models:
                 print("no model is registered yet: no background worker (`govern model add`, then restart `govern ui`)")
             for name in models:
-                cmd = [sys.executable, "-m", "govern.cli", "worker", "--model", name, "--device", device]
+                # a 30 s lease: the heartbeat (every lease/3) publishes stage and progress often enough for the page
+                cmd = [sys.executable, "-m", "govern.cli", "worker", "--model", name, "--device", device, "--lease", "30"]
                 children.append((f"worker {name}", subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)))
         cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", host, "--server.port", str(port), "--server.headless", "true",

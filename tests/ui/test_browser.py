@@ -32,7 +32,10 @@ PW = "correct horse battery"
 # default.yaml's gates, but every edit needs one human approval
 POLICY = (REPO / "policies" / "default.yaml").read_text().replace("default_tier: low", "default_tier: medium")
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")]
+# CI (.ci/run) installs Chromium and sets GOVERN_REQUIRE_BROWSER=1, so there a missing browser fails instead of skipping
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("GOVERN_REQUIRE_BROWSER"),
+    reason=f"{CHROMIUM} missing (apt-get install chromium)")]
 
 
 def free_port() -> int:
@@ -83,8 +86,15 @@ def ui_server(tmp_path):
 
 
 def shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
     page.wait_for_timeout(600)  # let charts and tables finish drawing
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    height = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain] *')]"
+                           ".slice(0, 4000).map(e => e.getBoundingClientRect().bottom + window.scrollY), 900)")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(int(height) + 60, 8000)})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size(size)
 
 
 def sign_in(browser, url: str, name: str):

@@ -104,11 +104,20 @@ def test_oidc_email_maps_to_a_user_and_an_unknown_email_is_refused(ui_gov):
     assert (ev.action, ev.actor, ev.payload["method"]) == ("user.signed_in", "erin", "oidc")
 
     at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32}
+    at.run()
+    assert [b.label for b in at.button] == ["Sign in", "Sign in with your organisation (OIDC)"]
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32}
     at.user = {"is_logged_in": True, "email": "stranger@example.org"}
     at.run()
     assert "govern_user" not in at.session_state
     assert "not a govern user" in errors(at)[0] and "govern user add" in errors(at)[0]
     assert ui_gov.store.audit_events()[-1].action == "user.sign_in_failed"
+    assert "Sign out of the identity provider" in [b.label for b in at.button]
+    at.run()  # a rerun does not audit the same refusal again
+    assert [e.action for e in ui_gov.store.audit_events()].count("user.sign_in_failed") == 1
 
 
 # ------------------------------------------------------------------ submit

@@ -33,7 +33,10 @@ with left:
             st.rerun()
     if _oidc_configured():
         st.divider()
-        if st.button("Sign in with your organisation (OIDC)", key="oidc"):
-            st.session_state.pop("oidc_refused", None)
+        if st.session_state.get("oidc_refused"):
+            if st.button("Sign out of the identity provider", key="oidc_logout"):
+                st.session_state.pop("oidc_refused", None)
+                st.logout()
+        elif st.button("Sign in with your organisation (OIDC)", key="oidc"):
             st.login()
     st.caption("No account? An admin creates one: `govern user add NAME --role requester`.")
