@@ -541,6 +541,11 @@ class Govern:
         name = (name or "").strip()
         with self.store.read() as s:
             row = s.get(UserRow, name) if name else None
+        recent = self._failed_sign_ins(name[:64] or "?")
+        if recent >= MAX_FAILED_SIGN_INS:
+            self.note(name[:64] or "?", "user.sign_in_failed", name[:64] or "?", {"method": "password", "reason": "locked"})
+            raise PermissionDenied(f"too many failed sign-ins for {name!r} in the last {SIGN_IN_WINDOW_MIN} minutes; "
+                                   "wait, or ask an admin")
         ok = verify_password(password or "", row.password_hash if row else None)
         if not ok:
             self.note(name[:64] or "?", "user.sign_in_failed", name[:64] or "?",
@@ -548,6 +553,21 @@ class Govern:
             raise PermissionDenied("unknown user or wrong password")
         self.note(row.name, "user.signed_in", row.name, {"method": "password"})
         return self.principal(row.name)
+
+    def _failed_sign_ins(self, name: str) -> int:
+        """Failed password sign-ins for `name` since its last success, within the window."""
+        from datetime import UTC, timedelta
+
+        since = datetime.now(UTC) - timedelta(minutes=SIGN_IN_WINDOW_MIN)
+        n = 0
+        for e in self.audit_search(text=None, actor=name, action="user.sign", since=since):  # newest first
+            if e.subject != name:
+                continue
+            if e.action == "user.signed_in":
+                break
+            if e.action == "user.sign_in_failed" and e.payload.get("method") == "password":
+                n += 1
+        return n
 
     def sign_in_email(self, email: str) -> Principal:
         """Map an e-mail verified by the OIDC provider to our user; audited."""
@@ -614,3 +634,9 @@ class Govern:
                 q = q.where(WorkerRow.model == model)
             rows = list(s.exec(q).all())
         return [w for w in rows if (w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=UTC)) >= cutoff]
+
+
+# sign-in throttling (users and UI views section): a name is refused after this many failed
+# password sign-ins within this many minutes of its last success
+MAX_FAILED_SIGN_INS = 5
+SIGN_IN_WINDOW_MIN = 15

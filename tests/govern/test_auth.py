@@ -29,7 +29,16 @@ def test_scrypt_hash_is_salted_and_checks_in_constant_time():
     assert not verify_password(PW, None)  # OIDC-only user: no password sign-in
 
 
-def test_add_user_stores_a_hash_and_audits_without_the_password(gov):
+@pytest.fixture
+def users_gov(home):
+    """A home without a model: users need none (and registering one costs seconds)."""
+    from govern.service import Govern
+
+    return Govern(home)
+
+
+def test_add_user_stores_a_hash_and_audits_without_the_password(users_gov):
+    gov = users_gov
     gov.add_user("alice", ["requester", "reviewer", "requester"], password=PW, email="Alice@Example.org", actor="root")
     (u,) = gov.list_users()
     assert (u.name, u.role_list, u.email, u.created_by) == ("alice", ["requester", "reviewer"], "alice@example.org", "root")
@@ -49,7 +58,8 @@ def test_add_user_stores_a_hash_and_audits_without_the_password(gov):
     (dict(name="eve", roles=["reviewer"]), InputError, "give a password"),
     (dict(name="eve", roles=["reviewer"], email="not-an-email"), InputError, "does not look like"),
 ])
-def test_bad_users_are_one_clear_error_and_change_nothing(gov, kwargs, error, message):
+def test_bad_users_are_one_clear_error_and_change_nothing(users_gov, kwargs, error, message):
+    gov = users_gov
     gov.add_user("bob", ["reviewer"], password=PW, email="bob@example.org", actor="root")
     before = snapshot(gov)
     with pytest.raises(error, match=message.replace("(", r"\(")):
@@ -57,7 +67,8 @@ def test_bad_users_are_one_clear_error_and_change_nothing(gov, kwargs, error, me
     assert snapshot(gov) == before
 
 
-def test_sign_in_audits_success_and_failure_with_one_message(gov):
+def test_sign_in_audits_success_and_failure_with_one_message(users_gov):
+    gov = users_gov
     gov.add_user("alice", ["requester"], password=PW, actor="root")
     gov.add_user("sso", ["reviewer"], email="sso@example.org", actor="root")
     p = gov.sign_in("alice", PW)
@@ -71,6 +82,28 @@ def test_sign_in_audits_success_and_failure_with_one_message(gov):
     assert gov.sign_in_email(" SSO@example.org ").name == "sso"
     with pytest.raises(PermissionDenied, match="not a govern user"):
         gov.sign_in_email("who@example.org")
+
+
+def test_repeated_failures_lock_the_name_until_the_window_passes(users_gov):
+    from govern.service import MAX_FAILED_SIGN_INS
+
+    gov = users_gov
+    gov.add_user("alice", ["requester"], password=PW, actor="root")
+    gov.add_user("bob", ["requester"], password=PW, actor="root")
+    gov.sign_in("alice", PW)
+    for _ in range(MAX_FAILED_SIGN_INS):
+        with pytest.raises(PermissionDenied, match="^unknown user or wrong password$"):
+            gov.sign_in("alice", "guess guess")
+    with pytest.raises(PermissionDenied, match="too many failed sign-ins for 'alice'"):
+        gov.sign_in("alice", PW)  # even the right password
+    assert gov.store.audit_events()[-1].payload["reason"] == "locked"
+    assert gov.sign_in("bob", PW).name == "bob"  # other names are not affected
+    with gov.store.tx() as s:  # the window passes: move alice's failures 16 minutes into the past
+        from sqlalchemy import text
+
+        s.connection().execute(text("UPDATE audit_events SET ts = '2000-01-01T00:00:00+00:00' "
+                                    "WHERE action = 'user.sign_in_failed'"))
+    assert gov.sign_in("alice", PW).name == "alice"
 
 
 def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from govern.worker import Worker
-from tests.ui.conftest import PASSWORD, errors, plain, sign_in, tables
+from tests.ui.uikit import PASSWORD, errors, plain, review_policy, sign_in, tables, ui_gov  # noqa: F401 - fixtures
 
 
 def actions(gov) -> list[str]:
@@ -50,7 +50,7 @@ def button(at, label: str):
 def test_sign_in_refuses_wrong_password_and_unknown_user_and_audits_every_attempt(ui_gov):
     from streamlit.testing.v1 import AppTest
 
-    from tests.ui.conftest import APP
+    from tests.ui.uikit import APP
 
     for name, password in (("alice", "wrong password"), ("mallory", PASSWORD), ("", "")):
         at = AppTest.from_file(APP, default_timeout=60).run()
@@ -92,7 +92,7 @@ def test_pages_follow_roles_and_sign_out(ui_gov):
 def test_oidc_email_maps_to_a_user_and_an_unknown_email_is_refused(ui_gov):
     from streamlit.testing.v1 import AppTest
 
-    from tests.ui.conftest import APP
+    from tests.ui.uikit import APP
 
     ui_gov.add_user("erin", ["reviewer"], email="Erin@Example.org", actor="root")
     at = AppTest.from_file(APP, default_timeout=60)

@@ -1,4 +1,8 @@
-"""Fixtures for the UI tests: a real home (SQLite, MLflow) with the tiny Llama, users, and a review policy."""
+"""Fixtures and helpers for the UI tests: a real home (SQLite, MLflow) with the tiny Llama, users, a review policy.
+
+Not a conftest.py: the suite imports `from conftest import TEST_POLICY` (tests/conftest.py), and a second
+conftest module here would take that name. Test modules import the fixtures they use from here.
+"""
 
 from __future__ import annotations
 
