@@ -20,10 +20,12 @@ model_app = typer.Typer(no_args_is_help=True, help="Register and list governed m
 review_app = typer.Typer(no_args_is_help=True, help="Approve or reject a request awaiting review.")
 audit_app = typer.Typer(no_args_is_help=True, help="Export and verify the tamper-evident audit trail.")
 submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --file for many).")
+user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
 app.add_typer(submit_app, name="submit")
+app.add_typer(user_app, name="user")
 
 Actor = Annotated[str, typer.Option("--as", help="who is acting (recorded in the audit trail)")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
@@ -264,6 +266,57 @@ def audit_verify(file: Annotated[Optional[Path], typer.Argument(help="export fil
         return
     typer.echo(f"FAILED: first bad event {res.first_bad_seq}: {res.reason}", err=True)
     raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- users, ui
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[list[str], typer.Option("--role", "-r", help="requester, reviewer, approver, auditor or admin (repeatable)")],
+    email: Annotated[Optional[str], typer.Option(help="e-mail an OIDC sign-in maps to this user")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from the first line of stdin")] = False,
+    actor: Annotated[str, typer.Option("--as", help="who creates the user (audited)")] = "admin",
+) -> None:
+    """Create a user: a password for local sign-in (prompted, or --password-stdin) and/or --email for OIDC."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif email is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    row = _gov().add_user(name, role, password=password, email=email, actor=actor)
+    how = " and ".join(x for x in ("password" if password is not None else "", f"OIDC as {row.email}" if row.email else "") if x)
+    typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
+
+
+@user_app.command("roles")
+def user_roles(name: str,
+               role: Annotated[list[str], typer.Option("--role", "-r", help="the user's new roles (repeatable)")],
+               actor: Annotated[str, typer.Option("--as", help="who changes them (audited)")] = "admin") -> None:
+    """Replace a user's roles (effective at their next action)."""
+    row = _gov().set_roles(name, role, actor=actor)
+    typer.echo(f"user {row.name}: {', '.join(row.role_list)}")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users, their roles and how they sign in."""
+    for u in _gov().list_users():
+        how = ",".join(x for x in ("password" if u.password_hash else "", "oidc" if u.email else "") if x)
+        typer.echo(f"{u.name}\t{','.join(u.role_list)}\t{u.email or '-'}\t{how}")
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
+    policy: Annotated[Path, typer.Option(help="admission policy for requests submitted in the UI")] = Path("policies/default.yaml"),
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run a background `govern worker` per model")] = True,
+    device: Annotated[str, typer.Option(help="torch device for the background worker")] = "cpu",
+) -> None:
+    """Start the reviewer app (Streamlit) and a background worker; Ctrl-C stops both."""
+    from govern.uiserver import serve
+
+    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device))
 
 
 # ---------------------------------------------------------------- worker, demo

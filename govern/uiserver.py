@@ -1,0 +1,77 @@
+"""`govern ui`: the Streamlit app plus one background `govern worker` per registered model.
+
+The app (``ui/app.py``) runs in a Streamlit subprocess; the workers run as
+``python -m govern.cli worker`` subprocesses so that applying an edit never
+blocks a page. All children stop when `govern ui` exits (Ctrl-C, SIGTERM, or
+— on Linux — its death, through ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def resolve_policy(policy: Path) -> Path:
+    """The policy file; the default name falls back to the shipped one outside the repository."""
+    if not policy.is_file() and policy == Path("policies/default.yaml") and SHIPPED_POLICY.is_file():
+        return SHIPPED_POLICY
+    return policy
+
+
+def serve(*, host: str, port: int, policy: Path, worker: bool, device: str) -> int:
+    from govern.policy import load_policy
+    from govern.service import Govern
+
+    policy = resolve_policy(policy)
+    load_policy(policy)  # a bad policy is one error line before anything starts
+    gov = Govern()
+    env = {**os.environ, "GOVERN_HOME": str(gov.home.root), "GOVERN_UI_POLICY": str(policy.resolve())}
+    children: list[tuple[str, subprocess.Popen]] = []
+
+    def stop(_sig, _frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if worker:
+            models = [m.name for m in gov.list_models()]
+            if not models:
+                print("no model is registered yet: no background worker (`govern model add`, then restart `govern ui`)")
+            for name in models:
+                # a 30 s lease: the heartbeat (every lease/3) publishes stage and progress often enough for the page
+                cmd = [sys.executable, "-m", "govern.cli", "worker", "--model", name, "--device", device, "--lease", "30"]
+                children.append((f"worker {name}", subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)))
+        cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
+               "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--server.runOnSave", "false", "--client.toolbarMode", "minimal", "--global.developmentMode", "false"]
+        app = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        children.append(("streamlit", app))
+        print(f"govern ui: http://{host}:{port} (home {gov.home.root}, policy {policy}); Ctrl-C stops it", flush=True)
+        return app.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for name, p in children:
+            if p.poll() is None:  # workers stop cleanly on SIGINT (they unregister); Streamlit on SIGTERM
+                p.send_signal(signal.SIGINT if name.startswith("worker") else signal.SIGTERM)
+        for _name, p in children:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,185 @@
+"""One request: what was asked, live job state, the canary evidence, the delta, the history; review it."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from govern.errors import GovernError
+from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, md, require_principal, show_error, state_label, table
+
+me = require_principal()
+g = gov()
+
+rid = st.session_state.get(OPEN_KEY) or st.query_params.get("id")
+all_ids = [r.id for r in reversed(g.list_requests())]
+if not all_ids:
+    st.title("Request")
+    st.info("No requests yet.")
+    st.stop()
+if rid not in all_ids:
+    if rid:
+        st.warning(f"no request {rid!r}; pick one below")
+    rid = all_ids[0]
+rid = st.sidebar.selectbox("Request", all_ids, index=all_ids.index(rid), key="r_pick")
+st.session_state[OPEN_KEY] = rid
+st.query_params["id"] = rid
+r = g.get_request(rid)
+
+st.title(md(f"{r.subject}: {r.target.strip()}"))
+COLOURS = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
+           "canary_failed": "red", "failed": "red", "rolled_back": "gray"}
+st.badge(state_label(r.state), color=COLOURS.get(r.state, "blue"))
+st.markdown(f"`{r.id}` · model **{md(r.model)}** · method **{md(r.method)}** · risk tier **{md(r.tier or '-')}** · "
+            f"submitted by **{md(r.submitted_by)}** {age(r.created_at)} ago")
+if r.error:
+    show_error(r.error)
+
+with st.container(border=True):
+    st.markdown("**The change**")
+    table(pd.DataFrame([
+        {"field": "prompt", "value": r.prompt},
+        {"field": "new target", "value": repr(r.target)},
+        {"field": "old answer", "value": repr(r.target_old) if r.target_old else "(production's answer, measured by the worker)"},
+        {"field": "paraphrases", "value": " | ".join(r.paraphrase_list) or "-"},
+        {"field": "neighbours", "value": " | ".join(r.neighbor_list) or "-"},
+        {"field": "valid", "value": f"{r.valid_from or 'now'} → {r.valid_until or 'open-ended'}"},
+        {"field": "justification", "value": r.justification or "-"},
+    ]))
+    if r.evidence_list:
+        # links were checked to be http(s) without spaces at submission; the text is escaped, the target quoted
+        st.markdown("Evidence: " + " · ".join(f"[{md(link)}](<{link.replace('>', '%3E').replace('<', '%3C')}>)"
+                                                for link in r.evidence_list))
+
+
+@st.fragment(run_every=2)
+def live_job(shown_state: str) -> None:
+    """Polls the job (stage, progress, heartbeat) while the request is on its way; reruns the page when it moves on."""
+    now = g.get_request(rid)
+    if now.state != shown_state:
+        st.rerun()
+    jobs = g.jobs(rid)
+    with st.container(border=True):
+        st.markdown("**Live job**")
+        if not jobs:
+            st.caption("waiting for admission")
+            return
+        j = jobs[-1]
+        st.progress(min(max(j.progress, 0.0), 1.0), text=f"{j.state} · stage {j.stage or 'queued'} · {j.progress:.0%}")
+        st.caption(f"job {j.id} · attempt {j.attempts}/{j.max_attempts} · owner {j.lease_owner or '-'} · "
+                   f"heartbeat {age(j.heartbeat_at)} ago")
+        if j.state == "queued" and not g.live_workers(now.model):
+            st.warning(f"No live worker serves {now.model}: start `govern worker --model {now.model}` "
+                       "(or `govern ui`, which starts one).")
+
+
+if r.state in LIVE_STATES:
+    live_job(r.state)
+
+canary = json.loads(r.canary) if r.canary else None
+policy = json.loads(r.policy) if r.policy else None
+
+st.subheader("Evidence")
+if canary is None:
+    st.info("No canary yet: the worker measures the candidate against production after applying the edit.")
+    if policy:
+        st.caption("Gates this request must pass (policy " + policy["name"] + "): "
+                   + ", ".join(f"{x['metric']} {x['op']} {x['threshold']:g}" for x in policy["canary"]["gates"]))
+else:
+    verdict = "all gates passed" if canary.get("passed") else "a gate failed"
+    st.markdown(f"Canary: **{verdict}** · production perplexity {canary['ppl_production']:.3f} → "
+                f"candidate {canary['ppl_candidate']:.3f}")
+    gates = pd.DataFrame([{"gate": x["gate"], "metric": x["metric"],
+                           "value": None if x["value"] is None else round(x["value"], 4),
+                           "result": x["result"]}
+                          for x in canary["gates"]])
+    mcols = st.columns(max(len(canary["metrics"]), 1))
+    for col, (k, v) in zip(mcols, canary["metrics"].items()):
+        col.metric(k, "n/a" if v is None else f"{v:.3f}")
+    st.markdown("**Metrics against the policy's thresholds**")
+    table(gates, ("result",))
+
+    probs = [x for x in canary["rows"] if x["slice"] in ("target", "paraphrase")]
+    answers = [x for x in canary["rows"] if x["slice"] not in ("target", "paraphrase")]
+    st.markdown(f"**Target and paraphrases**: probability of the new answer {md(repr(r.target))} and the old "
+                f"{md(repr(canary.get('target_old')))}, production (before) vs candidate (after)")
+    table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"],
+                         "p(new) before": x["p_new_before"], "p(new) after": x["p_new_after"],
+                         "p(old) before": x["p_old_before"], "p(old) after": x["p_old_after"],
+                         "result": "pass" if x["pass"] else "fail"} for x in probs]), ("result",))
+    long = pd.DataFrame([{"prompt": f"{i + 1}. {x['slice']}", "text": x["prompt"], "series": f"{w} {when}",
+                          "probability": x[f"p_{w[2:5]}_{when}"]}
+                         for i, x in enumerate(probs) for when in ("before", "after") for w in ("p(new)", "p(old)")])
+    chart = alt.Chart(long).mark_bar().encode(
+        x=alt.X("prompt:N", title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("series:N", sort=["p(new) before", "p(new) after", "p(old) before", "p(old) after"]),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("series:N", sort=["p(new) before", "p(new) after", "p(old) before", "p(old) after"],
+                        scale=alt.Scale(range=["#9ecae1", "#08519c", "#fdae6b", "#a63603"])),
+        tooltip=["text", "series", alt.Tooltip("probability:Q", format=".4f")],
+    ).properties(height=260)
+    st.altair_chart(chart, width="stretch")
+    def answer_table(rows: list) -> None:  # noqa: ANN001
+        table(pd.DataFrame([{"prompt": x["prompt"], "production (before)": repr(x["before"]),
+                             "candidate (after)": repr(x["after"]), "next token": "same" if x["pass"] else "changed"}
+                            for x in rows]), ("next token",))
+
+    neighbours = [x for x in answers if x["slice"] == "neighbor"]
+    probes = [x for x in answers if x["slice"] == "probe"]
+    st.markdown("**Neighbours**: greedy next token, production (before) vs candidate (after) — must not change")
+    answer_table(neighbours)
+    if probes:
+        with st.expander(f"Probes: {sum(x['pass'] for x in probes)}/{len(probes)} unchanged"):
+            answer_table(probes)
+
+delta = g.delta_summary(r.delta_id)
+if delta:
+    st.subheader("Where the change sits")
+    c = st.columns(3)
+    c[0].metric("Layer", str(delta.get("layer", "-")))
+    c[1].metric("Module", str(delta.get("module", "-")).split(".")[-1] or "-")
+    c[2].metric("Candidate", f"v{r.candidate_version}" if r.candidate_version else "none")
+    table(pd.DataFrame([{"tensor": x["name"], "shape": "×".join(map(str, x.get("shape", []))),
+                         "update norm": x.get("update_norm"), "weight norm": x.get("weight_norm"),
+                         "update / weight": (x["update_norm"] / x["weight_norm"]) if x.get("weight_norm") else None}
+                        for x in delta.get("tensors", [])]))
+    st.caption(f"delta `{r.delta_id}` · sha256 `{delta['digest'][:16]}…` · method {md(delta['method'])} · "
+               f"module `{delta.get('module', '-')}` · covariance {md(delta.get('covariance', '-'))}")
+
+st.subheader("Review")
+reviews = g.reviews(rid)
+for rv in reviews:
+    st.markdown(f"- **{rv.decision}** by {md(rv.reviewer)} ({age(rv.created_at)} ago, candidate v{rv.candidate_version}):")
+    st.text(rv.comment)
+if r.state == "awaiting_review":
+    if not me.can("review"):
+        st.info("Reviewing needs the role reviewer, approver or admin.")
+    else:
+        if r.submitted_by == me.name:
+            st.caption("You submitted this request: the four-eyes rule lets you reject it, not approve it.")
+        with st.form("review"):
+            comment = st.text_area("Comment (required)", key="review_comment")
+            a, b, _ = st.columns([1, 1, 4])
+            approve = a.form_submit_button("Approve", type="primary")
+            reject = b.form_submit_button("Reject")
+        if approve or reject:
+            try:
+                state = acting().review(rid, "approve" if approve else "reject", comment)
+            except GovernError as e:
+                show_error(e)
+            else:
+                st.session_state["review_done"] = f"{rid}: {state.value}"
+                st.rerun()
+elif not reviews:
+    st.caption(f"Nothing to review while the request is {r.state}.")
+if st.session_state.get("review_done", "").startswith(rid):
+    st.success(st.session_state["review_done"])
+
+st.subheader("History")
+events = g.request_events(rid)
+table(pd.DataFrame([{"seq": e.seq, "time": e.ts[:19].replace("T", " "), "actor": e.actor, "action": e.action,
+                     "details": json.dumps({k: v for k, v in e.payload.items() if k not in ("tensors", "gates", "metrics")})[:300]}
+                    for e in events]))
