@@ -578,6 +578,17 @@ class Govern:
                                  {"digest": cert["digest"], "state": cert["state"], "path": str(paths["json"])})
         return paths
 
+    def certificate_files(self, request_id: str) -> dict[str, Any] | None:
+        """The last issued certificate of a request: its digest and file paths (None before the first)."""
+        folder = self.home.root / "certificates" / request_id
+        cert = folder / "certificate.json"
+        if not cert.is_file():
+            return None
+        names = {"json": "certificate.json", "md": "certificate.md", "html": "certificate.html",
+                 "probabilities": "probabilities.png", "regression": "regression.png"}
+        paths = {k: folder / v for k, v in names.items() if (folder / v).is_file()}
+        return {"digest": json.loads(cert.read_text(encoding="utf-8")).get("digest", ""), "paths": paths}
+
     def _reissue_certificate(self, request_id: str) -> None:
         """After a decision has been committed: a failure to render must not undo the decision; it is reported and audited."""
         import sys

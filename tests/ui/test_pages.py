@@ -225,7 +225,10 @@ def test_request_page_evidence_then_approval_promotes(ui_gov):
     assert next(m for m in at.metric if m.label == "Layer").value == "1"
     assert len(at.get("vega_lite_chart")) == 1  # p(new)/p(old) before vs after
     history = next(f for f in frames if "action" in f.columns)
-    assert list(history["action"])[-1] == "request.gates_passed"
+    assert list(history["action"])[-2:] == ["request.gates_passed", "certificate.issued"]
+    images = at.get("image")
+    assert len(images) == 2  # the certificate's probability and regression plots
+    assert [b.label for b in at.get("download_button")][-3:] == ["certificate.json", "certificate.md", "certificate.html"]
 
     button(at, "Approve").click().run()  # no comment
     assert errors(at) == ["a review needs a comment (--comment TEXT)"]

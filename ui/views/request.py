@@ -87,14 +87,16 @@ if canary is None:
     st.info("No canary yet: the worker measures the candidate against production after applying the edit.")
     if policy:
         st.caption("Gates this request must pass (policy " + policy["name"] + "): "
-                   + ", ".join(f"{x['metric']} {x['op']} {x['threshold']:g}" for x in policy["canary"]["gates"]))
+                   + ", ".join(f"{x['metric']} {x['op']} {x['threshold']:g}" if x.get("op")
+                               else f"{x['metric']} non-inferior to production (margin {x['margin']:g})"
+                               for x in policy["canary"]["gates"]))
 else:
     verdict = "all gates passed" if canary.get("passed") else "a gate failed"
     st.markdown(f"Canary: **{verdict}** · production perplexity {canary['ppl_production']:.3f} → "
                 f"candidate {canary['ppl_candidate']:.3f}")
     gates = pd.DataFrame([{"gate": x["gate"], "metric": x["metric"],
                            "value": None if x["value"] is None else round(x["value"], 4),
-                           "result": x["result"]}
+                           "result": x["result"], "why": x.get("why", "")}
                           for x in canary["gates"]])
     mcols = st.columns(max(len(canary["metrics"]), 1))
     for col, (k, v) in zip(mcols, canary["metrics"].items()):
@@ -134,6 +136,33 @@ else:
     if probes:
         with st.expander(f"Probes: {sum(x['pass'] for x in probes)}/{len(probes)} unchanged"):
             answer_table(probes)
+    others = [x for x in answers if x["slice"] not in ("neighbor", "probe")]
+    if others:
+        with st.expander("Freshness, refusal and retention items: "
+                         f"{sum(x['pass'] for x in others)}/{len(others)} as good as production"):
+            table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"], "production (before)": str(x.get("before")),
+                                 "candidate (after)": str(x.get("after")), "result": "pass" if x["pass"] else "fail"}
+                                for x in others]), ("result",))
+    stats = canary.get("stats") or {}
+    if stats:
+        st.markdown("**Paired comparison** (same items, candidate − production; 95% bootstrap CI)")
+        table(pd.DataFrame([{"metric": k, "n": v.get("n"), "production": v.get("mean_prod"), "candidate": v.get("mean_cand"),
+                             "diff": v.get("diff"), "CI low": (v.get("ci") or [None, None])[0],
+                             "CI high": (v.get("ci") or [None, None])[1], "p (two-sided)": v.get("p_two_sided")}
+                            for k, v in stats.items()]))
+
+cert = g.certificate_files(rid)
+if cert:
+    st.subheader("Change certificate")
+    st.caption(f"F1–F7 as issued at the last decision · digest `{cert['digest'][:16]}…` · "
+               "`govern certificate --verify certificate.json` checks a copy")
+    for name in ("probabilities", "regression"):
+        if name in cert["paths"]:
+            st.image(str(cert["paths"][name]))
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("certificate.json", cert["paths"]["json"].read_bytes(), file_name=f"{rid}-certificate.json")
+    d2.download_button("certificate.md", cert["paths"]["md"].read_bytes(), file_name=f"{rid}-certificate.md")
+    d3.download_button("certificate.html", cert["paths"]["html"].read_bytes(), file_name=f"{rid}-certificate.html")
 
 delta = g.delta_summary(r.delta_id)
 if delta:
