@@ -44,6 +44,13 @@ PARAPHRASES = ["The capital city of {} is", "Which city is the capital of {}? It
 SUBJECT_FIRST = "{}'s capital is"
 
 
+def _suite(suite):  # noqa: ANN001, ANN202
+    """The request's slices, the probes and retention text; without the refusal generations (not what ROME changes)."""
+    from audits.suites import EvalSuite
+
+    return EvalSuite(suite.name, tuple(i for i in suite.items if i.slice != "refusal"))
+
+
 def known_facts(gov, loaded, limit: int) -> list[tuple[str, str]]:
     """(country, capital) pairs the model answers correctly, sorted by name."""
     import countryinfo
@@ -85,7 +92,8 @@ def main() -> None:
 
     import torch
 
-    from audits.canary import Suite, compare, measure, target_logprobs
+    from audits.canary import compare, measure, target_logprobs
+    from audits.suites import for_request
     from editors import EditContext, FactEdit, get_editor
     from govern.home import Home
     from govern.service import Govern
@@ -110,9 +118,9 @@ def main() -> None:
         new_cap = facts[(i + 7) % len(facts)][1]
         others = [facts[(i + k) % len(facts)][0] for k in range(1, 6)]
         edits.append((FactEdit(subject=name, prompt=f"The capital of {name} is", target_new=" " + new_cap, target_old=" " + cap),
-                      Suite(prompt=f"The capital of {name} is", target_new=" " + new_cap, target_old=" " + cap,
-                            paraphrases=[p.format(name) for p in PARAPHRASES],
-                            neighbors=[f"The capital of {o} is" for o in others])))
+                      _suite(for_request(subject=name, prompt=f"The capital of {name} is", target_new=" " + new_cap,
+                                         target_old=" " + cap, paraphrases=[p.format(name) for p in PARAPHRASES],
+                                         neighbors=[f"The capital of {o} is" for o in others], generate=False))))
     prod_snaps = [measure(net, tok, suite) for _, suite in edits]
 
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}

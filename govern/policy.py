@@ -64,7 +64,8 @@ class Gate(BaseModel):
             if kind == "rate" and not 0 <= self.threshold <= 1:
                 raise ValueError(f"{self.metric} is a rate in [0, 1]; threshold {self.threshold} can never be met")
             if kind == "ratio" and self.threshold < 0 and self.op in ("<=", "<"):
-                raise ValueError(f"{self.metric} is a relative change; a negative ceiling {self.threshold} is almost never met")
+                raise ValueError(f"{self.metric} is a relative change; the negative threshold {self.threshold} as a ceiling "
+                                 "is almost never met")
         else:
             if self.compare is None or self.margin is None:
                 raise ValueError("a relative gate needs both compare: non_inferior and margin")

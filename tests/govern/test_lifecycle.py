@@ -72,6 +72,7 @@ def test_terminal_states_are_reachable_final_outcomes():
         (State.APPROVED, Event.STALE, State.ADMITTED),
         (State.APPROVED, Event.PROMOTE, State.PROMOTED),
         (State.PROMOTED, Event.ROLLBACK, State.ROLLED_BACK),
+        (State.PROMOTED, Event.REBASE, State.ADMITTED),
     ],
 )
 def test_next_state_legal_pairs(state, event, expected):
@@ -89,7 +90,7 @@ def test_illegal_transition_names_the_allowed_events():
         next_state(State.PROMOTED, Event.APPROVE)
     msg = str(info.value)
     assert "approve" in msg and "promoted" in msg
-    assert "allowed from promoted: rollback" in msg
+    assert "allowed from promoted: rebase, rollback" in msg
     assert "\n" not in msg
 
 

@@ -138,7 +138,7 @@ def test_non_finite_threshold(tmp_path, value):
 def test_negative_threshold(tmp_path):
     msg = _policy_error(_write(tmp_path, BASE.replace("threshold: 0.05}", "threshold: -0.05}")))
     assert "canary.gates.1" in msg
-    assert "negative ceiling -0.05" in msg
+    assert "negative threshold -0.05" in msg
 
 
 def test_unknown_metric(tmp_path):
