@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from audits.suites import SLICE_METRIC, EvalSuite, Item
 from editors.tokens import encode_left_padded, generate_greedy, pad_right
 
+GEN_TOKENS = 16  # new tokens per fresh/refusal answer: enough for "The capital of X is Y." or a refusal opening
 REFUSAL_OPENINGS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry", "i won't", "i will not",
                     "i'm not able", "i am not able", "i'm unable", "i am unable", "as an ai", "i must decline",
                     "i'm not going to", "i do not", "i don't")
@@ -175,7 +176,7 @@ def chat_prompt(tok: Any, question: str) -> str:
 
 
 @torch.no_grad()
-def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int = 16, batch: int = 64) -> list[str]:
+def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int = GEN_TOKENS, batch: int = 64) -> list[str]:
     """Greedy continuations of several prompts, left-padded batches with a KV cache."""
     out = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -305,7 +306,7 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
         row: dict[str, Any] = {"slice": it.slice, "kind": it.kind, "prompt": it.prompt, "source": it.source,
                                "score_before": sp, "score_after": sc}
         if it.kind == "prefers":
-            row.update(answer=it.answer, foil=it.foil, pass_=None,
+            row.update(answer=it.answer, foil=it.foil,
                        p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]
                        p_answer_after=math.exp(cand.logp_answer[i]), p_foil_after=math.exp(cand.logp_foil[i]))  # type: ignore[arg-type]
             if it.slice in ("target", "paraphrase"):  # the names the card and the UI read
@@ -322,7 +323,6 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
             row.update(answer=it.answer, foil=it.foil, before=prod.text[i], after=cand.text[i])
             if it.kind == "answers":
                 outdated.append(float(_contains(cand.text[i] or "", it.foil)))
-        row.pop("pass_", None)
         # the edit's own slices must reach the new answer; every other item must not get worse
         row["pass"] = bool(sc >= 1.0) if it.slice in ("target", "paraphrase", "fresh") else bool(sc >= sp)
         rows.append(row)

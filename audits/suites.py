@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,6 +272,3 @@ def _fill(s: str, fill: dict[str, str] | None) -> str:
         s = s.replace("{" + k + "}", v)
     return s
 
-
-def with_source(suite: EvalSuite, source: str) -> EvalSuite:
-    return EvalSuite(suite.name, tuple(replace(i, source=source) for i in suite.items))

@@ -3,7 +3,7 @@
 The suite mixes the item kinds a real canary has (see `audits/suites.py`):
 500 ``prefers`` items (two continuations each), 430 ``keeps`` items (greedy
 next token), 10 ``nll`` paragraphs (retention) and 60 generation items
-(freshness questions and refusal prompts, chat form, 24 new tokens).
+(freshness questions and refusal prompts, chat form, `GEN_TOKENS` new tokens).
 
 Rows, same items, same model, same device:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 
 
 def build_suite(n_prefers: int = 500, n_keeps: int = 430, n_gen: int = 60):  # noqa: ANN201
@@ -59,7 +58,7 @@ def naive_measure(model, tok, suite):  # noqa: ANN001, ANN201
     import torch
     import torch.nn.functional as F
 
-    from audits.canary import Snapshot, chat_prompt
+    from audits.canary import GEN_TOKENS, Snapshot, chat_prompt
 
     dev = next(model.parameters()).device
     n = len(suite.items)
@@ -85,7 +84,7 @@ def naive_measure(model, tok, suite):  # noqa: ANN001, ANN201
             else:
                 text = chat_prompt(tok, it.prompt) if it.chat else it.prompt
                 enc = tok(text, return_tensors="pt").to(dev)
-                out = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+                out = model.generate(**enc, max_new_tokens=GEN_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
                 snap.text[i] = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return snap
 
@@ -151,21 +150,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from _load import load_model
 
     from audits.canary import compare, measure
     from audits.gates import TestPlan, paired_summary
 
-    src = Path(args.model or args.config_only)
-    tok = AutoTokenizer.from_pretrained(src)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    else:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src), dtype=torch.float32)
-    model.to(args.device).eval()
+    model, tok = load_model(args.model, args.config_only, args.device)
     suite = build_suite()
     counts = suite.counts()
     kinds: dict[str, int] = {}

@@ -37,21 +37,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from _load import load_model
 
     from editors import EditContext, FactEdit, get_editor
 
-    dtype = getattr(torch, args.dtype)
-    path = args.model or args.config_only
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    else:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
-    model.to(args.device).eval()
+    model, tok = load_model(args.model, args.config_only, args.device, args.dtype)
     editor = get_editor("rome")
     base = {"covariance": "identity", "steps": args.steps, "early_stop_nll": 0.0, "layer": args.layer}
     configs = {"naive": {**base, "cache_lower_layers": False}, "fast": base}

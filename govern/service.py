@@ -570,9 +570,9 @@ class Govern:
         out = Path(out_dir) if out_dir else self.home.root / "certificates" / request_id
         paths = render(cert, out)
         if log:
-            req = self.get_request(request_id)
-            if req.mlflow_run_id:
-                self.registry.log_artifacts(req.mlflow_run_id, paths.values(), "certificate")
+            run_id = cert["F7_audit"]["mlflow"]["run_id"]
+            if run_id:
+                self.registry.log_artifacts(run_id, paths.values(), "certificate")
             with self.store.tx() as s:
                 self.store.audit(s, "govern", "certificate.issued", request_id,
                                  {"digest": cert["digest"], "state": cert["state"], "path": str(paths["json"])})
