@@ -22,12 +22,13 @@ The functions never change the model.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from audits.evidence import CanaryReport, EvidenceRow
 from audits.suites import SLICE_METRIC, EvalSuite, Item
 from editors.tokens import encode_left_padded, generate_greedy, pad_right
 
@@ -271,30 +272,9 @@ def item_score(item: Item, snap: Snapshot, i: int, reference: Snapshot) -> float
 # --------------------------------------------------------------------------- comparing two
 
 
-@dataclass
-class CanaryReport:
-    """Candidate vs production on one suite.
-
-    ``scores`` maps each metric to the paired per-item score lists
-    ``{"prod": [...], "cand": [...]}`` that the statistical gates test.
-    ``rows`` is the evidence, one dict per item (``slice``, ``prompt``, ``pass``,
-    plus slice-specific fields).
-    """
-
-    metrics: dict[str, float | None]
-    rows: list[dict[str, Any]]
-    ppl_production: float
-    ppl_candidate: float
-    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    suite: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> CanaryReport:
     """Turn two snapshots into paired scores, metrics and per-item evidence rows."""
-    rows: list[dict[str, Any]] = []
+    rows: list[EvidenceRow] = []
     scores: dict[str, dict[str, list[float]]] = {}
     outdated: list[float] = []
     for i, it in enumerate(suite.items):
@@ -304,15 +284,11 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
         scores[metric]["prod"].append(sp)
         scores[metric]["cand"].append(sc)
         row: dict[str, Any] = {"slice": it.slice, "kind": it.kind, "prompt": it.prompt, "source": it.source,
-                               "score_before": sp, "score_after": sc}
+                               "score_before": sp, "score_after": sc, "answer": it.answer, "foil": it.foil}
         if it.kind == "prefers":
-            row.update(answer=it.answer, foil=it.foil,
-                       p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]
+            row.update(p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]
                        p_answer_after=math.exp(cand.logp_answer[i]), p_foil_after=math.exp(cand.logp_foil[i]))  # type: ignore[arg-type]
-            if it.slice in ("target", "paraphrase"):  # the names the card and the UI read
-                row.update(p_new_before=row["p_answer_before"], p_old_before=row["p_foil_before"],
-                           p_new_after=row["p_answer_after"], p_old_after=row["p_foil_after"])
-            else:
+            if it.slice not in ("target", "paraphrase"):
                 row.update(before=f"p(true)={row['p_answer_before']:.3f} p(new)={row['p_foil_before']:.3f}",
                            after=f"p(true)={row['p_answer_after']:.3f} p(new)={row['p_foil_after']:.3f}")
         elif it.kind == "keeps":
@@ -320,12 +296,12 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
         elif it.kind == "nll":
             row.update(prompt=it.prompt[:80] + ("…" if len(it.prompt) > 80 else ""), before=f"nll={-sp:.3f}", after=f"nll={-sc:.3f}")
         else:
-            row.update(answer=it.answer, foil=it.foil, before=prod.text[i], after=cand.text[i])
+            row.update(before=prod.text[i], after=cand.text[i])
             if it.kind == "answers":
                 outdated.append(float(_contains(cand.text[i] or "", it.foil)))
         # the edit's own slices must reach the new answer; every other item must not get worse
-        row["pass"] = bool(sc >= 1.0) if it.slice in ("target", "paraphrase", "fresh") else bool(sc >= sp)
-        rows.append(row)
+        row["ok"] = bool(sc >= 1.0) if it.slice in ("target", "paraphrase", "fresh") else bool(sc >= sp)
+        rows.append(EvidenceRow(**row))
 
     def mean(metric: str) -> float | None:
         xs = scores.get(metric, {}).get("cand")

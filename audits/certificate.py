@@ -12,7 +12,8 @@ Fields follow the DMM Gov paper's certificate (F1-F7):
 | F6 rollback point and impact surface | parent version, the tensors touched (shape, update norm, sha256 before/after), the rollback command |
 | F7 audit | version ids, MLflow run and model version, the approval chain, the request's audit events and the chain head |
 
-`build` takes plain data (dicts and lists, gathered by `govern.service`) and
+`build` takes the request's typed evidence (`audits.evidence.Evidence`) and
+plain data about the request, change and versions (gathered by the service), and
 returns the certificate as a dict with a ``digest``: the sha256 of its
 canonical JSON without that key, so a copy can be checked
 (:func:`verify_digest`). `render` writes ``certificate.json``,
@@ -28,6 +29,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from audits.evidence import Evidence
 
 SCHEMA = "govern.certificate/1"
 VERIFICATION = ("efficacy", "paraphrase", "freshness", "outdated", "target_prob")
@@ -45,13 +48,18 @@ def verify_digest(cert: dict[str, Any]) -> bool:
     return cert.get("digest") == digest_of(cert)
 
 
-def build(*, request: dict[str, Any], canary: dict[str, Any] | None, delta: dict[str, Any] | None,
+def build(*, request: dict[str, Any], evidence: Evidence | None, change: dict[str, Any] | None,
           versions: dict[str, Any], reviews: list[dict[str, Any]], events: list[dict[str, Any]],
           policy: dict[str, Any] | None, mlflow: dict[str, Any], issued_at: str) -> dict[str, Any]:
-    """Assemble F1-F7 from the request's stored records."""
-    canary = canary or {}
-    gates = canary.get("gates", [])
-    metrics = canary.get("metrics", {})
+    """Assemble F1-F7 from the request's stored records.
+
+    `request` holds the envelope (id, state, model, kind, method, title, submitted_by, ...) and
+    ``what``: the kind's (field, value) description of the change.
+    """
+    delta = change
+    gates = [g.model_dump() for g in evidence.gates] if evidence else []
+    metrics = evidence.metrics if evidence else {}
+    rows = [r.model_dump() for r in evidence.report.rows] if evidence else []
     method_cfg = ((policy or {}).get("methods") or {}).get(request.get("method"), {})
     cert: dict[str, Any] = {
         "schema": SCHEMA,
@@ -59,9 +67,9 @@ def build(*, request: dict[str, Any], canary: dict[str, Any] | None, delta: dict
         "request": request["id"],
         "state": request["state"],
         "F1_target_and_evidence": {
-            "model": request["model"], "subject": request["subject"], "prompt": request["prompt"],
-            "target_new": request["target"], "target_old": request.get("target_old"),
-            "relation": request.get("relation"), "submitted_by": request["submitted_by"],
+            "model": request["model"], "kind": request.get("kind"), "title": request.get("title"),
+            "what": request.get("what", []), "resolved": evidence.resolved if evidence else {},
+            "submitted_by": request["submitted_by"],
             "submitted_at": request.get("created_at"), "justification": request.get("justification"),
             "evidence": request.get("evidence") or [],
         },
@@ -75,27 +83,29 @@ def build(*, request: dict[str, Any], canary: dict[str, Any] | None, delta: dict
             "covariance": (delta or {}).get("covariance"),
             "policy": (policy or {}).get("name"), "tier": request.get("tier"),
             "admission": (policy or {}).get("admission"),
-            "test_plan": canary.get("plan"),
+            "test_plan": evidence.plan if evidence else None,
         },
         "F4_verification": {
             "metrics": {k: metrics.get(k) for k in VERIFICATION if k in metrics},
             "gates": [g for g in gates if g.get("metric") in VERIFICATION],
-            "evidence_rows": [r for r in canary.get("rows", []) if r.get("slice") in ("target", "paraphrase", "fresh")],
+            "evidence_rows": [r for r in rows if r["slice"] in ("target", "paraphrase", "fresh")],
         },
         "F5_regression": {
-            "suite": canary.get("suite"),
-            "paired": canary.get("stats", {}),
+            "suite": evidence.report.suite if evidence else None,
+            "paired": evidence.stats if evidence else {},
             "gates": [g for g in gates if g.get("metric") not in VERIFICATION],
-            "drawdown": metrics.get("drawdown"), "ppl_production": canary.get("ppl_production"),
-            "ppl_candidate": canary.get("ppl_candidate"),
-            "failed_items": [r for r in canary.get("rows", [])
-                             if not r.get("pass") and r.get("slice") not in ("target", "paraphrase", "fresh", "retention")][:50],
-            "passed": canary.get("passed"),
+            "drawdown": metrics.get("drawdown"),
+            "ppl_production": evidence.report.ppl_production if evidence else None,
+            "ppl_candidate": evidence.report.ppl_candidate if evidence else None,
+            "failed_items": [r for r in rows
+                             if not r["ok"] and r["slice"] not in ("target", "paraphrase", "fresh", "retention")][:50],
+            "passed": evidence.passed if evidence else None,
         },
         "F6_rollback_point_and_impact": {
             "parent_version": versions.get("parent"), "candidate_version": versions.get("candidate"),
             "production_version_now": versions.get("production_now"),
-            "delta": {"id": (delta or {}).get("id"), "digest": (delta or {}).get("digest")},
+            "change": {"id": (delta or {}).get("id"), "kind": (delta or {}).get("kind"), "digest": (delta or {}).get("digest"),
+                       "size_bytes": (delta or {}).get("size_bytes")},
             "tensors": (delta or {}).get("tensors", []),
             "rollback_command": f"govern rollback {request['id']} --reason '...' --as USER",
         },
@@ -125,7 +135,7 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 def plot_probabilities(cert: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars: p(new) and p(old) before/after on the edit prompt and its paraphrases."""
-    rows = [r for r in cert["F4_verification"]["evidence_rows"] if "p_new_before" in r]
+    rows = [r for r in cert["F4_verification"]["evidence_rows"] if r.get("p_answer_before") is not None]
     if not rows:
         return None
     import matplotlib
@@ -134,8 +144,8 @@ def plot_probabilities(cert: dict[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     labels = [("edit: " if r["slice"] == "target" else "para: ") + _short(r["prompt"], 34) for r in rows]
-    series = [("p(old) before", "p_old_before", "#9ecae1"), ("p(old) after", "p_old_after", "#3182bd"),
-              ("p(new) before", "p_new_before", "#fdae6b"), ("p(new) after", "p_new_after", "#e6550d")]
+    series = [("p(old) before", "p_foil_before", "#9ecae1"), ("p(old) after", "p_foil_after", "#3182bd"),
+              ("p(new) before", "p_answer_before", "#fdae6b"), ("p(new) after", "p_answer_after", "#e6550d")]
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.6), dpi=110)
     h = 0.8 / len(series)
     for k, (name, key, color) in enumerate(series):
@@ -145,7 +155,7 @@ def plot_probabilities(cert: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability (mean per answer token)")
     f1 = cert["F1_target_and_evidence"]
-    ax.set_title(f"{f1['subject']}: {str(f1['target_old']).strip()} -> {f1['target_new'].strip()}", fontsize=10)
+    ax.set_title(str(f1["title"]), fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -201,8 +211,8 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         "(sha256 of the canonical JSON without this field; `govern certificate --verify FILE` checks it).",
         "",
         "## F1 Target and evidence",
-        f"- model `{f1['model']}`; subject **{f1['subject']}**; prompt “{f1['prompt']}”",
-        f"- answer before: {f1['target_old']!r}; answer after: {f1['target_new']!r}",
+        f"- model `{f1['model']}`; {f1['kind']} request: **{f1['title']}**",
+        *[f"- {k}: {v}" for k, v in f1["what"]],
         f"- submitted by {f1['submitted_by']} at {f1['submitted_at']}; justification: {f1['justification'] or '—'}",
         f"- evidence: {', '.join(f1['evidence']) or '—'}",
         "",
@@ -224,11 +234,11 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         *_gate_table(f4["gates"]),
         "",
         "| slice | prompt | p(new) before → after | p(old) before → after | pass |", "|---|---|---|---|---|",
-        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_fmt(r.get('p_new_before'), 3)} → {_fmt(r.get('p_new_after'), 3)} "
-          f"| {_fmt(r.get('p_old_before'), 3)} → {_fmt(r.get('p_old_after'), 3)} | {_fmt(r['pass'])} |"
-          for r in f4["evidence_rows"] if "p_new_before" in r],
-        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} → {_short(str(r.get('after')), 40)!r} | | {_fmt(r['pass'])} |"
-          for r in f4["evidence_rows"] if "p_new_before" not in r],
+        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_fmt(r['p_answer_before'], 3)} → {_fmt(r['p_answer_after'], 3)} "
+          f"| {_fmt(r['p_foil_before'], 3)} → {_fmt(r['p_foil_after'], 3)} | {_fmt(r['ok'])} |"
+          for r in f4["evidence_rows"] if r.get("p_answer_before") is not None],
+        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} → {_short(str(r.get('after')), 40)!r} | | {_fmt(r['ok'])} |"
+          for r in f4["evidence_rows"] if r.get("p_answer_before") is None],
     ]
     if images.get("probabilities"):
         out += ["", f"![probabilities]({images['probabilities']})"]
@@ -256,7 +266,7 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         "",
         "## F6 Rollback point and impact surface",
         f"- parent (rollback point) v{f6['parent_version']}, candidate v{f6['candidate_version']}, production now v{f6['production_version_now']}",
-        f"- delta `{f6['delta']['id']}` sha256 `{f6['delta']['digest']}`",
+        f"- change `{f6['change']['id']}` ({f6['change']['kind']}, {f6['change']['size_bytes']} bytes) sha256 `{f6['change']['digest']}`",
         "",
         "| tensor | shape | update norm | weight norm | sha256 before | sha256 after |", "|---|---|---|---|---|---|",
         *[f"| `{t.get('name')}` | {t.get('shape')} | {_fmt(t.get('update_norm'))} | {_fmt(t.get('weight_norm'))} | "

@@ -108,14 +108,19 @@ class EvalSuite:
             out[i.slice] = out.get(i.slice, 0) + 1
         return out
 
-    def __add__(self, other: EvalSuite) -> EvalSuite:
-        seen, items = set(), []
-        for i in (*self.items, *other.items):
+    @classmethod
+    def of(cls, name: str, items: Iterable[Item]) -> EvalSuite:
+        """A suite of `items` with duplicates dropped (the same check twice would count twice in the statistics)."""
+        seen, kept = set(), []
+        for i in items:
             key = (i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat)
-            if key not in seen:  # the same check twice would count twice in the statistics
+            if key not in seen:
                 seen.add(key)
-                items.append(i)
-        return EvalSuite(f"{self.name}+{other.name}", tuple(items))
+                kept.append(i)
+        return cls(name, tuple(kept))
+
+    def __add__(self, other: EvalSuite) -> EvalSuite:
+        return EvalSuite.of(f"{self.name}+{other.name}", (*self.items, *other.items))
 
     def to_jsonl(self) -> str:
         """One item per line, in the format `load_suite` reads back (``source`` is set by the loader)."""

@@ -40,7 +40,7 @@ from govern.errors import InputError, PermissionDenied
 
 if TYPE_CHECKING:
     from audits.trail import AuditEvent, VerifyResult
-    from govern.domain import EditRequestIn
+    from govern.domain import RequestSpec
     from govern.lifecycle import State
     from govern.policy import Policy
     from govern.service import Govern, RollbackResult
@@ -145,7 +145,7 @@ class Acting:
             raise denied(p, permission)
         return p
 
-    def submit(self, requests: list[EditRequestIn], policy: Policy, model: str | None = None) -> list[tuple[str, State]]:
+    def submit(self, requests: list[RequestSpec], policy: Policy, model: str | None = None) -> list[tuple[str, State]]:
         """Store the requests as this user (all or nothing), then run admission on each."""
         self.require("submit")
         ids = self.gov.submit(requests, self.name, model)

@@ -169,9 +169,31 @@ def ask(prompt: str, model: ModelOpt = None,
 @app.command()
 def rollback(target: Annotated[str, typer.Argument(help="request id or version number")], actor: Actor,
              reason: Annotated[str, typer.Option(help="required")],
-             cascade: Annotated[bool, typer.Option(help="also take off newer changes above it (they are re-queued)")] = False) -> None:
-    """Return production to the exact weights it had before a change."""
-    res = _gov().rollback(target, actor, reason, cascade=cascade)
+             cascade: Annotated[bool, typer.Option(help="take newer changes above it off too and recompute them, "
+                                                         "instead of re-applying them")] = False,
+             device: Annotated[str, typer.Option(help="where to build the version without the change")] = "cpu") -> None:
+    """Take a change out of production: the newest exactly (bit for bit); one under newer changes by building and
+    canarying the version without it (the newer ones re-applied) before it becomes production."""
+    gov = _gov()
+    res = gov.rollback(target, actor, reason, cascade=cascade)
+    if res.job_id is not None and res.request_id:
+        from govern.worker import Worker, live_workers
+
+        typer.echo(f"{res.model}: {res.request_id} sits under newer changes; building production v{res.from_version} "
+                   f"without it and running its canary (job {res.job_id})")
+        if live_workers(gov, res.model):
+            typer.echo("a worker serves this model; it runs the job (`govern status " + res.request_id + "` shows it)")
+            return
+        Worker(gov, res.model, device=device).run_until_idle({res.request_id})
+        r = gov.get_request(res.request_id)
+        done = gov.rollback_result(res.request_id) or {}
+        if r.state != "rolled_back":
+            raise _input_error(f"the rollback of {r.id} was refused; production is unchanged: {done.get('error')}")
+        with gov.store.read() as s:
+            now = gov.store.get_model(s, res.model).production_version
+        typer.echo(f"{res.model}: production v{res.from_version} -> v{now} (request {r.id} rolled back; "
+                   "the changes above it re-applied and canaried)")
+        return
     typer.echo(f"{res.model}: production v{res.from_version} -> v{res.to_version}"
                + (f" (request {res.request_id} rolled back)" if res.request_id else "")
                + (f"; re-queued {', '.join(res.rebased)}" if res.rebased else ""))

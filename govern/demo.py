@@ -6,12 +6,13 @@ Uses the home ``.govern/demo`` (fresh each run) and the shared cache
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
@@ -64,7 +65,8 @@ def run_demo(console: Any, fresh: bool = True) -> int:
     reqs = [parse_request({**e, "model": model.name}) for e in DEMO_EDITS]
     console.rule("answers of production v1 (before)")
     prod = gov.materialise(model.name)
-    before = {r.prompt: _answer(prod, r.prompt) for r in reqs}
+    prompts = [f.prompt for r in reqs for f in r.facts]  # type: ignore[attr-defined]
+    before = {p: _answer(prod, p) for p in prompts}
     for p, a in before.items():
         console.print(f"  {p}[bold]{a}[/]")
 
@@ -75,36 +77,37 @@ def run_demo(console: Any, fresh: bool = True) -> int:
     console.rule("answers of production (after)")
     m, versions = gov.history(model.name)
     prod = gov.materialise(model.name)
-    for r in reqs:
-        console.print(f"  {r.prompt}[bold]{_answer(prod, r.prompt)}[/]   (before:{before[r.prompt]})")
+    for p in prompts:
+        console.print(f"  {p}[bold]{_answer(prod, p)}[/]   (before:{before[p]})")
     console.print(f"production is now v{m.production_version}")
     for rid in ids:
         row = gov.get_request(rid)
-        if row.canary:
-            c = json.loads(row.canary)
-            metrics = ", ".join(f"{k}={v:.3f}" for k, v in c["metrics"].items() if v is not None)
-            console.print(f"  {rid} {row.subject}: {row.state}; {metrics}; edit {c['edit_seconds']:.1f}s")
-            for g in c["gates"]:
-                if g["kind"] == "relative" or g["result"] == "fail":
-                    console.print(f"      {g['result']:7} {g['gate']}: {g.get('why', '')}")
+        ev = row.report()
+        if ev is not None:
+            metrics = ", ".join(f"{k}={v:.3f}" for k, v in ev.metrics.items() if v is not None)
+            console.print(f"  {rid} {escape(row.title)}: {row.state}; {metrics}; edit {ev.edit_seconds or 0:.1f}s")
+            for g in ev.gates:
+                if g.kind == "relative" or g.result != "pass":
+                    console.print(f"      {g.result:12} {g.gate}: {escape(g.why)}")
             console.print(f"      certificate: {home.root / 'certificates' / rid / 'certificate.html'}")
 
     promoted = [rid for rid in ids if gov.get_request(rid).state == "promoted"]
     if promoted:
         last = promoted[-1]
         row = gov.get_request(last)
-        console.rule(f"rollback of {last} ({row.subject})")
+        prompt = row.request().facts[0].prompt  # type: ignore[attr-defined]
+        console.rule(f"rollback of {last} ({escape(row.title)})")
         with gov.store.read() as s:
-            parent = gov.store.get_version(s, model.name, row.candidate_version).parent
-        answer_before_change = _answer(gov.materialise(model.name, parent), row.prompt)
+            parent = gov.store.get_version(s, model.name, row.candidate_version or 1).parent
+        answer_before_change = _answer(gov.materialise(model.name, parent), prompt)
         res = gov.rollback(last, "demo-approver", "demo: show an exact rollback")
         console.print(f"production v{res.from_version} -> v{res.to_version}")
         for t in res.tensors:
             console.print(f"  {t['name']}: sha256 now {t['sha256_now'][:16]}…, before the change "
                           f"{t['sha256_before_change'][:16]}… equal={t['equal']}")
-        now_answer = _answer(gov.materialise(model.name), row.prompt)
-        console.print(f"  now:                      {row.prompt}[bold]{now_answer}[/]")
-        console.print(f"  v{parent} before the change: {row.prompt}[bold]{answer_before_change}[/]   "
+        now_answer = _answer(gov.materialise(model.name), prompt)
+        console.print(f"  now:                      {prompt}[bold]{now_answer}[/]")
+        console.print(f"  v{parent} before the change: {prompt}[bold]{answer_before_change}[/]   "
                       f"identical={now_answer == answer_before_change}")
 
     console.rule("monitoring: production vs the base checkpoint on the probe suite (govern monitor)")

@@ -1,6 +1,8 @@
 """Typed domain objects that cross the service boundary: what a user submits.
 
-One schema for the CLI flags, JSONL and YAML request files (and the UI).
+`RequestSpec` is the envelope every request shares; each request kind
+(`govern.kinds`) adds its own fields. One schema for the CLI flags, JSONL and
+YAML request files (and the UI).
 Limits keep a payload from filling the database: every text field has a
 maximum length and a file a maximum size and count.
 """
@@ -10,32 +12,31 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from govern.errors import InputError, PayloadTooLarge
+from govern.validation import describe_yaml_error, format_validation_error
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REQUESTS_PER_FILE = 1000
 _TEXT = dict(min_length=1, max_length=500)
 
 
-class EditRequestIn(BaseModel):
-    """A request to change one fact: in `prompt`, after `subject`, say `target`."""
+class RequestSpec(BaseModel):
+    """What every request shares, whatever its kind: the envelope.
+
+    A request kind (`govern.kinds`) subclasses this with its own fields and a
+    ``kind`` literal, and implements the hooks below; the defaults suit kinds
+    that need no more.
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    kind: Literal["edit"] = "edit"
+    kind: str
     model: str | None = Field(None, max_length=100, description="governed model name; optional when only one is registered")
-    subject: str = Field(max_length=200, min_length=1, description="the entity whose fact changes, as it appears in the prompt")
-    prompt: str = Field(description="an unfinished sentence naming the subject", **_TEXT)
-    target: str = Field(max_length=200, min_length=1, description="the new answer, e.g. ' Rome'")
-    target_old: str | None = Field(None, max_length=200, description="the answer being replaced; default: production's greedy answer")
-    relation: str | None = Field(None, max_length=500, description="relation id for conflicts; default: the prompt with the subject as {}")
-    paraphrases: list[str] = Field(default_factory=list, max_length=32)
-    neighbors: list[str] = Field(default_factory=list, max_length=64)
-    method: str = Field("rome", max_length=50)
+    method: str | None = Field(None, max_length=50, description="update method; default: the kind's default method")
     submitted_by: str | None = Field(None, max_length=100)
     justification: str | None = Field(None, max_length=2000)
     evidence: list[str] = Field(default_factory=list, max_length=16,
@@ -43,15 +44,8 @@ class EditRequestIn(BaseModel):
     valid_from: datetime | None = None
     valid_until: datetime | None = None
 
-    @field_validator("paraphrases", "neighbors")
-    @classmethod
-    def _texts(cls, v: list[str]) -> list[str]:
-        for t in v:
-            if not t.strip():
-                raise ValueError("empty prompt in list")
-            if len(t) > 500:
-                raise ValueError(f"prompt of {len(t)} characters; the limit is 500")
-        return v
+    default_method: ClassVar[str] = ""
+    default_gates: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     @field_validator("evidence")
     @classmethod
@@ -65,43 +59,82 @@ class EditRequestIn(BaseModel):
         return out
 
     @model_validator(mode="after")
-    def _coherent(self) -> EditRequestIn:
-        if not self.subject.strip():
-            raise ValueError("subject is empty; give the entity whose fact changes")
-        if not self.target.strip():
-            raise ValueError("target is empty; give the new answer, e.g. ' Rome'")
-        if self.subject not in self.prompt:
-            raise ValueError(f"the prompt {self.prompt!r} does not contain the subject {self.subject!r}")
+    def _window(self) -> RequestSpec:
         for name in ("valid_from", "valid_until"):  # naive times are read as UTC, so both compare
             t = getattr(self, name)
             if t is not None and t.tzinfo is None:
                 setattr(self, name, t.replace(tzinfo=UTC))
         if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
             raise ValueError("valid_until must be after valid_from")
-        # the answer follows the prompt after a space, as the model would write it
-        if not self.target.startswith((" ", "\n")) and not self.prompt.endswith(" "):
-            self.target = " " + self.target
-        if self.target_old is not None and not self.target_old.startswith((" ", "\n")) and not self.prompt.endswith(" "):
-            self.target_old = " " + self.target_old
+        if self.method is None:
+            self.method = self.default_method or None
         return self
 
-    @property
-    def relation_id(self) -> str:
-        return self.relation or self.prompt.replace(self.subject, "{}", 1)
+    # -- the kind's hooks (see govern.kinds) --------------------------------
+    def spec_json(self) -> str:
+        """The kind-specific part, as stored in the database (the envelope has columns of its own)."""
+        return self.model_dump_json(exclude=set(ENVELOPE))
+
+    def title(self) -> str:
+        return self.kind
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [("kind", self.kind)]
+
+    def conflict_keys(self) -> list[str]:
+        return []
+
+    def risk_texts(self) -> list[str]:
+        return []
+
+    def admission_problems(self, limits: Any) -> list[str]:
+        return []
+
+    def resolve(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        """Facts measured on production when the job runs (stored with the request)."""
+        return {}
+
+    def payload(self, resolved: dict[str, Any]) -> Any:
+        """The update method's input."""
+        raise NotImplementedError(f"request kind {self.kind!r} does not say what its update method receives")
+
+    def suite(self, resolved: dict[str, Any], canary: Any) -> Any:
+        """The canary's evaluation suite (`audits.suites.EvalSuite`)."""
+        raise NotImplementedError(f"request kind {self.kind!r} has no suite builder")
+
+    def suite_fill(self, resolved: dict[str, Any]) -> dict[str, str]:
+        """Values for {placeholders} in the policy's hand-written suite files."""
+        return {}
 
 
-def parse_request(data: object, where: str = "request") -> EditRequestIn:
-    from govern.policy import format_validation_error
+ENVELOPE = ("model", "method", "submitted_by", "justification", "evidence", "valid_from", "valid_until")
+
+
+def parse_request(data: object, where: str = "request") -> RequestSpec:
+    """Validate one request of any registered kind (``kind`` defaults to ``edit``)."""
+    from govern.kinds import kinds, request_adapter
 
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with subject, prompt, target; got {type(data).__name__}")
+    data = {"kind": "edit", **data}
+    if data["kind"] not in kinds():
+        raise InputError(f"{where}: kind: unknown request kind {data['kind']!r}; known: {', '.join(sorted(kinds()))}")
     try:
-        return EditRequestIn.model_validate(data)
+        return request_adapter().validate_python(data)  # type: ignore[no-any-return]
     except ValidationError as e:
-        raise InputError(f"{where}: {format_validation_error(e)}") from None
+        flat = data["kind"] == "edit" and "facts" not in data  # a one-fact request written without `facts`
+        raise InputError(f"{where}: {format_validation_error(e, drop_prefix=('edit', 'facts', 0) if flat else ('edit',))}") from None
 
 
-def load_request_file(path: str | Path) -> list[EditRequestIn]:
+def from_row(kind: str, spec: str, envelope: dict[str, Any]) -> RequestSpec:
+    """Rebuild the typed request from what the database stores (kind, spec JSON, envelope columns)."""
+    from govern.kinds import kind_spec
+
+    data = {**json.loads(spec), **{k: v for k, v in envelope.items() if k in ENVELOPE}}
+    return kind_spec(kind).model_validate(data)
+
+
+def load_request_file(path: str | Path) -> list[RequestSpec]:
     """Parse a JSONL or YAML file of requests; all or nothing."""
     import yaml
 
@@ -128,8 +161,6 @@ def load_request_file(path: str | Path) -> list[EditRequestIn]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            from govern.policy import describe_yaml_error
-
             raise InputError(f"{p.name}: {describe_yaml_error(e)}") from None
         items = data.get("requests") if isinstance(data, dict) and "requests" in data else data
         if isinstance(items, dict):

@@ -3,10 +3,10 @@
     .govern/
       govern.db          SQLite (WAL): requests, reviews, jobs, versions, audit trail
       mlflow.db          MLflow tracking + registry backend (SQLite)
-      mlartifacts/       MLflow artifacts (deltas, canary reports, cards)
+      mlartifacts/       MLflow artifacts (changes, canary reports, cards, certificates)
       models/<name>/     converted base checkpoints (safetensors), pinned by sha256
-      deltas/            every delta, as safetensors, named by id
-      cache/             covariance statistics and other derived, re-computable data
+      changes/           every recorded change (low-rank factors, tensor deltas, ...), one file per change id
+      cache/             covariance statistics, version snapshots and other derived, re-computable data
 
 `GOVERN_DB_URL` and `MLFLOW_TRACKING_URI` override the two stores (e.g. PostgreSQL,
 a tracking server). Nothing is read at import time.
@@ -45,8 +45,26 @@ class Home:
         return self.root / "models"
 
     @property
-    def deltas(self) -> Path:
-        return self.root / "deltas"
+    def changes(self) -> Path:
+        return self.root / "changes"
+
+    def relative(self, path: str | Path) -> str:
+        """A path inside the home as stored in the database (relative, so a copied home reads its own files)."""
+        p = Path(path).resolve()
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def resolve(self, stored: str) -> Path:
+        """The file a stored path names: relative paths are inside this home."""
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def snapshots(self) -> Path:
+        """Materialised tensors of versions (a cache: deleting it only costs time)."""
+        return self.cache / "snapshots"
 
     @property
     def cache(self) -> Path:
@@ -62,6 +80,6 @@ class Home:
         return Path(env).expanduser().resolve() if env else self.cache
 
     def ensure(self) -> Home:
-        for p in (self.root, self.models, self.deltas, self.cache, self.shared_cache, self.mlflow_artifacts):
+        for p in (self.root, self.models, self.changes, self.cache, self.shared_cache, self.mlflow_artifacts):
             p.mkdir(parents=True, exist_ok=True)
         return self

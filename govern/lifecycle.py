@@ -11,6 +11,8 @@ in one database transaction.
     awaiting_review ─reject─► rejected
     approved ─promote─► promoted ─rollback─► rolled_back      (by a person, a monitor trigger or expiry)
     promoted ─rebase─► admitted   (an older change below it was rolled back; rebuilt on the new production)
+    promoted ─rollback_requested─► rolling_back ─rollback─► rolled_back   (a change under newer ones: the version
+        without it is built and canaried first) ─rollback_refused─► promoted   (that version failed its canary)
     awaiting_review | approved ─stale─► admitted   (production moved; rebuild the candidate)
     applying ─requeue─► admitted                    (worker lease expired; the job runs again)
 """
@@ -34,6 +36,7 @@ class State(StrEnum):
     PROMOTED = "promoted"  # the candidate is production
     FAILED = "failed"  # the apply crashed for good (terminal; nothing kept)
     ROLLED_BACK = "rolled_back"  # was production, then rolled back (terminal)
+    ROLLING_BACK = "rolling_back"  # still in production; the version without it is being built and canaried
 
 
 class Event(StrEnum):
@@ -53,6 +56,8 @@ class Event(StrEnum):
     STALE = "stale"
     ROLLBACK = "rollback"
     REBASE = "rebase"
+    ROLLBACK_REQUESTED = "rollback_requested"
+    ROLLBACK_REFUSED = "rollback_refused"
 
 
 S, E = State, Event
@@ -75,11 +80,39 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.APPROVED, E.PROMOTE): S.PROMOTED,
     (S.PROMOTED, E.ROLLBACK): S.ROLLED_BACK,
     (S.PROMOTED, E.REBASE): S.ADMITTED,
+    (S.PROMOTED, E.ROLLBACK_REQUESTED): S.ROLLING_BACK,
+    (S.ROLLING_BACK, E.ROLLBACK): S.ROLLED_BACK,
+    (S.ROLLING_BACK, E.ROLLBACK_REFUSED): S.PROMOTED,
+    (S.ROLLING_BACK, E.REBASE): S.ADMITTED,
 }
 
 TERMINAL = frozenset({S.REJECTED, S.CANARY_FAILED, S.FAILED, S.ROLLED_BACK})
 # a change counts as "active" (for conflicts and limits) from admission until it ends
-ACTIVE = frozenset({S.ADMITTED, S.APPLYING, S.CANARY, S.AWAITING_REVIEW, S.APPROVED, S.PROMOTED})
+ACTIVE = frozenset({S.ADMITTED, S.APPLYING, S.CANARY, S.AWAITING_REVIEW, S.APPROVED, S.PROMOTED, S.ROLLING_BACK})
+# a change whose weights are in production
+IN_PRODUCTION = frozenset({S.PROMOTED, S.ROLLING_BACK})
+
+
+class JobKind(StrEnum):
+    APPLY = "apply"  # build a candidate: production + the request's change, then its canary
+    ROLLBACK = "rollback"  # build production without one change (the others re-applied), then its canary
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # waiting for a worker
+    RUNNING = "running"  # leased by a worker (lease_owner, lease_expires_at)
+    DONE = "done"  # its outcome was committed
+    FAILED = "failed"  # ended without a result (the reason is in `error`)
+
+
+class VersionStatus(StrEnum):
+    BASE = "base"  # never used as a status once a later version is production; kept for readability
+    CANDIDATE = "candidate"  # built by a worker, measured, not (yet) production
+    PRODUCTION = "production"  # the version the production alias points at
+    SUPERSEDED = "superseded"  # was production; a newer version replaced it
+    DISCARDED = "discarded"  # a candidate that failed its gates, was rejected or went stale
+    ROLLED_BACK = "rolled_back"  # was production, then rolled back
+    REBASED = "rebased"  # was on production's line; taken off because a change below it was rolled back
 
 
 def next_state(state: State | str, event: Event | str) -> State:

@@ -109,17 +109,12 @@ def convert_cached(source: str, dest: Path, cache_dir: Path, *, gguf_file: str |
             shutil.copy2(f, dest / f.name)
 
 
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    base_digest: str
-    deltas: list[str]  # delta ids currently applied, in order
-    device: str
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, verify: bool = True) -> tuple[Any, Any]:
-    """Load a pinned checkpoint; raise IntegrityError if a file changed since it was pinned."""
+def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, verify: bool = True,
+                    dtype: str = "float32") -> tuple[Any, Any]:
+    """Load a pinned checkpoint in `dtype`; raise IntegrityError if a file changed since it was pinned."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,7 +127,9 @@ def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, v
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:

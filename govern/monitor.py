@@ -144,11 +144,12 @@ def _drift(gov: Govern, policy: Policy, model: str, check: Check, log) -> None: 
         if not bad:
             return
         log(f"breach on {model} v{version.number}: {'; '.join(bad)}")
-        if version.parent is None or version.request_id is None:
-            check.actions.append(f"breach on v{version.number}, which is the base checkpoint; nothing to roll back")
+        newest = gov.newest_change_request(model)
+        if newest is None:
+            check.actions.append(f"breach on v{version.number}, which holds no change made through govern; nothing to roll back")
             return
-        res = gov.rollback(version.request_id, "monitor", "rollback trigger breached: " + "; ".join(bad))
-        check.actions.append(f"breach: rolled back {version.request_id} (v{res.from_version} -> v{res.to_version})")
+        res = gov.rollback(newest, "monitor", "rollback trigger breached: " + "; ".join(bad))
+        check.actions.append(f"breach: rolled back {newest} (v{res.from_version} -> v{res.to_version})")
         log(check.actions[-1])
 
 

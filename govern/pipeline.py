@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from govern.lifecycle import State
 from govern.policy import Policy, load_policy
@@ -61,7 +62,7 @@ def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
-        tasks = {rid: bar.add_task(f"{rid} {gov.get_request(rid).subject[:30]}", total=1.0, stage="queued")
+        tasks = {rid: bar.add_task(f"{rid} {escape(gov.get_request(rid).title[:30])}", total=1.0, stage="queued")
                  for rid in sorted(rids)}
 
         def on_progress(rid: str, stage: str, frac: float) -> None:
@@ -88,7 +89,7 @@ def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> in
     from rich.table import Table
 
     table = Table(title="govern apply")
-    for col in ("request", "subject", "target", "state", "expected", "efficacy", "paraphrase", "specificity",
+    for col in ("request", "change", "state", "expected", "efficacy", "paraphrase", "specificity",
                 "drawdown", "version"):
         table.add_column(col)
     ok = True
@@ -97,12 +98,13 @@ def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> in
         want = expected_state(Policy.model_validate_json(r.policy) if r.policy else policy, r.tier)
         good = r.state == want
         ok &= good
-        m = json.loads(r.canary)["metrics"] if r.canary else {}
-        table.add_row(r.id, r.subject, r.target.strip(), f"[{'green' if good else 'red'}]{r.state}[/]", want.value,
+        ev = r.report()
+        m = ev.metrics if ev else {}
+        table.add_row(r.id, escape(r.title), f"[{'green' if good else 'red'}]{r.state}[/]", want.value,
                       *(_fmt(m.get(k)) for k in ("efficacy", "paraphrase", "specificity", "drawdown")),
                       f"v{r.candidate_version}" if r.candidate_version else "-")
         if r.error:
-            console.print(f"[red]{r.id}: {r.error}[/]")
+            console.print(f"[red]{r.id}: {escape(r.error)}[/]")
     console.print(table)
     return 0 if ok else 1
 

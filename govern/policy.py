@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audits.metrics import METRICS
-from editors.config import ROMEConfig
+from editors import EditorError, available_methods, method_spec, validate_method_config
 from govern.errors import PolicyError
+from govern.kinds import kind_spec, kinds
+from govern.text import normalise
+from govern.validation import describe_yaml_error, format_validation_error
 
 Comparator = Literal[">=", ">", "<=", "<"]
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -132,32 +135,41 @@ class Risk(BaseModel):
         return self
 
     def tier_for(self, subject: str, prompt: str) -> str:
+        return self.tier_for_texts([subject, prompt])
+
+    def tier_for_texts(self, texts: list[str]) -> str:
+        """The first rule's tier whose pattern is found in any of `texts` (raw or normalised: NFKC, no zero-width
+        characters, case-folded), else the default tier."""
+        candidates = [*texts, *(normalise(t) for t in texts)]
         for rule in self.rules:
-            if re.search(rule.pattern, subject) or re.search(rule.pattern, prompt):
+            if any(re.search(rule.pattern, t) for t in candidates):
                 return rule.tier
         return self.default_tier
 
 
 class Admission(BaseModel):
     model_config = _STRICT
-    allowed_methods: dict[Literal["edit"], list[str]] = Field(
+    allowed_methods: dict[str, list[str]] = Field(
         default_factory=lambda: {"edit": ["rome"]}, description="request kind -> methods allowed for it"
     )
-    max_facts_per_request: int = Field(1, ge=1, le=10_000)
+    max_facts_per_request: int = Field(1, ge=1, le=10_000, description="facts in one edit request (a batch)")
     max_active_edits_per_model: int = Field(100, ge=1)
     max_prompts_per_request: int = Field(32, ge=1, le=1000, description="paraphrases + neighbours")
     conflict: Literal["reject"] = Field("reject", description="an active change on the same subject and relation")
-    allow_identity_covariance: bool = Field(False, description="allow ROME without covariance statistics")
+    allow_identity_covariance: bool = Field(False, description="allow methods to skip covariance statistics")
 
     @field_validator("allowed_methods")
     @classmethod
     def _known_methods(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from editors import available_methods
-
         for kind, methods in v.items():
+            if kind not in kinds():
+                raise ValueError(f"unknown request kind {kind!r}; known: {', '.join(sorted(kinds()))}")
             for m in methods:
                 if m not in available_methods():
                     raise ValueError(f"unknown method {m!r} for {kind}; available: {', '.join(available_methods())}")
+                if kind not in method_spec(m).request_kinds:
+                    raise ValueError(f"method {m!r} does not serve {kind} requests (it serves "
+                                     f"{', '.join(method_spec(m).request_kinds)})")
         return v
 
 
@@ -165,7 +177,12 @@ class Canary(BaseModel):
     """The evaluation: which suites, which gates, and how relative gates are tested."""
 
     model_config = _STRICT
-    gates: list[Gate] = Field(min_length=1)
+    gates: list[Gate] = Field(default_factory=list, description="gates for every request kind; empty: each kind's default gates")
+    kind_gates: dict[str, list[Gate]] = Field(default_factory=dict, description="request kind -> gates replacing `gates` for it")
+    rollback_gates: list[Gate] = Field(
+        default_factory=lambda: [Gate(metric="efficacy", op=">=", threshold=1.0, when_missing="skip"),
+                                 Gate(metric="probe_specificity", compare="non_inferior", margin=0.1)],
+        description="gates of the version without a rolled-back change (the changes above it, re-applied)")
     alpha: float = Field(0.05, gt=0, lt=0.5, allow_inf_nan=False, description="error rate of the relative gates' family")
     correction: Literal["holm", "bh", "none"] = Field("holm", description="multiple-testing correction across relative gates")
     test: Literal["bootstrap", "permutation"] = Field("bootstrap", description="paired test for relative gates")
@@ -183,20 +200,7 @@ class Canary(BaseModel):
 
 class Validity(BaseModel):
     model_config = _STRICT
-    on_expiry: Literal["rollback", "overlay"] = Field(
-        "rollback", description="when valid_until passes: roll the change back (overlay: the retrieval overlay, not built yet)")
-
-    @field_validator("on_expiry")
-    @classmethod
-    def _overlay_exists(cls, v: str) -> str:
-        if v == "overlay":
-            raise ValueError("on_expiry: overlay needs the retrieval overlay, which is not built yet; use rollback")
-        return v
-
-
-class Methods(BaseModel):
-    model_config = _STRICT
-    rome: ROMEConfig = Field(default_factory=ROMEConfig)
+    on_expiry: Literal["rollback"] = Field("rollback", description="when valid_until passes: roll the change back")
 
 
 class Policy(BaseModel):
@@ -209,16 +213,44 @@ class Policy(BaseModel):
     canary: Canary
     rollback_triggers: list[Gate] = Field(default_factory=list, description="monitoring: breach -> automatic rollback")
     validity: Validity = Field(default_factory=Validity)
-    methods: Methods = Field(default_factory=Methods)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method name -> its settings "
+                                               "(validated by the method's own config class)")
+
+    @field_validator("methods")
+    @classmethod
+    def _method_configs(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, cfg in v.items():
+            if name not in available_methods():
+                raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+            try:
+                out[name] = validate_method_config(name, cfg or {}).model_dump()
+            except ValidationError as e:
+                raise ValueError(f"{name}: {format_validation_error(e)}") from None
+            except EditorError as e:
+                raise ValueError(f"{name}: {e}") from None
+        return out
 
     @model_validator(mode="after")
     def _identity_allowed(self) -> Policy:
-        if self.methods.rome.covariance == "identity" and not self.admission.allow_identity_covariance:
-            raise ValueError("methods.rome.covariance is 'identity' but admission.allow_identity_covariance is false")
+        for name in self.methods:
+            if getattr(self.method_config(name), "covariance", None) == "identity" and not self.admission.allow_identity_covariance:
+                raise ValueError(f"methods.{name}.covariance is 'identity' but admission.allow_identity_covariance is false")
         return self
 
-    def method_config(self, method: str) -> dict:
-        return getattr(self.methods, method).model_dump()
+    def method_config(self, method: str) -> BaseModel:
+        """The method's validated settings (its defaults where the policy names none)."""
+        return validate_method_config(method, self.methods.get(method, {}))
+
+    def gates_for(self, kind: str) -> list[Gate]:
+        """The gates a candidate of this request kind must pass (``rollback``: a version without a change)."""
+        if kind == "rollback":
+            return list(self.canary.rollback_gates)
+        if kind in self.canary.kind_gates:
+            return list(self.canary.kind_gates[kind])
+        if self.canary.gates:
+            return list(self.canary.gates)
+        return [Gate.model_validate(g) for g in kind_spec(kind).default_gates]
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -257,24 +289,3 @@ def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
             raise PolicyError(f"policy {policy_path}: canary.suites.{i}: {e}") from None
         paths.append(str(path))
     return policy.model_copy(update={"canary": policy.canary.model_copy(update={"suites": paths})})
-
-
-def describe_yaml_error(e: Exception) -> str:
-    """'not valid YAML at line N: <problem>' for a yaml.YAMLError."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" at line {mark.line + 1}" if mark else ""
-    return f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """One line: the first problem with its dotted location, and how many more there are."""
-    errs = e.errors()
-    # an unknown key usually explains the "missing" one next to it (a typo): name it first
-    errs = sorted(errs, key=lambda x: x["type"] != "extra_forbidden")
-    first = errs[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling)"
-    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    return f"{loc}: {msg}{more}"

@@ -103,7 +103,7 @@ class Registry:
         return str(mv.version)
 
     def register_candidate(self, name: str, run_id: str, request_id: str) -> str:
-        mv = self.client.create_model_version(name, source=f"runs:/{run_id}/delta", run_id=run_id,
+        mv = self.client.create_model_version(name, source=f"runs:/{run_id}/change", run_id=run_id,
                                               tags={"govern.kind": "candidate", "govern.request": request_id})
         self.client.set_registered_model_alias(name, "candidate", mv.version)
         return str(mv.version)

@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy import UniqueConstraint, event
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from audits.evidence import Evidence
 from audits.trail import AuditEvent, make_event
-from govern.errors import NotFoundError
-from govern.lifecycle import Event, State, next_state
+from govern.domain import RequestSpec, from_row
+from govern.errors import ModelError, NotFoundError
+from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus, next_state
 
 
 def now() -> datetime:
@@ -51,7 +53,11 @@ class ModelRow(SQLModel, table=True):
 
 
 class VersionRow(SQLModel, table=True):
-    """A model version = the base checkpoint + an ordered list of deltas."""
+    """A model version = the base checkpoint + an ordered list of changes.
+
+    ``tensors`` is the version's manifest: the sha256 of every tensor any of its
+    changes touched, as materialising it gives them; loading a version checks it.
+    """
 
     __tablename__ = "versions"
     __table_args__ = (UniqueConstraint("model", "number"),)
@@ -59,42 +65,50 @@ class VersionRow(SQLModel, table=True):
     model: str = Field(index=True)
     number: int
     parent: int | None = None
-    deltas: str = "[]"  # JSON list of delta ids, applied in order on the base
-    request_id: str | None = None
-    status: str = "candidate"  # base | candidate | production | superseded | discarded | rolled_back
+    changes: str = "[]"  # JSON list of change ids, applied in order on the base
+    tensors: str = "{}"  # JSON: tensor name -> sha256 after materialising
+    request_id: str | None = None  # the request whose change (or whose rollback) made this version
+    status: str = VersionStatus.CANDIDATE.value
     mlflow_version: str | None = None
     created_at: datetime = Field(default_factory=now)
 
     @property
-    def delta_ids(self) -> list[str]:
-        return json.loads(self.deltas)
+    def change_ids(self) -> list[str]:
+        return list(json.loads(self.changes))
+
+    @property
+    def manifest(self) -> dict[str, str]:
+        return dict(json.loads(self.tensors))
 
 
-class DeltaRow(SQLModel, table=True):
-    __tablename__ = "deltas"
+class ChangeRow(SQLModel, table=True):
+    """One recorded change (a low-rank update, a full-tensor delta, an adapter, ...): its file and digest."""
+
+    __tablename__ = "changes"
     id: str = Field(primary_key=True)
     model: str = Field(index=True)
     request_id: str | None = None
+    kind: str  # the change kind (editors.changes), e.g. low_rank
     method: str
-    digest: str
-    path: str
+    digest: str  # sha256 over every byte apply uses; checked against the file on every load
+    path: str  # relative to the home
+    size_bytes: int = 0
     summary: str = "{}"
     created_at: datetime = Field(default_factory=now)
 
 
 class RequestRow(SQLModel, table=True):
+    """A request of any kind: the envelope as columns, the kind's own fields as JSON (`spec`)."""
+
     __tablename__ = "requests"
     id: str = Field(primary_key=True)
     kind: str = "edit"
     model: str = Field(index=True)
-    method: str = "rome"
-    subject: str
-    prompt: str
-    target: str
-    target_old: str | None = None
-    relation: str
-    paraphrases: str = "[]"
-    neighbors: str = "[]"
+    method: str
+    title: str  # one line for tables (the kind's `title()`)
+    spec: str  # JSON of the kind-specific fields (govern.kinds)
+    conflicts: str = "[]"  # JSON list of the kind's conflict keys (normalised)
+    resolved: str = "{}"  # JSON: what the worker measured on production for it (e.g. the old answers)
     submitted_by: str
     justification: str | None = None
     evidence: str = "[]"  # JSON list of http(s) links supporting the change
@@ -104,24 +118,35 @@ class RequestRow(SQLModel, table=True):
     tier: str | None = None
     policy: str | None = None  # JSON of the policy that admitted it (decisions use the same one later)
     candidate_version: int | None = None
-    delta_id: str | None = None
-    canary: str | None = None  # JSON canary report
+    change_id: str | None = None
+    canary: str | None = None  # JSON of audits.evidence.Evidence
     mlflow_run_id: str | None = None
     error: str | None = None
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
 
     @property
-    def paraphrase_list(self) -> list[str]:
-        return json.loads(self.paraphrases)
-
-    @property
-    def neighbor_list(self) -> list[str]:
-        return json.loads(self.neighbors)
-
-    @property
     def evidence_list(self) -> list[str]:
-        return json.loads(self.evidence or "[]")
+        return list(json.loads(self.evidence or "[]"))
+
+    @property
+    def conflict_keys(self) -> list[str]:
+        return list(json.loads(self.conflicts or "[]"))
+
+    @property
+    def resolved_facts(self) -> dict[str, Any]:
+        return dict(json.loads(self.resolved or "{}"))
+
+    def request(self) -> RequestSpec:
+        """The typed request (its kind's spec class)."""
+        return from_row(self.kind, self.spec, {
+            "model": self.model, "method": self.method, "submitted_by": self.submitted_by,
+            "justification": self.justification, "evidence": self.evidence_list,
+            "valid_from": self.valid_from, "valid_until": self.valid_until})
+
+    def report(self) -> Evidence | None:
+        """The canary evidence (typed), or None before a worker measured it."""
+        return Evidence.model_validate_json(self.canary) if self.canary else None
 
 
 class ReviewRow(SQLModel, table=True):
@@ -138,10 +163,11 @@ class ReviewRow(SQLModel, table=True):
 class JobRow(SQLModel, table=True):
     __tablename__ = "jobs"
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = "apply"
+    kind: str = JobKind.APPLY.value
     request_id: str = Field(index=True)
     model: str = Field(index=True)
-    state: str = Field(default="queued", index=True)  # queued | running | done | failed
+    args: str = "{}"  # JSON: what the job kind needs besides the request (a rollback: the version and the change)
+    state: str = Field(default=JobState.QUEUED.value, index=True)
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     heartbeat_at: datetime | None = None
@@ -150,6 +176,7 @@ class JobRow(SQLModel, table=True):
     stage: str | None = None
     progress: float = 0.0
     error: str | None = None
+    result: str | None = None  # JSON evidence of a rollback job
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
 
@@ -232,19 +259,17 @@ class Store:
         if url.startswith("sqlite"):
             _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
             _sqlite_pragmas(self.read_engine, "BEGIN")
+        self._refuse_old_schema()
         SQLModel.metadata.create_all(self.engine)
-        self._add_missing_columns()
 
-    def _add_missing_columns(self) -> None:
-        """Columns added after a home was created (create_all only creates missing tables)."""
-        from sqlalchemy import inspect, text
+    def _refuse_old_schema(self) -> None:
+        """A home made before requests became kinds (fact columns, a deltas table) cannot be read as is."""
+        from sqlalchemy import inspect
 
-        added = {("requests", "evidence"): "VARCHAR NOT NULL DEFAULT '[]'"}
         insp = inspect(self.engine)
-        for (table, column), ddl in added.items():
-            if column not in {c["name"] for c in insp.get_columns(table)}:
-                with self.engine.begin() as conn:
-                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+        if "requests" in insp.get_table_names() and "spec" not in {c["name"] for c in insp.get_columns("requests")}:
+            raise ModelError(f"the govern home at {self.url} was made by an older govern (requests stored as fact "
+                             "columns); export its trail with that version (`govern audit export`) and start a new home")
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -298,6 +323,12 @@ class Store:
             names = [m.name for m in s.exec(select(ModelRow)).all()]
             hint = f"registered: {', '.join(names)}" if names else "none is registered yet; `govern model add NAME PATH`"
             raise NotFoundError(f"no model {name!r}; {hint}")
+        return row
+
+    def get_change(self, s: Session, change_id: str) -> ChangeRow:
+        row = s.get(ChangeRow, change_id)
+        if row is None:
+            raise NotFoundError(f"change {change_id} is missing from the database")
         return row
 
     def get_version(self, s: Session, model: str, number: int) -> VersionRow:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from rich.markup import escape
 
 from govern.service import Govern
 
@@ -12,13 +13,13 @@ def show_requests(gov: Govern, model: str | None, console: Any) -> None:
     from rich.table import Table
 
     t = Table(title="requests")
-    for c in ("id", "model", "subject", "target", "state", "tier", "submitted by", "version", "job"):
+    for c in ("id", "model", "kind", "change", "state", "tier", "submitted by", "version", "job"):
         t.add_column(c)
     jobs = {j.request_id: j for j in gov.jobs()}
     for r in gov.list_requests(model):
         j = jobs.get(r.id)
-        job = f"{j.state} {j.stage or ''} {j.progress:.0%}" if j else "-"
-        t.add_row(r.id, r.model, r.subject, r.target.strip(), r.state, r.tier or "-", r.submitted_by,
+        job = f"{j.kind} {j.state} {j.stage or ''} {j.progress:.0%}" if j else "-"
+        t.add_row(r.id, r.model, r.kind, escape(r.title), r.state, r.tier or "-", escape(r.submitted_by),
                   f"v{r.candidate_version}" if r.candidate_version else "-", job)
     console.print(t)
 
@@ -27,33 +28,34 @@ def show_request(gov: Govern, request_id: str, console: Any) -> None:
     from rich.table import Table
 
     r = gov.get_request(request_id)
-    console.print(f"[bold]{r.id}[/] {r.state}  model={r.model} method={r.method} tier={r.tier or '-'} by {r.submitted_by}")
-    console.print(f"  {r.prompt!r} -> {r.target!r} (old {r.target_old!r})")
+    console.print(f"[bold]{r.id}[/] {r.state}  model={r.model} kind={r.kind} method={escape(r.method)} "
+                  f"tier={r.tier or '-'} by {escape(r.submitted_by)}")
+    for field, value in r.request().describe():
+        console.print(f"  {field}: {escape(value)}")
     if r.error:
-        console.print(f"  [red]{r.error}[/]")
+        console.print(f"  [red]{escape(r.error)}[/]")
     for j in gov.jobs(r.id):
-        console.print(f"  job {j.id}: {j.state} stage={j.stage} {j.progress:.0%} attempts={j.attempts} owner={j.lease_owner}")
-    if r.canary:
-        c = json.loads(r.canary)
+        console.print(f"  job {j.id} ({j.kind}): {j.state} stage={j.stage} {j.progress:.0%} attempts={j.attempts} "
+                      f"owner={j.lease_owner}" + (f" [red]{escape(j.error)}[/]" if j.error else ""))
+    ev = r.report()
+    if ev is not None:
         g = Table(title="canary gates")
         for col in ("gate", "value", "result", "why"):
             g.add_column(col)
-        for gate in c["gates"]:
-            g.add_row(gate["gate"], "n/a" if gate["value"] is None else f"{gate['value']:.4f}", gate["result"],
-                      gate.get("why", ""))
+        for gate in ev.gates:
+            g.add_row(gate.gate, "n/a" if gate.value is None else f"{gate.value:.4f}", gate.result, escape(gate.why))
         console.print(g)
         e = Table(title="evidence (target and paraphrases)")
         for col in ("slice", "prompt", "p(new) before", "p(new) after", "p(old) after"):
             e.add_column(col)
-        for row in c["rows"]:
-            if row["slice"] in ("target", "paraphrase"):
-                e.add_row(row["slice"], row["prompt"], f"{row['p_new_before']:.3f}", f"{row['p_new_after']:.3f}",
-                          f"{row['p_old_after']:.3f}")
+        for row in ev.report.slice_rows("target", "paraphrase"):
+            e.add_row(row.slice, escape(row.prompt), f"{row.p_answer_before:.3f}", f"{row.p_answer_after:.3f}",
+                      f"{row.p_foil_after:.3f}")
         console.print(e)
     for rv in gov.reviews(r.id):
-        console.print(f"  review: {rv.decision} by {rv.reviewer}: {rv.comment}")
-    for ev in gov.request_events(r.id):
-        console.print(f"  #{ev.seq} {ev.ts[:19]} {ev.actor}: {ev.action}")
+        console.print(f"  review: {rv.decision} by {escape(rv.reviewer)}: {escape(rv.comment)}")
+    for event in gov.request_events(r.id):
+        console.print(f"  #{event.seq} {event.ts[:19]} {escape(event.actor)}: {event.action}")
 
 
 def show_history(gov: Govern, model: str | None, console: Any) -> None:
@@ -61,11 +63,11 @@ def show_history(gov: Govern, model: str | None, console: Any) -> None:
 
     m, versions = gov.history(model)
     t = Table(title=f"{m.name} versions (base sha256 {m.base_digest[:12]})")
-    for c in ("version", "parent", "status", "alias", "change", "request", "mlflow"):
+    for c in ("version", "parent", "status", "alias", "changes", "what", "request", "mlflow"):
         t.add_column(c)
     for v, r in versions:
         alias = "production" if v.number == m.production_version else ("candidate" if v.number == m.candidate_version else "")
-        change = "base checkpoint" if r is None else f"{r.subject}: {r.prompt} -> {r.target.strip()}"
-        t.add_row(f"v{v.number}", f"v{v.parent}" if v.parent else "-", v.status, alias, change,
+        what = "base checkpoint" if r is None else (r.title if r.change_id in v.change_ids else f"without {r.title}")
+        t.add_row(f"v{v.number}", f"v{v.parent}" if v.parent else "-", v.status, alias, str(len(v.change_ids)), escape(what),
                   r.id if r else "-", v.mlflow_version or "-")
     console.print(t)

@@ -1,4 +1,4 @@
-"""The worker: claims apply jobs from the database under a lease, keeps the model warm.
+"""The worker: claims jobs from the database under a lease and hands them to an executor.
 
 * **Claim** (one transaction): the oldest job of this model that is queued, or
   running with an expired lease (its worker died). The request moves
@@ -7,8 +7,11 @@
 * **Heartbeat**: a thread extends the lease every ``lease/3`` seconds and
   publishes the job's stage and progress, so `govern status` and the UI show
   live state.
-* **Finish**: `executor.run_apply_job` writes the outcome in one transaction
-  only if the lease is still ours.
+* **Run**: the job becomes a task (`Govern.task_for`), an executor
+  (`govern.executors`; in-process by default) computes its outcome, and
+  `Govern.commit` writes it in one transaction only if the lease is still ours.
+  Rollback jobs (a change under newer ones) are leased the same way; their
+  request stays ``rolling_back`` until the commit.
 
 `govern worker` runs `Worker.run_forever`; `govern apply` runs
 `Worker.run_until_idle` in-process when no live worker serves the model.
@@ -27,9 +30,10 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from govern.executor import LeaseLost, ModelHost, run_apply_job
-from govern.lifecycle import Event, State
-from govern.service import Govern
+from govern.executors import Executor, Failure
+from govern.executors.local import LocalExecutor
+from govern.lifecycle import Event, JobKind, JobState, State
+from govern.service import Govern, LeaseLost
 from govern.store import JobRow, WorkerRow, new_id, now
 
 Progress = Callable[[str, str, float], None]  # (request_id, stage, fraction)
@@ -50,11 +54,11 @@ def _aware(dt):  # noqa: ANN001, ANN202 - SQLite returns naive datetimes; we sto
 
 class Worker:
     def __init__(self, gov: Govern, model: str, device: str = "cpu", lease_s: float = 60.0, poll_s: float = 1.0,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, executor: Executor | None = None) -> None:
         self.gov, self.model, self.device = gov, model, device
         self.lease_s, self.poll_s = lease_s, poll_s
         self.id = f"worker-{socket.gethostname()}-{os.getpid()}-{new_id('w')[-6:]}"
-        self.host = ModelHost(gov, model, device)
+        self.executor: Executor = executor or LocalExecutor(device, gov.home.snapshots)
         self.progress = progress
         self._stage = ("", 0.0)
         self._current: int | None = None
@@ -64,34 +68,45 @@ class Worker:
     def claim(self, request_ids: set[str] | None = None) -> JobRow | None:
         t = now()
         with self.gov.store.tx() as s:
-            q = select(JobRow).where(JobRow.model == self.model, JobRow.state.in_(["queued", "running"])).order_by(JobRow.id)  # type: ignore[attr-defined]
+            q = select(JobRow).where(JobRow.model == self.model,
+                                     JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])).order_by(JobRow.id)  # type: ignore[attr-defined]
             for job in s.exec(q).all():
                 if request_ids is not None and job.request_id not in request_ids:
                     continue
-                expired = job.state == "running" and job.lease_expires_at is not None and _aware(job.lease_expires_at) < t
-                if job.state == "running" and not expired:
+                expired = job.state == JobState.RUNNING and job.lease_expires_at is not None and _aware(job.lease_expires_at) < t
+                if job.state == JobState.RUNNING and not expired:
                     continue
                 req = self.gov.store.get_request(s, job.request_id)
+                rollback = job.kind == JobKind.ROLLBACK
                 if expired:
                     self.gov.store.audit(s, self.id, "job.lease_expired", req.id, {
                         "job": job.id, "previous_owner": job.lease_owner, "attempts": job.attempts})
                     if job.attempts >= job.max_attempts:
-                        job.state, job.error = "failed", f"gave up after {job.attempts} attempts (workers died)"
-                        req.error = job.error
-                        s.add_all([job, req])
-                        self.gov.store.transition(s, req, Event.CRASH, self.id, {"error": job.error})
+                        job.state, job.error = JobState.FAILED.value, f"gave up after {job.attempts} attempts (workers died)"
+                        s.add(job)
+                        if not rollback:
+                            req.error = job.error
+                            s.add(req)
+                        self.gov.store.transition(s, req, Event.ROLLBACK_REFUSED if rollback else Event.CRASH, self.id,
+                                                  {"error": job.error})
                         continue
-                    self.gov.store.transition(s, req, Event.REQUEUE, self.id, {"job": job.id})
-                if req.state != State.ADMITTED:
-                    job.state, job.error = "failed", f"request is {req.state}, not admitted"
+                    if not rollback:
+                        self.gov.store.transition(s, req, Event.REQUEUE, self.id, {"job": job.id})
+                wanted = State.ROLLING_BACK if rollback else State.ADMITTED
+                if req.state != wanted:
+                    job.state, job.error = JobState.FAILED.value, f"request is {req.state}, not {wanted.value}"
                     s.add(job)
                     continue
-                job.state, job.lease_owner, job.attempts = "running", self.id, job.attempts + 1
+                job.state, job.lease_owner, job.attempts = JobState.RUNNING.value, self.id, job.attempts + 1
                 job.lease_expires_at, job.heartbeat_at, job.updated_at = t + timedelta(seconds=self.lease_s), t, t
                 job.stage, job.progress = "claimed", 0.0
                 s.add(job)
-                self.gov.store.transition(s, req, Event.CLAIM, self.id, {"job": job.id, "attempt": job.attempts,
-                                                                         "device": self.device})
+                if rollback:
+                    self.gov.store.audit(s, self.id, "job.claimed", req.id, {"job": job.id, "kind": job.kind,
+                                                                            "attempt": job.attempts, "device": self.device})
+                else:
+                    self.gov.store.transition(s, req, Event.CLAIM, self.id, {"job": job.id, "attempt": job.attempts,
+                                                                             "device": self.device})
                 return job
         return None
 
@@ -111,7 +126,7 @@ class Worker:
                 s.add(w)
             if self._current is not None:
                 j = s.get(JobRow, self._current)
-                if j is not None and j.lease_owner == self.id and j.state == "running":
+                if j is not None and j.lease_owner == self.id and j.state == JobState.RUNNING:
                     j.heartbeat_at, j.lease_expires_at = t, t + timedelta(seconds=self.lease_s)
                     j.stage, j.progress = self._stage
                     s.add(j)
@@ -135,19 +150,20 @@ class Worker:
             if self.progress:
                 self.progress(job.request_id, stage, frac)
 
+        task = None
         try:
-            return run_apply_job(self.gov, self.host, job, self.id, on_progress)
+            task = self.gov.task_for(job)
+            outcome = task if isinstance(task, Failure) else self.executor.run(task, on_progress)
+            return self.gov.commit(job, self.id, None if isinstance(task, Failure) else task, outcome)
         except LeaseLost as e:
             print(f"warning: {e}")
-            self.host.loaded = None  # weights may be mid-trial; reload from the store
+            self.executor.reset()  # weights may be mid-trial; reload from the store
             return None
-        except Exception as e:  # noqa: BLE001
-            # an unexpected crash: record it against the request (nothing else was committed), keep serving
+        except Exception as e:  # noqa: BLE001 - recorded against the request (nothing else was committed), keep serving
             traceback.print_exc()
-            self.host.loaded = None
-            from govern.executor import _finish_failed
-
-            return _finish_failed(self.gov, job, self.id, f"worker crashed: {type(e).__name__}: {e}")
+            self.executor.reset()
+            return self.gov.fail_job(job, self.id, f"the worker could not finish this job ({type(e).__name__}: {e}); "
+                                                   "the model and the request were left as they were")
         finally:
             self._current = None
 
@@ -175,10 +191,18 @@ class Worker:
                     return
                 time.sleep(self.poll_s)  # a job is held by another (maybe dead) worker: wait for its lease
 
+    def warm(self) -> None:
+        """Load production before the first job arrives (executors that keep a model loaded)."""
+        warm = getattr(self.executor, "host", None)
+        if warm is not None:
+            with self.gov.store.read() as s:
+                ref = self.gov.version_ref(s, self.model)
+            warm.switch(ref)
+
     def run_forever(self, stop_after: float | None = None) -> None:
         start = time.monotonic()
         with self._serving():
-            self.host.sync()  # warm: load the model before the first job arrives
+            self.warm()
             while not (stop_after and time.monotonic() - start > stop_after):
                 job = self.claim()
                 if job is None:
@@ -188,5 +212,6 @@ class Worker:
 
     def _open_jobs(self, request_ids: set[str] | None) -> bool:
         with self.gov.store.read() as s:
-            jobs = s.exec(select(JobRow).where(JobRow.model == self.model, JobRow.state.in_(["queued", "running"]))).all()  # type: ignore[attr-defined]
+            jobs = s.exec(select(JobRow).where(JobRow.model == self.model,
+                                               JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()  # type: ignore[attr-defined]
         return any(request_ids is None or j.request_id in request_ids for j in jobs)

@@ -39,13 +39,13 @@ for r in requests:
         continue
     if mine and (r.state != "awaiting_review" or r.submitted_by == me.name):
         continue
-    hay = f"{r.id} {r.subject} {r.prompt} {r.target}".lower()
+    hay = f"{r.id} {r.title} {r.spec}".lower()
     if text and text.strip().lower() not in hay:
         continue
     j = jobs.get(r.id)
     created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
     rows.append({"id": r.id, "state": state_label(r.state), "tier": r.tier or "-", "age": age(r.created_at),
-                 "submitter": r.submitted_by, "subject": r.subject, "change": f"{r.prompt} →{r.target}",
+                 "submitter": r.submitted_by, "kind": r.kind, "change": r.title,
                  "model": r.model, "job": f"{j.state} · {j.stage or ''} {j.progress:.0%}" if j else "-",
                  "_created": created, "_state": r.state})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -29,11 +30,12 @@ st.session_state[OPEN_KEY] = rid
 st.query_params["id"] = rid
 r = g.get_request(rid)
 
-st.title(md(f"{r.subject}: {r.target.strip()}"))
+st.title(md(r.title))
 COLOURS = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
-           "canary_failed": "red", "failed": "red", "rolled_back": "gray"}
+           "canary_failed": "red", "failed": "red", "rolled_back": "gray", "rolling_back": "orange"}
 st.badge(state_label(r.state), color=COLOURS.get(r.state, "blue"))
-st.markdown(f"`{r.id}` · model **{md(r.model)}** · method **{md(r.method)}** · risk tier **{md(r.tier or '-')}** · "
+st.markdown(f"`{r.id}` · model **{md(r.model)}** · {md(r.kind)} request · method **{md(r.method)}** · "
+            f"risk tier **{md(r.tier or '-')}** · "
             f"submitted by **{md(r.submitted_by)}** {age(r.created_at)} ago")
 if r.error:
     show_error(r.error)
@@ -41,11 +43,7 @@ if r.error:
 with st.container(border=True):
     st.markdown("**The change**")
     table(pd.DataFrame([
-        {"field": "prompt", "value": r.prompt},
-        {"field": "new target", "value": repr(r.target)},
-        {"field": "old answer", "value": repr(r.target_old) if r.target_old else "(production's answer, measured by the worker)"},
-        {"field": "paraphrases", "value": " | ".join(r.paraphrase_list) or "-"},
-        {"field": "neighbours", "value": " | ".join(r.neighbor_list) or "-"},
+        *({"field": k, "value": v} for k, v in r.request().describe()),
         {"field": "valid", "value": f"{r.valid_from or 'now'} → {r.valid_until or 'open-ended'}"},
         {"field": "justification", "value": r.justification or "-"},
     ]))
@@ -79,77 +77,79 @@ def live_job(shown_state: str) -> None:
 if r.state in LIVE_STATES:
     live_job(r.state)
 
-canary = json.loads(r.canary) if r.canary else None
+evidence = r.report()
 policy = json.loads(r.policy) if r.policy else None
 
 st.subheader("Evidence")
-if canary is None:
-    st.info("No canary yet: the worker measures the candidate against production after applying the edit.")
+if evidence is None:
+    st.info("No canary yet: the worker measures the candidate against production after applying the change.")
     if policy:
         st.caption("Gates this request must pass (policy " + policy["name"] + "): "
                    + ", ".join(f"{x['metric']} {x['op']} {x['threshold']:g}" if x.get("op")
                                else f"{x['metric']} non-inferior to production (margin {x['margin']:g})"
                                for x in policy["canary"]["gates"]))
 else:
-    verdict = "all gates passed" if canary.get("passed") else "a gate failed"
-    st.markdown(f"Canary: **{verdict}** · production perplexity {canary['ppl_production']:.3f} → "
-                f"candidate {canary['ppl_candidate']:.3f}")
-    gates = pd.DataFrame([{"gate": x["gate"], "metric": x["metric"],
-                           "value": None if x["value"] is None else round(x["value"], 4),
-                           "result": x["result"], "why": x.get("why", "")}
-                          for x in canary["gates"]])
-    mcols = st.columns(max(len(canary["metrics"]), 1))
-    for col, (k, v) in zip(mcols, canary["metrics"].items()):
-        col.metric(k, "n/a" if v is None else f"{v:.3f}")
+    verdict = "all gates passed" if evidence.passed else "a gate did not pass"
+    report = evidence.report
+    st.markdown(f"Canary: **{verdict}** · production perplexity {report.ppl_production:.3f} → "
+                f"candidate {report.ppl_candidate:.3f}")
+    gates = pd.DataFrame([{"gate": x.gate, "metric": x.metric, "value": None if x.value is None else round(x.value, 4),
+                           "result": x.result, "why": x.why} for x in evidence.gates])
+    table(pd.DataFrame([{"metric": k, "candidate": "n/a" if v is None else f"{v:.4f}"}
+                        for k, v in evidence.metrics.items()]))
     st.markdown("**Metrics against the policy's thresholds**")
     table(gates, ("result",))
 
-    probs = [x for x in canary["rows"] if x["slice"] in ("target", "paraphrase")]
-    answers = [x for x in canary["rows"] if x["slice"] not in ("target", "paraphrase")]
-    st.markdown(f"**Target and paraphrases**: probability of the new answer {md(repr(r.target))} and the old "
-                f"{md(repr(canary.get('target_old')))}, production (before) vs candidate (after)")
-    table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"],
-                         "p(new) before": x["p_new_before"], "p(new) after": x["p_new_after"],
-                         "p(old) before": x["p_old_before"], "p(old) after": x["p_old_after"],
-                         "result": "pass" if x["pass"] else "fail"} for x in probs]), ("result",))
-    long = pd.DataFrame([{"prompt": f"{i + 1}. {x['slice']}", "text": x["prompt"], "series": f"{w} {when}",
-                          "probability": x[f"p_{w[2:5]}_{when}"]}
-                         for i, x in enumerate(probs) for when in ("before", "after") for w in ("p(new)", "p(old)")])
-    chart = alt.Chart(long).mark_bar().encode(
-        x=alt.X("prompt:N", title=None, axis=alt.Axis(labelAngle=0)),
-        xOffset=alt.XOffset("series:N", sort=["p(new) before", "p(new) after", "p(old) before", "p(old) after"]),
-        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("series:N", sort=["p(new) before", "p(new) after", "p(old) before", "p(old) after"],
-                        scale=alt.Scale(range=["#9ecae1", "#08519c", "#fdae6b", "#a63603"])),
-        tooltip=["text", "series", alt.Tooltip("probability:Q", format=".4f")],
-    ).properties(height=260)
-    st.altair_chart(chart, width="stretch")
-    def answer_table(rows: list) -> None:  # noqa: ANN001
-        table(pd.DataFrame([{"prompt": x["prompt"], "production (before)": repr(x["before"]),
-                             "candidate (after)": repr(x["after"]), "next token": "same" if x["pass"] else "changed"}
+    probs = report.slice_rows("target", "paraphrase")
+    answers = [x for x in report.rows if x.slice not in ("target", "paraphrase")]
+    olds = evidence.resolved.get("target_old") or []
+    st.markdown("**Target and paraphrases**: probability of the new answer and the old one "
+                f"({md(', '.join(repr(o) for o in olds)) or '-'}), production (before) vs candidate (after)")
+    table(pd.DataFrame([{"slice": x.slice, "prompt": x.prompt,
+                         "p(new) before": x.p_answer_before, "p(new) after": x.p_answer_after,
+                         "p(old) before": x.p_foil_before, "p(old) after": x.p_foil_after,
+                         "result": "pass" if x.ok else "fail"} for x in probs]), ("result",))
+    keys = {"p(new) before": "p_answer_before", "p(new) after": "p_answer_after",
+            "p(old) before": "p_foil_before", "p(old) after": "p_foil_after"}
+    long = pd.DataFrame([{"prompt": f"{i + 1}. {x.slice}", "text": x.prompt, "series": series,
+                          "probability": getattr(x, attr)}
+                         for i, x in enumerate(probs) for series, attr in keys.items()])
+    if len(long):
+        chart = alt.Chart(long).mark_bar().encode(
+            x=alt.X("prompt:N", title=None, axis=alt.Axis(labelAngle=0)),
+            xOffset=alt.XOffset("series:N", sort=list(keys)),
+            y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("series:N", sort=list(keys),
+                            scale=alt.Scale(range=["#9ecae1", "#08519c", "#fdae6b", "#a63603"])),
+            tooltip=["text", "series", alt.Tooltip("probability:Q", format=".4f")],
+        ).properties(height=260)
+        st.altair_chart(chart, width="stretch")
+
+    def answer_table(rows: list[Any]) -> None:
+        table(pd.DataFrame([{"prompt": x.prompt, "production (before)": repr(x.before),
+                             "candidate (after)": repr(x.after), "next token": "same" if x.ok else "changed"}
                             for x in rows]), ("next token",))
 
-    neighbours = [x for x in answers if x["slice"] == "neighbor"]
-    probes = [x for x in answers if x["slice"] == "probe"]
+    neighbours = [x for x in answers if x.slice == "neighbor"]
+    probes = [x for x in answers if x.slice == "probe"]
     st.markdown("**Neighbours**: greedy next token, production (before) vs candidate (after) — must not change")
     answer_table(neighbours)
     if probes:
-        with st.expander(f"Probes: {sum(x['pass'] for x in probes)}/{len(probes)} unchanged"):
+        with st.expander(f"Probes: {sum(x.ok for x in probes)}/{len(probes)} unchanged"):
             answer_table(probes)
-    others = [x for x in answers if x["slice"] not in ("neighbor", "probe")]
+    others = [x for x in answers if x.slice not in ("neighbor", "probe")]
     if others:
         with st.expander("Freshness, refusal and retention items: "
-                         f"{sum(x['pass'] for x in others)}/{len(others)} as good as production"):
-            table(pd.DataFrame([{"slice": x["slice"], "prompt": x["prompt"], "production (before)": str(x.get("before")),
-                                 "candidate (after)": str(x.get("after")), "result": "pass" if x["pass"] else "fail"}
+                         f"{sum(x.ok for x in others)}/{len(others)} as good as production"):
+            table(pd.DataFrame([{"slice": x.slice, "prompt": x.prompt, "production (before)": str(x.before),
+                                 "candidate (after)": str(x.after), "result": "pass" if x.ok else "fail"}
                                 for x in others]), ("result",))
-    stats = canary.get("stats") or {}
-    if stats:
+    if evidence.stats:
         st.markdown("**Paired comparison** (same items, candidate − production; 95% bootstrap CI)")
         table(pd.DataFrame([{"metric": k, "n": v.get("n"), "production": v.get("mean_prod"), "candidate": v.get("mean_cand"),
                              "diff": v.get("diff"), "CI low": (v.get("ci") or [None, None])[0],
                              "CI high": (v.get("ci") or [None, None])[1], "p (two-sided)": v.get("p_two_sided")}
-                            for k, v in stats.items()]))
+                            for k, v in evidence.stats.items()]))
 
 cert = g.certificate_files(rid)
 if cert:
@@ -164,7 +164,7 @@ if cert:
     d2.download_button("certificate.md", cert["paths"]["md"].read_bytes(), file_name=f"{rid}-certificate.md")
     d3.download_button("certificate.html", cert["paths"]["html"].read_bytes(), file_name=f"{rid}-certificate.html")
 
-delta = g.delta_summary(r.delta_id)
+delta = g.change_summary(r.change_id)
 if delta:
     st.subheader("Where the change sits")
     c = st.columns(3)
@@ -175,7 +175,8 @@ if delta:
                          "update norm": x.get("update_norm"), "weight norm": x.get("weight_norm"),
                          "update / weight": (x["update_norm"] / x["weight_norm"]) if x.get("weight_norm") else None}
                         for x in delta.get("tensors", [])]))
-    st.caption(f"delta `{r.delta_id}` · sha256 `{delta['digest'][:16]}…` · method {md(delta['method'])} · "
+    st.caption(f"change `{r.change_id}` ({md(delta['kind'])}, {delta['size_bytes']:,} bytes) · sha256 `{delta['digest'][:16]}…` · "
+               f"method {md(delta['method'])} · "
                f"module `{delta.get('module', '-')}` · covariance {md(delta.get('covariance', '-'))}")
 
 st.subheader("Review")

@@ -20,11 +20,11 @@ m, versions = g.history(name)
 st.caption(f"base checkpoint sha256 `{m.base_digest[:16]}…` · source {m.source} · family {m.family}")
 
 COLORS = {"production": "#2ca02c", "candidate": "#ffbf00", "superseded": "#c7c7c7", "rolled_back": "#d62728",
-          "discarded": "#eeeeee", "base": "#c7c7c7"}
+          "discarded": "#eeeeee", "base": "#c7c7c7", "rebased": "#c7c7c7"}
 dot = ["digraph { rankdir=LR; node [shape=box, style=\"rounded,filled\", fontname=Helvetica, fontsize=11];"]
 for v, r in versions:
     alias = " ★ production" if v.number == m.production_version else (" ◆ candidate" if v.number == m.candidate_version else "")
-    what = "base" if r is None else (r.subject + ": " + r.target.strip())[:40]
+    what = "base" if r is None else (r.title if r.change_id in v.change_ids else "without " + r.title)[:40]
     what = what.replace("\\", "/").replace('"', "'").replace("\n", " ")  # DOT string literal
     dot.append(f'v{v.number} [label="v{v.number}{alias}\\n{what}\\n({v.status})", fillcolor="{COLORS.get(v.status, "#ffffff")}"'
                + (", penwidth=3" if alias else "") + "];")
@@ -37,7 +37,8 @@ rows = []
 for v, r in versions:
     alias = "production" if v.number == m.production_version else ("candidate" if v.number == m.candidate_version else "")
     rows.append({"version": f"v{v.number}", "parent": f"v{v.parent}" if v.parent else "-", "status": v.status,
-                 "alias": alias, "change": "base checkpoint" if r is None else f"{r.subject}: {r.prompt} →{r.target}",
+                 "alias": alias, "changes": len(v.change_ids),
+                 "what": "base checkpoint" if r is None else (r.title if r.change_id in v.change_ids else f"without {r.title}"),
                  "request": r.id if r else "-", "by": r.submitted_by if r else "-", "age": age(v.created_at),
                  "mlflow": v.mlflow_version or "-"})
 table(pd.DataFrame(rows))

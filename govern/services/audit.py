@@ -1,0 +1,75 @@
+"""The audit trail's read side: search, export and verify; the monitor's check records; live workers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from audits.trail import VerifyResult, export_events, read_export, verify_events, verify_export
+from govern.errors import InputError
+from govern.services.base import ServiceBase
+from govern.store import WorkerRow
+
+
+class AuditService(ServiceBase):
+    def audit_export(self, path: str | Path, fmt: str, since: datetime | None = None) -> int:
+        if fmt not in ("jsonl", "csv"):
+            raise InputError(f"format must be jsonl or csv, not {fmt!r}")
+        return export_events(self.store.audit_events(since), path, fmt)  # type: ignore[arg-type]
+
+    def audit_verify(self, path: str | Path | None = None):  # noqa: ANN201
+        """Verify the live trail, or an export file cross-checked against the database."""
+        live = self.store.audit_events()
+        if path is None:
+            return verify_events(live)
+        if not Path(path).is_file():
+            raise InputError(f"export file {path} does not exist")
+        result = verify_export(path)
+        if not result.ok:
+            return result
+        # a writer who recomputed the whole chain still disagrees with the database
+        events, _ = read_export(path)
+        by_seq = {e.seq: e for e in live}
+        for e in events:
+            mine = by_seq.get(e.seq)
+            if mine is not None and mine.hash != e.hash:
+                return VerifyResult(False, 0, e.seq, f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)", None)
+        return result
+
+    def audit_search(self, text: str | None = None, actor: str | None = None, action: str | None = None,
+                     since: datetime | None = None, limit: int = 1000) -> list[Any]:
+        """Audit events, newest first, filtered by actor, action prefix and free text (subject or payload)."""
+        needle = (text or "").strip().lower()
+        out = []
+        for e in reversed(self.store.audit_events(since)):
+            if actor and e.actor != actor:
+                continue
+            if action and not e.action.startswith(action):
+                continue
+            if needle and needle not in e.subject.lower() and needle not in json.dumps(e.payload).lower() \
+                    and needle not in e.actor.lower():
+                continue
+            out.append(e)
+            if len(out) >= limit:
+                break
+        return out
+
+    def live_workers(self, model: str | None = None) -> list[WorkerRow]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=30)
+        with self.store.read() as s:
+            q = select(WorkerRow)
+            if model:
+                q = q.where(WorkerRow.model == model)
+            rows = list(s.exec(q).all())
+        return [w for w in rows if (w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=UTC)) >= cutoff]
+    def record_monitor_check(self, model: str, version: int, policy: str, metrics: dict[str, Any],
+                             triggers: list[dict[str, Any]]) -> None:
+        with self.store.tx() as s:
+            self.store.audit(s, "monitor", "monitor.check", model, {
+                "version": version, "policy": policy, "breached": any(t["result"] == "fail" for t in triggers),
+                "metrics": {k: v for k, v in metrics.items() if v is not None},
+                "triggers": [{"gate": t["gate"], "result": t["result"], "why": t.get("why")} for t in triggers]})

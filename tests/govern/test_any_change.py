@@ -1,0 +1,131 @@
+"""Any method and any change kind through the whole loop; rolling back any promoted change, not only the newest."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import TEST_POLICY
+from govern.domain import parse_request
+from govern.errors import ConflictError
+from govern.pipeline import run_pipeline
+from govern.worker import Worker
+
+GOVERN = Path(__file__).resolve().parents[2] / "govern"
+
+
+def _apply(gov, policy_file) -> int:
+    return run_pipeline(gov, policy_file, None, actor="pipeline", model=None, device="cpu",
+                        console=Console(file=io.StringIO(), width=200))
+
+
+def _greedy(loaded, prompt: str, n: int = 4) -> list[int]:
+    from editors.tokens import generate_greedy
+
+    return loaded.tokenizer(generate_greedy(loaded.model, loaded.tokenizer, prompt, n))["input_ids"]
+
+
+def _params(loaded) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+
+
+def test_toy_method_and_hook_change_go_through_the_whole_loop(gov, tmp_path):
+    import toys  # noqa: F401 - registers the toy method and the hook change kind
+
+    policy = tmp_path / "toy.yaml"
+    policy.write_text(TEST_POLICY.replace("allowed_methods: {edit: [rome]}", "allowed_methods: {edit: [rome, toy_boost]}")
+                      .replace("methods:\n", "methods:\n  toy_boost: {boost: 2}\n"))
+    prompt = "The capital of Zorblat is"
+    before = _greedy(gov.materialise("tiny"), prompt)
+    [rid] = gov.submit([parse_request({"subject": "Zorblat", "prompt": prompt, "target": " Paris", "method": "toy_boost"})],
+                       "alice")
+    assert _apply(gov, policy) == 0
+    r = gov.get_request(rid)
+    assert r.state == "promoted", r.error
+    ev = r.report()
+    assert ev is not None and ev.metrics["efficacy"] == 1.0
+    with gov.store.read() as s:
+        row = gov.store.get_change(s, r.change_id)
+    assert row.kind == "test_logit_hook" and row.method == "toy_boost" and row.size_bytes > 0
+
+    loaded = gov.materialise("tiny")
+    paris = loaded.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    assert _greedy(loaded, prompt)[0] == paris != before[0]  # production answers with the change
+
+    gov.rollback(rid, "bob", "toy: undo")
+    assert gov.get_request(rid).state == "rolled_back"
+    assert _greedy(gov.materialise("tiny"), prompt) == before  # and without it again
+
+    # no file under govern/ names the toy method or its change kind
+    for path in GOVERN.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "toy_boost" not in text and "test_logit_hook" not in text, path
+
+
+FACTS = [("Zorblat", " Paris"), ("Quintor", " Rome"), ("Veltrax", " Lima"), ("Morvane", " Oslo"), ("Drexil", " Cairo")]
+
+
+def test_rolling_back_the_middle_of_five_changes_leaves_exactly_the_other_four(gov, policy_file):
+    from editors import SnapshotCache, load_change, materialise
+    from govern.models import load_checkpoint
+
+    ids = []
+    for subject, target in FACTS:  # five promoted ROME edits, one after another
+        [rid] = gov.submit([parse_request({"subject": subject, "prompt": f"The capital of {subject} is", "target": target})],
+                           "alice")
+        assert _apply(gov, policy_file) == 0, gov.get_request(rid).error
+        ids.append(rid)
+    with gov.store.read() as s:
+        prod = gov.store.get_version(s, "tiny", gov.store.get_model(s, "tiny").production_version)
+        changes = prod.change_ids
+        rows = {c: gov.store.get_change(s, c) for c in changes}
+    assert len(changes) == 5 and all(gov.get_request(r).state == "promoted" for r in ids)
+
+    # the middle one sits under two newer changes: without --cascade it is rebuilt without it and canaried
+    res = gov.rollback(ids[2], "bob", "complaint #42")
+    assert res.job_id is not None and res.to_version is None
+    assert gov.get_request(ids[2]).state == "rolling_back"
+    with pytest.raises(ConflictError, match="already being rolled back"):
+        gov.rollback(ids[2], "bob", "twice")
+    Worker(gov, "tiny").run_until_idle({ids[2]})
+    assert gov.get_request(ids[2]).state == "rolled_back", gov.rollback_result(ids[2])
+    assert [gov.get_request(r).state for r in ids] == ["promoted", "promoted", "rolled_back", "promoted", "promoted"]
+
+    with gov.store.read() as s:
+        m = gov.store.get_model(s, "tiny")
+        now = gov.store.get_version(s, "tiny", m.production_version)
+    keep = [c for c in changes if c != changes[2]]
+    assert now.change_ids == keep and now.parent == prod.number and now.status == "production"
+    assert gov.rollback_result(ids[2])["evidence"].passed
+
+    # production is exactly base + the other four applied in order: compared with an independent build
+    served = gov.materialise("tiny")
+    base = gov.history("tiny")[0]
+    model, tok = load_checkpoint(gov.home.resolve(base.path), json.loads(base.files))
+    materialise(model, [load_change(gov.home.resolve(rows[c].path), rows[c].digest) for c in keep],
+                base_digest=base.base_digest, cache=None)
+    mine, theirs = _params(served), {k: v.detach() for k, v in model.state_dict().items()}
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    from editors import tensor_sha256
+
+    for name, sha in now.manifest.items():
+        assert tensor_sha256(theirs[name]) == sha
+    independent = SimpleNamespace(model=model, tokenizer=tok)
+    for subject, _ in FACTS:
+        prompt = f"The capital of {subject} is"
+        assert _greedy(served, prompt) == _greedy(independent, prompt)
+
+    # snapshots (written every few versions under the home's cache) do not change a byte
+    cache = SnapshotCache(gov.home.snapshots / "every-2")
+    model2, _ = load_checkpoint(gov.home.resolve(base.path), json.loads(base.files))
+    for _ in range(2):  # the second build starts from the snapshot the first one wrote
+        model2, _ = load_checkpoint(gov.home.resolve(base.path), json.loads(base.files))
+        materialise(model2, [load_change(gov.home.resolve(rows[c].path), rows[c].digest) for c in keep],
+                    base_digest=base.base_digest, cache=cache, snapshot_every=2, expect=now.manifest)
+    assert all(torch.equal(v, mine[k]) for k, v in model2.state_dict().items())
