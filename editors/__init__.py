@@ -1,8 +1,52 @@
-"""Update methods behind one protocol (`editors.base.Editor`) and one registry.
+"""Update methods behind one registry (`editors.registry`) and the changes they produce (`editors.changes`).
 
-Nothing here imports torch at import time; `get_editor("rome")` loads the method.
+Nothing here imports torch at import time: the method registry and the request
+types are plain Python and pydantic; the torch-backed change kinds
+(`Change`, `LowRankUpdate`, ...) are imported on first access.
 """
 
-from editors.base import EditContext, FactEdit, available_methods, get_editor, register
+from __future__ import annotations
 
-__all__ = ["EditContext", "FactEdit", "available_methods", "get_editor", "register"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from editors.base import EditContext, Editor, FactEdit
+from editors.registry import (
+    MethodSpec,
+    available_methods,
+    get_editor,
+    method_spec,
+    methods_for_kind,
+    register_method,
+    unregister_method,
+    validate_method_config,
+)
+
+if TYPE_CHECKING:
+    from editors.changes import (
+        Change,
+        FullTensorDelta,
+        LowRankUpdate,
+        SnapshotCache,
+        change_kinds,
+        load_change,
+        materialise,
+        register_change_kind,
+    )
+
+_LAZY = {"Change", "FullTensorDelta", "LowRankUpdate", "SnapshotCache", "change_kinds", "load_change", "materialise",
+         "register_change_kind"}
+
+__all__ = ["Change", "EditContext", "Editor", "FactEdit", "FullTensorDelta", "LowRankUpdate", "MethodSpec", "SnapshotCache",
+           "available_methods", "change_kinds", "get_editor", "load_change", "materialise", "method_spec", "methods_for_kind",
+           "register_change_kind", "register_method", "unregister_method", "validate_method_config"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:  # torch-backed: import editors.changes on first access
+        return getattr(importlib.import_module("editors.changes"), name)
+    raise AttributeError(f"module 'editors' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

@@ -1,25 +1,26 @@
-"""The one protocol every update method implements, and the registry.
+"""What every update method receives and returns: facts, the context, and the `Editor` protocol.
 
-An editor *computes* a change for a model and returns a `Delta`; it does not
-leave the model changed (compute, then commit: the workflow decides whether
-``delta.apply(model)`` happens). Adding a method = one module in `editors/`
-with a class decorated by ``@register("name")``.
+An editor *computes* a change for a model and returns a `Change`
+(`editors.changes`); it leaves the model exactly as it was (compute, then
+commit: the workflow decides whether ``change.apply(model)`` happens). Methods
+are found through `editors.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from editors.errors import EditSpecError, UnknownMethodError
+from pydantic import BaseModel
+
+from editors.errors import EditSpecError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from editors.delta import Delta
+    from editors.changes.base import Change
 
 Progress = Callable[[str, float], None]
 
@@ -47,11 +48,15 @@ class FactEdit:
 
 @dataclass
 class EditContext:
-    """What an editor may use besides the model: caches, settings, a progress callback."""
+    """What an editor may use besides the model: caches, its validated settings, a progress callback.
+
+    `config` is the method's pydantic config object (`editors.validate_method_config`),
+    or None for the method's defaults.
+    """
 
     cache_dir: Path
     model_digest: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: BaseModel | None = None
     progress: Progress | None = None
 
     def report(self, stage: str, fraction: float) -> None:
@@ -60,37 +65,10 @@ class EditContext:
 
 
 class Editor(Protocol):
+    """An update method. For request kind ``edit`` the payload is a sequence of `FactEdit`."""
+
     name: str
 
-    def compute(self, model: nn.Module, tokenizer: Any, edit: FactEdit, ctx: EditContext) -> Delta:
-        """Return the delta that writes `edit`; the model must be left as it was."""
+    def compute(self, model: nn.Module, tokenizer: Any, payload: Sequence[FactEdit], ctx: EditContext) -> Change:
+        """Return the change that writes `payload`; the model must be left exactly as it was."""
         ...
-
-
-_REGISTRY: dict[str, Callable[[], Editor]] = {}
-# built-in method -> module that registers it; imported lazily so `editors` never imports torch
-BUILTIN_METHODS: dict[str, str] = {"rome": "editors.rome"}
-
-
-def register(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"editor {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_methods() -> list[str]:
-    """Names of every known method, without importing torch."""
-    return sorted(set(BUILTIN_METHODS) | set(_REGISTRY))
-
-
-def get_editor(name: str) -> Editor:
-    if name not in available_methods():
-        raise UnknownMethodError(f"unknown update method {name!r}; available: {', '.join(available_methods())}")
-    if name not in _REGISTRY:
-        importlib.import_module(BUILTIN_METHODS[name])
-    return _REGISTRY[name]()

@@ -1,11 +1,17 @@
-"""Errors raised by update methods.
+"""Errors raised by update methods and by the changes they produce.
 
-    EditorError                 base of everything in `editors/`
-    ├── UnknownMethodError      no editor registered under that name
-    ├── UnsupportedModelError   the model family has no layer map
-    ├── EditSpecError           the fact to edit is malformed (subject not in prompt, empty target, bad layer)
-    ├── StatisticsError         covariance statistics unavailable and identity not allowed
-    └── DeltaMismatchError      a delta does not fit the weights it is applied to / reverted from
+    EditorError                   base of everything in `editors/`
+    ├── UnknownMethodError        no method registered under that name
+    ├── MethodConfigError         a method's settings do not validate against its config model
+    ├── UnsupportedModelError     the model family has no layer map
+    ├── EditSpecError             the fact to edit is malformed (subject not in prompt, empty target, bad layer, too many facts)
+    ├── StatisticsError           covariance statistics unavailable and identity not allowed
+    ├── OptimisationError         a method's optimisation diverged (non-finite values)
+    ├── DeltaMismatchError        a change does not fit the weights it is applied to / reverted from
+    ├── NotCommutativeError       a change that overwrites absolutely was asked to re-apply on another state
+    ├── RevertUnavailable         no undo record for this change on this model (applied elsewhere): rematerialise
+    ├── UnknownChangeKindError    a change file names a kind nobody registered
+    └── ChangeIntegrityError      a change file or snapshot does not match its recorded hashes or digest
 
 Every message names what failed, the offending value and what to do.
 """
@@ -21,6 +27,10 @@ class UnknownMethodError(EditorError):
     pass
 
 
+class MethodConfigError(EditorError):
+    pass
+
+
 class UnsupportedModelError(EditorError):
     pass
 
@@ -33,5 +43,25 @@ class StatisticsError(EditorError):
     pass
 
 
+class OptimisationError(EditorError):
+    pass
+
+
 class DeltaMismatchError(EditorError):
+    pass
+
+
+class NotCommutativeError(EditorError):
+    pass
+
+
+class RevertUnavailable(EditorError):
+    pass
+
+
+class UnknownChangeKindError(EditorError):
+    pass
+
+
+class ChangeIntegrityError(EditorError):
     pass

@@ -64,6 +64,18 @@ class LayerMap:
         """Inverse of `as_out_in`: back to the storage orientation."""
         return w_out_in if self.orientation == "linear" else w_out_in.T
 
+    def storage_factors(self, left_out: torch.Tensor, right_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors (A, B) of ``ΔW = left_out @ right_inᵀ`` (out, in) in the storage layout, ``ΔW_stored = A Bᵀ``.
+
+        `left_out` is (out, r), `right_in` is (in, r). Conv1D stores Wᵀ, and
+        (L Rᵀ)ᵀ = R Lᵀ, so its factors swap.
+        """
+        return (left_out, right_in) if self.orientation == "linear" else (right_in, left_out)
+
+    def block(self, model: nn.Module, layer: int) -> nn.Module:
+        """Transformer block `layer`."""
+        return _get(model, self.blocks)[layer]
+
     @contextmanager
     def upper_stack(self, model: nn.Module, layer: int) -> Iterator[Any]:
         """Temporarily make the model run only the blocks above `layer`.
@@ -94,12 +106,12 @@ class LayerMap:
             setattr(parent, attr, blocks)
 
 
-_LLAMA_LIKE = dict(
-    blocks="model.layers",
-    mlp_out="model.layers.{layer}.mlp.down_proj",
-    orientation="linear",
-    body="model",
-)
+_LLAMA_LIKE: dict[str, Any] = {
+    "blocks": "model.layers",
+    "mlp_out": "model.layers.{layer}.mlp.down_proj",
+    "orientation": "linear",
+    "body": "model",
+}
 
 FAMILIES: dict[str, LayerMap] = {
     "gpt2": LayerMap(
@@ -111,7 +123,7 @@ FAMILIES: dict[str, LayerMap] = {
         position_embedding="transformer.wpe",
         default_layer_fraction=0.35,
     ),
-    **{name: LayerMap(family=name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3")},  # type: ignore[arg-type]
+    **{name: LayerMap(family=name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3")},
 }
 
 

@@ -1,7 +1,8 @@
-"""Hyper-parameters of the update methods, as strict pydantic models.
+"""ROME's hyper-parameters, as a strict pydantic model.
 
-Kept apart from the methods themselves so that a policy can validate them
-without importing torch. Defaults are tuned for SmolLM2-135M (see bench/).
+Kept apart from the method itself so that a policy can validate them without
+importing torch (`editors.validate_method_config("rome", settings)`). Defaults
+are tuned for SmolLM2-135M (see bench/).
 """
 
 from __future__ import annotations

@@ -21,13 +21,17 @@ stream. To make the model say a new object for a subject:
    moved as little as possible (the closed-form least-squares solution of the
    paper's constrained problem).
 
+The result is a `LowRankUpdate` holding the two factors ``δ`` and
+``u / (uᵀ k*)`` in float32, in the projection's storage layout (swapped for
+GPT-2's Conv1D): O(d + d_ff) numbers per edit instead of a copy of the matrix.
+
 This is an independent implementation from the paper's equations.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editors.base import EditContext, FactEdit, register
-from editors.config import ROMEConfig
-from editors.delta import Delta, TensorChange
-from editors.errors import EditSpecError, StatisticsError
+from editors.base import EditContext, FactEdit
+from editors.changes.lowrank import LowRankUpdate
+from editors.errors import EditSpecError, OptimisationError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
+from editors.methods.rome.config import ROMEConfig
 from editors.stats import cached_second_moment
 from editors.tokens import encode_left_padded, pad_right
 
@@ -88,13 +92,15 @@ def subject_last_token(tokenizer: Any, text: str, subject_start: int, subject_en
     raise EditSpecError(f"could not locate the subject (chars {subject_start}:{subject_end}) in the tokens of {text!r}")
 
 
-def rank_one_update(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor, ridge: float) -> torch.Tensor:
-    """ΔW (out, in) in float64 with ΔW k* = δ, spread along u = (C + λI)⁻¹ k*.
+def rank_one_factors(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor,
+                     ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a (D,), b (F,)) in float64 with ΔW = a bᵀ (out, in), ΔW k* = δ, spread along u = (C + λI)⁻¹ k*.
 
-    `C` is E[k kᵀ] (F, F) or None for the identity; λ = ridge · tr(C) / F keeps
-    a covariance estimated from few tokens invertible. Among all updates with
-    ΔW k* = δ, this one minimises E‖ΔW k‖² over keys distributed with second
-    moment C (+λI): Meng et al. 2022, eq. 2 and its appendix.
+    a = δ and b = u / (uᵀ k*). `C` is E[k kᵀ] (F, F) or None for the identity;
+    λ = ridge · tr(C) / F keeps a covariance estimated from few tokens
+    invertible. Among all updates with ΔW k* = δ, this one minimises E‖ΔW k‖²
+    over keys distributed with second moment C (+λI): Meng et al. 2022, eq. 2
+    and its appendix.
     """
     k64 = k_star.double()  # (F,)
     if C is None:
@@ -103,20 +109,26 @@ def rank_one_update(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch
         d = C.shape[0]
         reg = ridge * torch.trace(C) / d
         u = torch.linalg.solve(C.to(k64) + reg * torch.eye(d, dtype=torch.float64, device=k64.device), k64)  # (F,)
-    return torch.outer(delta_v.double(), u) / torch.dot(u, k64)  # (D, F)
+    return delta_v.double(), u / torch.dot(u, k64)  # (D,), (F,)
 
 
-@register("rome")
+def rank_one_update(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor, ridge: float) -> torch.Tensor:
+    """ΔW (out, in) in float64: the outer product of `rank_one_factors`."""
+    a, b = rank_one_factors(C, k_star, delta_v, ridge)
+    return torch.outer(a, b)  # (D, F)
+
+
 class ROME:
     """Rank-one edit of one MLP projection; see the module docstring."""
 
     name = "rome"
 
     def __init__(self) -> None:
-        self._prefix_cache: dict[tuple, list[str]] = {}
+        self._prefix_cache: dict[tuple, list[str]] = {}  # lives as long as the editor: get_editor reuses it
 
-    def compute(self, model: nn.Module, tokenizer: Any, edit: FactEdit, ctx: EditContext) -> Delta:
-        cfg = ROMEConfig(**ctx.config)
+    def compute(self, model: nn.Module, tokenizer: Any, payload: Sequence[FactEdit], ctx: EditContext) -> LowRankUpdate:
+        edit = _one_fact(payload)
+        cfg = _config(ctx)
         started = time.perf_counter()
         lm = layer_map_for(model)
         layer = lm.default_layer(model) if cfg.layer is None else cfg.layer
@@ -136,31 +148,24 @@ class ROME:
         with frozen(model):
             k_star, delta_v, v_norm, opt = self._key_and_value(model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
 
-        update = rank_one_update(C, k_star, delta_v, cfg.ridge)  # (D, F) as (out, in)
-
-        name = lm.weight_name(layer)
-        weight = dict(model.named_parameters())[name]
-        new = weight.detach().double() + lm.from_out_in(update).to(weight.device)
-        delta = Delta(
-            method="rome",
-            changes=[TensorChange(name=name, before=weight.detach(), after=new.to(weight.dtype))],
-            meta={
-                "layer": layer,
-                "module": lm.mlp_out_name(layer),
-                "family": lm.family,
-                "value_delta_norm": float(delta_v.norm()),
-                "value_norm": v_norm,
-                "update_frobenius_norm": float(update.norm()),
-                "covariance": "identity" if C is None else "second_moment",
-                "statistics": stats_info,
-                "context_prompts": 1 + len(prefixes),
-                "seconds": round(time.perf_counter() - started, 3),
-                **opt,
-                "config": cfg.model_dump(),
-            },
-        )
+        a, b = rank_one_factors(C, k_star, delta_v, cfg.ridge)  # ΔW = a bᵀ as (out, in): (D,), (F,)
+        A, B = lm.storage_factors(a[:, None], b[:, None])  # storage layout: ΔW_stored = A Bᵀ
+        change = LowRankUpdate.build(model, "rome", {lm.weight_name(layer): (A, B)}, meta={
+            "layer": layer,
+            "module": lm.mlp_out_name(layer),
+            "family": lm.family,
+            "value_delta_norm": float(delta_v.norm()),
+            "value_norm": v_norm,
+            "update_frobenius_norm": float(a.norm() * b.norm()),
+            "covariance": "identity" if C is None else "second_moment",
+            "statistics": stats_info,
+            "context_prompts": 1 + len(prefixes),
+            "seconds": round(time.perf_counter() - started, 3),
+            **opt,
+            "config": cfg.model_dump(),
+        })
         ctx.report("done", 1.0)
-        return delta
+        return change
 
     # -- 0. statistics -------------------------------------------------------
     def _statistics(self, model, tokenizer, lm: LayerMap, layer: int, cfg: ROMEConfig, ctx: EditContext):
@@ -201,7 +206,7 @@ class ROME:
         with lm.upper_stack(model, layer) as run_upper:
             def run(delta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
                 add = torch.zeros_like(hidden)
-                add[row_idx, subj] = delta  # δ at each row's subject position
+                add[row_idx, subj] = delta.to(hidden.dtype)  # δ at each row's subject position
                 final = run_upper(hidden + add, mask)  # (B, T, D)
                 return head(final[rows, cols])  # (N, V): logits only where the loss looks
 
@@ -235,7 +240,7 @@ class ROME:
         subj = torch.tensor(subj_idx, device=device)
 
         # one full pass: residual stream leaving block `layer`, keys and values at the subject
-        block = lm_block(model, lm, layer)
+        block = lm.block(model, layer)
         proj = lm.mlp_out_module(model, layer)
         cap: dict[str, torch.Tensor] = {}
 
@@ -269,7 +274,8 @@ class ROME:
         # the positions whose logits the loss needs: every target token of every context row, then the KL position
         sel_rows = torch.cat([torch.arange(n_ctx, device=device).repeat_interleave(L), torch.tensor([n_ctx], device=device)])
         sel_cols = torch.cat([pos.reshape(-1), torch.tensor([kl_last], device=device)])
-        delta = torch.zeros(hidden.shape[-1], device=device, dtype=hidden.dtype, requires_grad=True)
+        # float32 whatever the model's dtype: Adam's eps (1e-8) underflows in float16 and the step turns NaN
+        delta = torch.zeros(hidden.shape[-1], device=device, dtype=torch.float32, requires_grad=True)  # (D,)
         optim = torch.optim.Adam([delta], lr=cfg.lr)
         max_norm = cfg.clamp_norm_factor * v_norm
         nll = torch.tensor(float("inf"))
@@ -295,6 +301,9 @@ class ROME:
                     n = delta.norm()
                     if n > max_norm:
                         delta.mul_(max_norm / n)
+        if not bool(torch.isfinite(delta).all()):
+            raise OptimisationError(f"ROME's value optimisation diverged for {edit.subject!r} (non-finite δ after {steps_run} "
+                                "steps); lower rome.lr or raise rome.weight_decay")
         info = {"steps": steps_run, "final_target_nll": round(float(nll.detach()), 5), "target_tokens": L}
         return k_star.detach(), delta.detach(), v_norm, info
 
@@ -303,7 +312,7 @@ class ROME:
 def _naive_forward(model: nn.Module, proj: nn.Module, input_ids, mask, row_idx, subj, holder: dict) -> Iterator[Any]:
     def add_delta(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
-        out[row_idx, subj] = out[row_idx, subj] + holder["delta"]
+        out[row_idx, subj] = out[row_idx, subj] + holder["delta"].to(out.dtype)
         return out
 
     handle = proj.register_forward_hook(add_delta)
@@ -317,7 +326,19 @@ def _naive_forward(model: nn.Module, proj: nn.Module, input_ids, mask, row_idx, 
         handle.remove()
 
 
-def lm_block(model: nn.Module, lm: LayerMap, layer: int) -> nn.Module:
-    from editors.layers import _get
+def _one_fact(payload: Sequence[FactEdit]) -> FactEdit:
+    if isinstance(payload, FactEdit):
+        raise EditSpecError("pass the facts as a sequence, e.g. [FactEdit(...)]; ROME takes a list of exactly one")
+    if len(payload) != 1:
+        raise EditSpecError(f"ROME edits one fact per request; this request has {len(payload)} — use a batch method "
+                            "such as MEMIT or split the request")
+    return payload[0]
 
-    return _get(model, lm.blocks)[layer]
+
+def _config(ctx: EditContext) -> ROMEConfig:
+    if ctx.config is None:
+        return ROMEConfig()
+    if not isinstance(ctx.config, ROMEConfig):
+        raise EditSpecError(f"ROME needs its settings as a ROMEConfig, got {type(ctx.config).__name__}; build it with "
+                            "editors.validate_method_config('rome', settings)")
+    return ctx.config
