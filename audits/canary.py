@@ -312,6 +312,8 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
     ret = scores.get("retention")
     metrics["retention"] = (sum(ret["cand"]) - sum(ret["prod"])) / len(ret["cand"]) if ret else None
     metrics["outdated"] = sum(outdated) / len(outdated) if outdated else None
+    edit_rows = [r for r in rows if r.slice in ("target", "paraphrase")]
+    metrics["kept_efficacy"] = (sum(r.score_after >= r.score_before for r in edit_rows) / len(edit_rows)) if edit_rows else None
     metrics["drawdown"] = cand.ppl / prod.ppl - 1.0 if ret else None
     first = next((i for i, it in enumerate(suite.items) if it.slice == "target"), None)
     metrics["target_prob"] = math.exp(cand.logp_answer[first]) if first is not None else None  # type: ignore[arg-type]

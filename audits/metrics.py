@@ -19,6 +19,8 @@ class MetricInfo:
 
 METRICS: dict[str, MetricInfo] = {
     "efficacy": MetricInfo("rate", "share of edit prompts where the new target is more likely than the old answer"),
+    "kept_efficacy": MetricInfo("rate", "share of edit and paraphrase prompts that score at least as well as in production "
+                                        "(a rollback: the changes that stay must keep working)", paired=False),
     "paraphrase": MetricInfo("rate", "share of paraphrase prompts where the new target is more likely than the old answer"),
     "specificity": MetricInfo("rate", "share of neighbour prompts left as they were: greedy prediction unchanged, "
                                       "or the true answer still more likely than the new target"),

@@ -84,7 +84,7 @@ class ModelHost:
         self._changes: dict[str, Any] = {}  # change id -> loaded Change (files are read and checked once)
 
     def change(self, ref: ChangeRef) -> Any:
-        from editors import load_change
+        from editors.changes import load_change
 
         if ref.id not in self._changes:
             self._changes[ref.id] = load_change(ref.path, expected_digest=ref.digest)
@@ -96,7 +96,7 @@ class ModelHost:
 
     def switch(self, version: VersionRef, progress: Progress | None = None) -> Loaded:
         """Bring the loaded weights to `version`, exactly (see the module docstring)."""
-        from editors import RevertUnavailable
+        from editors.errors import RevertUnavailable
 
         if self.loaded is None or self.loaded.base.digest != version.base.digest:
             return self._load(version, progress)
@@ -116,7 +116,7 @@ class ModelHost:
         return loaded
 
     def _load(self, version: VersionRef, progress: Progress | None) -> Loaded:
-        from editors import SnapshotCache, materialise
+        from editors.changes import SnapshotCache, materialise
         from govern.models import load_checkpoint
 
         self.loaded = None
@@ -129,7 +129,8 @@ class ModelHost:
         return self.loaded
 
     def _apply_rest(self, loaded: Loaded, refs: list[ChangeRef], manifest: dict[str, str]) -> None:
-        from editors import ChangeIntegrityError, tensor_sha256
+        from editors.changes import tensor_sha256
+        from editors.errors import ChangeIntegrityError
 
         for ref in refs:
             ch = self.change(ref)
@@ -147,7 +148,7 @@ class ModelHost:
 
     def manifest(self) -> dict[str, str]:
         """sha256 of every tensor a loaded change touches (the manifest of the loaded version)."""
-        from editors import tensor_sha256
+        from editors.changes import tensor_sha256
 
         if self.loaded is None:
             return {}
@@ -158,7 +159,7 @@ class ModelHost:
 
 def apply_on_any_state(change: Any, model: Any) -> None:
     """Apply strictly where the model is in the state the change was computed on; otherwise re-apply (commuting kinds)."""
-    from editors import DeltaMismatchError
+    from editors.errors import DeltaMismatchError
 
     try:
         change.apply(model, strict=True)

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audits.metrics import METRICS
-from editors import EditorError, available_methods, method_spec, validate_method_config
+from editors import available_methods, method_spec, validate_method_config
+from editors.errors import EditorError
 from govern.errors import PolicyError
 from govern.kinds import kind_spec, kinds
 from govern.text import normalise
@@ -180,7 +181,7 @@ class Canary(BaseModel):
     gates: list[Gate] = Field(default_factory=list, description="gates for every request kind; empty: each kind's default gates")
     kind_gates: dict[str, list[Gate]] = Field(default_factory=dict, description="request kind -> gates replacing `gates` for it")
     rollback_gates: list[Gate] = Field(
-        default_factory=lambda: [Gate(metric="efficacy", op=">=", threshold=1.0, when_missing="skip"),
+        default_factory=lambda: [Gate(metric="kept_efficacy", op=">=", threshold=1.0, when_missing="skip"),
                                  Gate(metric="probe_specificity", compare="non_inferior", margin=0.1)],
         description="gates of the version without a rolled-back change (the changes above it, re-applied)")
     alpha: float = Field(0.05, gt=0, lt=0.5, allow_inf_nan=False, description="error rate of the relative gates' family")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.suites import EvalSuite, SuiteError, load_suite, probe_items, refusal_items, retention_items
-from editors import EditorError
+from editors.errors import EditorError
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, Progress, RollbackTask, Task
 from govern.host import ChangeRef, ModelHost
@@ -53,7 +53,8 @@ class LocalExecutor:
     # -- apply: production + the request's change -----------------------------------------
     def _apply(self, task: ApplyTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
-        from editors import EditContext, get_editor, tensor_sha256, validate_method_config
+        from editors import EditContext, get_editor, validate_method_config
+        from editors.changes import tensor_sha256
 
         started = time.perf_counter()
         progress("load", 0.0)

@@ -68,7 +68,7 @@ class VersionsService(ServiceBase):
             above = ids[ids.index(change_id) + 1:]
             kinds = {c: self.store.get_change(s, c).kind for c in above}
         if above and not cascade:
-            from editors import change_kinds
+            from editors.changes import change_kinds
 
             fixed = [c for c, k in kinds.items() if not getattr(change_kinds().get(k), "commutes", False)]
             if fixed:
@@ -110,7 +110,7 @@ class VersionsService(ServiceBase):
     def _rollback_now(self, req: RequestRow | None, change_id: str, model: ModelRow, prod: VersionRow, above: list[str],
                       actor: str, reason: str) -> RollbackResult:
         """The change is the newest (or `cascade`): production goes to the version below it, checked bit for bit."""
-        from editors import tensor_sha256
+        from editors.changes import tensor_sha256
 
         with self.store.read() as s:
             keep = prod.change_ids[: prod.change_ids.index(change_id)]

@@ -40,7 +40,7 @@ def test_toy_method_and_hook_change_go_through_the_whole_loop(gov, tmp_path):
 
     policy = tmp_path / "toy.yaml"
     policy.write_text(TEST_POLICY.replace("allowed_methods: {edit: [rome]}", "allowed_methods: {edit: [rome, toy_boost]}")
-                      .replace("methods:\n", "methods:\n  toy_boost: {boost: 2}\n"))
+                      .replace("methods:\n", "methods:\n  toy_boost: {boost: 3}\n"))
     prompt = "The capital of Zorblat is"
     before = _greedy(gov.materialise("tiny"), prompt)
     [rid] = gov.submit([parse_request({"subject": "Zorblat", "prompt": prompt, "target": " Paris", "method": "toy_boost"})],
@@ -72,7 +72,7 @@ FACTS = [("Zorblat", " Paris"), ("Quintor", " Rome"), ("Veltrax", " Lima"), ("Mo
 
 
 def test_rolling_back_the_middle_of_five_changes_leaves_exactly_the_other_four(gov, policy_file):
-    from editors import SnapshotCache, load_change, materialise
+    from editors.changes import SnapshotCache, load_change, materialise, tensor_sha256
     from govern.models import load_checkpoint
 
     ids = []
@@ -112,8 +112,6 @@ def test_rolling_back_the_middle_of_five_changes_leaves_exactly_the_other_four(g
                 base_digest=base.base_digest, cache=None)
     mine, theirs = _params(served), {k: v.detach() for k, v in model.state_dict().items()}
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
-    from editors import tensor_sha256
-
     for name, sha in now.manifest.items():
         assert tensor_sha256(theirs[name]) == sha
     independent = SimpleNamespace(model=model, tokenizer=tok)

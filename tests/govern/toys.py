@@ -3,7 +3,7 @@
 `LogitHook` (change kind ``test_logit_hook``) adds a stored bias to the output
 embedding's logits through a forward hook: apply registers the hook, revert
 removes it. `ToyBoost` (method ``toy_boost``, serving ``edit`` requests) makes
-such a change that raises the first token of each fact's new target. Nothing
+such a change that raises the tokens of each fact's new target. Nothing
 under govern/ names either: they arrive through `register_method` and
 `register_change_kind`, as a plugin would.
 """
@@ -70,11 +70,11 @@ class LogitHook(Change):
 
 class ToyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    boost: float = Field(30.0, gt=0, le=1000, description="logit added to the target's first token")
+    boost: float = Field(30.0, gt=0, le=1000, description="logit added to the tokens of the target")
 
 
 class ToyBoost:
-    """Raise the first token of every fact's new target everywhere: crude, but a real, reversible change."""
+    """Raise every token of every fact's new target everywhere: crude, but a real, reversible change."""
 
     name = "toy_boost"
 
@@ -82,8 +82,8 @@ class ToyBoost:
         cfg = ctx.config
         bias = torch.zeros(model.get_output_embeddings().weight.shape[0])
         for fact in payload:
-            first = tokenizer(fact.target_new, add_special_tokens=False)["input_ids"][0]
-            bias[first] += cfg.boost  # type: ignore[attr-defined]
+            for token in set(tokenizer(fact.target_new, add_special_tokens=False)["input_ids"]):
+                bias[token] = cfg.boost  # type: ignore[attr-defined]
         return LogitHook("toy_boost", bias, {"facts": len(payload)})
 
 
