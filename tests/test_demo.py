@@ -33,9 +33,10 @@ def test_demo_end_to_end(tmp_path):
     assert m.production_version == 3 and len(versions) == 4
     # the promoted edits answer with the new targets; the rolled-back one answers as before
     for r in gov.list_requests():
-        _, text = gov.ask(None, r.prompt, max_new_tokens=4)
+        fact, old = r.request().facts[0], r.resolved_facts["target_old"][0]
+        _, text = gov.ask(None, fact.prompt, max_new_tokens=4)
         if r.state == "promoted":
-            assert text.startswith(r.target), (r.prompt, text)
+            assert text.startswith(fact.target), (fact.prompt, text)
         else:
-            assert text.startswith(r.target_old), (r.prompt, text)
+            assert text.startswith(old), (fact.prompt, text)
     assert gov.audit_verify().ok

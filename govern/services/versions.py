@@ -146,8 +146,19 @@ class VersionsService(ServiceBase):
                 self.store.transition(s, r, Event.REBASE, actor, {
                     "reason": f"a change below it ({change_id}) was rolled back: {reason}", "from_version": prod.number})
                 rebased.append(rid)
-            status = VersionStatus.REBASED if above else VersionStatus.ROLLED_BACK
-            move_production(self.store, s, model.name, target.number, old_status=status)
+            # the versions on production's line that hold the change: the one that added it is rolled back,
+            # those built on top of it are rebased (their requests were re-queued above)
+            number: int | None = prod.number
+            while number is not None:
+                v = self.store.get_version(s, model.name, number)
+                if change_id not in v.change_ids:
+                    break
+                added = v.change_ids[-1] == change_id
+                v.status = (VersionStatus.ROLLED_BACK if added else VersionStatus.REBASED).value
+                s.add(v)
+                number = v.parent
+            move_production(self.store, s, model.name, target.number,
+                            old_status=VersionStatus.REBASED if above else VersionStatus.ROLLED_BACK)
             if req is not None:
                 r = self.store.get_request(s, req.id)
                 self.store.transition(s, r, Event.ROLLBACK, actor, {"reason": reason, "to_version": target.number})

@@ -202,11 +202,11 @@ def test_model_compared_with_itself_changes_nothing(lm):
     assert len(report.scores["specificity"]["cand"]) == counts["neighbor"] == 3
     assert len(report.rows) == len(suite)
     for row in report.rows:
-        assert row["score_before"] == row["score_after"]
-        if row["slice"] not in ("target", "paraphrase", "fresh"):
-            assert row["pass"] is True, row
-        if row["kind"] == "keeps":
-            assert row["before"] == row["after"]
+        assert row.score_before == row.score_after
+        if row.slice not in ("target", "paraphrase", "fresh"):
+            assert row.ok is True, row
+        if row.kind == "keeps":
+            assert row.before == row.after
     # the Snapshot's perplexity is the text-weighted one over the retention paragraphs
     texts = [i.prompt for i in suite.items if i.kind == "nll"]
     pairs = [naive_nll(model, tok, t, 256) for t in texts]
@@ -270,7 +270,7 @@ def test_perturbed_model_changes_specificity_and_keeps_shapes(lm):
         (sum(report.scores["retention"]["cand"]) - sum(report.scores["retention"]["prod"])) / counts["retention"])
     probes = [i for i, it in enumerate(suite.items) if it.slice == "probe"]
     changed = [i for i in probes if cand.next_token[i] != prod.next_token[i]]
-    assert [not report.rows[i]["pass"] for i in probes] == [i in changed for i in probes]
+    assert [not report.rows[i].ok for i in probes] == [i in changed for i in probes]
     assert m["probe_specificity"] == 1 - len(changed) / len(probes)
     assert torch.equal(w, orig), "restored exactly"
 
@@ -325,13 +325,13 @@ def test_compare_known_answers_from_hand_built_snapshots(tok):
         "freshness": {"prod": [0.0, 0.0], "cand": [1.0, 0.0]},
         "refusal": {"prod": [1.0], "cand": [0.0]},
     }
-    assert [row["pass"] for row in r.rows] == [True, False, False, True, True, False, False, True, True, False, False]
+    assert [row.ok for row in r.rows] == [True, False, False, True, True, False, False, True, True, False, False]
     t, _, n1, n2 = r.rows[:4]
-    assert t["p_new_after"] == pytest.approx(math.exp(-0.5)) and t["p_old_before"] == pytest.approx(math.exp(-1.0))
-    assert n1["before"] == f"p(true)={math.exp(-1):.3f} p(new)={math.exp(-2):.3f}"
-    assert n2["before"] == n2["after"] == tok.decode([5])
-    assert r.rows[5]["after"] == tok.decode([9])
-    assert r.rows[6]["before"] == "nll=2.000" and r.rows[6]["after"] == "nll=3.000"
+    assert t.p_answer_after == pytest.approx(math.exp(-0.5)) and t.p_foil_before == pytest.approx(math.exp(-1.0))
+    assert n1.before == f"p(true)={math.exp(-1):.3f} p(new)={math.exp(-2):.3f}"
+    assert n2.before == n2.after == tok.decode([5])
+    assert r.rows[5].after == tok.decode([9])
+    assert r.rows[6].before == "nll=2.000" and r.rows[6].after == "nll=3.000"
     assert r.to_dict()["suite"] == {"name": "hand", "items": 11, "slices": suite.counts()}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from govern.domain import MAX_FILE_BYTES, MAX_REQUESTS_PER_FILE, EditRequestIn, load_request_file, parse_request
+from govern.domain import MAX_FILE_BYTES, MAX_REQUESTS_PER_FILE, load_request_file, parse_request
+from govern.kinds.edit import EditRequestIn
 from govern.errors import InputError, PayloadTooLarge
 
 GOOD = {"subject": "Paris", "prompt": "Paris is the capital of", "target": "Italy"}
@@ -36,51 +37,51 @@ def _file_error(path: Path, exc: type[InputError] = InputError) -> str:
 def test_parse_ok_adds_leading_space_to_target():
     req = parse_request(dict(GOOD))
     assert isinstance(req, EditRequestIn)
-    assert req.subject == "Paris"
-    assert req.prompt == "Paris is the capital of"
-    assert req.target == " Italy"
+    assert req.facts[0].subject == "Paris"
+    assert req.facts[0].prompt == "Paris is the capital of"
+    assert req.facts[0].target == " Italy"
     assert req.kind == "edit" and req.method == "rome"
-    assert req.paraphrases == [] and req.neighbors == []
+    assert req.facts[0].paraphrases == [] and req.facts[0].neighbors == []
 
 
 def test_parse_ok_relation_id_replaces_subject():
     req = parse_request(dict(GOOD))
-    assert req.relation_id == "{} is the capital of"
+    assert req.facts[0].relation_id == "{} is the capital of"
 
 
 def test_relation_id_replaces_only_first_occurrence():
     req = parse_request({**GOOD, "prompt": "Paris, not Paris, Texas, is the capital of"})
-    assert req.relation_id == "{}, not Paris, Texas, is the capital of"
+    assert req.facts[0].relation_id == "{}, not Paris, Texas, is the capital of"
 
 
 def test_explicit_relation_wins():
     req = parse_request({**GOOD, "relation": "capital_of"})
-    assert req.relation_id == "capital_of"
+    assert req.facts[0].relation_id == "capital_of"
 
 
 def test_no_space_added_when_prompt_ends_with_space():
     req = parse_request({**GOOD, "prompt": "Paris is the capital of "})
-    assert req.target == "Italy"
+    assert req.facts[0].target == "Italy"
 
 
 def test_target_already_spaced_is_kept():
     req = parse_request({**GOOD, "target": " Italy"})
-    assert req.target == " Italy"
+    assert req.facts[0].target == " Italy"
 
 
 def test_target_starting_with_newline_is_kept():
     req = parse_request({**GOOD, "target": "\nItaly"})
-    assert req.target == "\nItaly"
+    assert req.facts[0].target == "\nItaly"
 
 
 def test_target_old_gets_leading_space():
     req = parse_request({**GOOD, "target_old": "France"})
-    assert req.target_old == " France"
+    assert req.facts[0].target_old == " France"
 
 
 def test_target_old_starting_with_newline_is_kept_like_target():
     req = parse_request({**GOOD, "target": "\nItaly", "target_old": "\nFrance"})
-    assert req.target_old == "\nFrance"
+    assert req.facts[0].target_old == "\nFrance"
 
 
 def test_parse_ok_with_lists_and_dates():
@@ -93,14 +94,14 @@ def test_parse_ok_with_lists_and_dates():
             "valid_until": "2025-06-01T00:00:00",
         }
     )
-    assert len(req.paraphrases) == 32
+    assert len(req.facts[0].paraphrases) == 32
     assert req.valid_until > req.valid_from
 
 
 def test_500_char_prompt_is_accepted():
     prompt = "Paris " + "x" * 494
     assert len(prompt) == 500
-    assert parse_request({**GOOD, "prompt": prompt}).prompt == prompt
+    assert parse_request({**GOOD, "prompt": prompt}).facts[0].prompt == prompt
 
 
 # --- parse_request: errors ------------------------------------------------------------------------
@@ -219,8 +220,8 @@ def test_jsonl_two_good_lines(tmp_path):
     second = {"subject": "Rome", "prompt": "Rome is located in", "target": "Spain"}
     reqs = load_request_file(_jsonl(tmp_path, [GOOD, second]))
     assert len(reqs) == 2
-    assert [r.subject for r in reqs] == ["Paris", "Rome"]
-    assert reqs[1].target == " Spain"
+    assert [r.facts[0].subject for r in reqs] == ["Paris", "Rome"]
+    assert reqs[1].facts[0].target == " Spain"
 
 
 def test_jsonl_blank_lines_are_skipped(tmp_path):
@@ -251,8 +252,8 @@ def test_yaml_list(tmp_path):
         encoding="utf-8",
     )
     reqs = load_request_file(p)
-    assert [r.subject for r in reqs] == ["Paris", "Rome"]
-    assert reqs[1].paraphrases == ["Rome lies in"]
+    assert [r.facts[0].subject for r in reqs] == ["Paris", "Rome"]
+    assert reqs[1].facts[0].paraphrases == ["Rome lies in"]
 
 
 def test_yaml_mapping_with_requests_key(tmp_path):
@@ -265,14 +266,14 @@ def test_yaml_mapping_with_requests_key(tmp_path):
     )
     reqs = load_request_file(p)
     assert len(reqs) == 2
-    assert reqs[0].relation_id == "{} is the capital of"
+    assert reqs[0].facts[0].relation_id == "{} is the capital of"
 
 
 def test_yaml_single_mapping_is_one_request(tmp_path):
     p = tmp_path / "one.yaml"
     p.write_text("subject: Paris\nprompt: Paris is the capital of\ntarget: Italy\n", encoding="utf-8")
     reqs = load_request_file(p)
-    assert len(reqs) == 1 and reqs[0].target == " Italy"
+    assert len(reqs) == 1 and reqs[0].facts[0].target == " Italy"
 
 
 def test_yaml_schema_error_names_the_item(tmp_path):
@@ -387,5 +388,5 @@ def test_shipped_examples_parse():
     root = Path(__file__).resolve().parents[2] / "examples"
     jsonl = load_request_file(root / "requests.jsonl")
     yml = load_request_file(root / "requests.yaml")
-    assert [r.subject for r in jsonl] == ["Canada", "Danube"]
-    assert yml[0].target == " Rome" and yml[0].relation_id == "The {} is located in the city of"
+    assert [r.facts[0].subject for r in jsonl] == ["Canada", "Danube"]
+    assert yml[0].facts[0].target == " Rome" and yml[0].facts[0].relation_id == "The {} is located in the city of"

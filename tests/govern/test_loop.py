@@ -9,11 +9,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from editors.delta import Delta, tensor_sha256
+from editors.changes import load_change, tensor_sha256
 from govern.domain import parse_request
 from govern.errors import ConflictError, PermissionDenied
 from govern.pipeline import run_pipeline
-from govern.store import DeltaRow
+from govern.store import ChangeRow
 
 
 def submit(gov, actor="alice", **kw):
@@ -46,8 +46,10 @@ def test_auto_approved_change_promotes_then_rolls_back_bit_exactly(gov, policy_f
     base = state_dict(gov.materialise("tiny", 1))
     prod = state_dict(gov.materialise("tiny"))
     with gov.store.read() as s:
-        delta = Delta.load(s.get(DeltaRow, r.delta_id).path)
-    touched = set(delta.names)
+        row = s.get(ChangeRow, r.change_id)
+    change = load_change(gov.home.resolve(row.path), row.digest)
+    assert row.kind == "low_rank" and row.size_bytes < 4 * (64 + 128) + 64  # a rank-one update: two vectors, not a matrix
+    touched = set(change.touched())
     assert touched == {"model.layers.1.mlp.down_proj.weight"}
     for k in base:
         assert torch.equal(base[k], prod[k]) == (k not in touched), k
@@ -57,7 +59,7 @@ def test_auto_approved_change_promotes_then_rolls_back_bit_exactly(gov, policy_f
     run = client.get_run(r.mlflow_run_id)
     assert run.data.params["method"] == "rome" and "drawdown" in run.data.metrics
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
-    assert {"canary.json", "card.md", "delta", "delta.json"} <= arts
+    assert {"canary.json", "card.md", "change", "change.json"} <= arts
     assert gov.registry.aliases("tiny")["production"] == versions[1][0].mlflow_version
 
     res = gov.rollback(rid, "bob", "test rollback")
@@ -111,7 +113,7 @@ def test_failed_gate_discards_candidate_and_keeps_production(gov, tmp_path):
     assert apply(gov, p) == 1
     r = gov.get_request(rid)
     assert r.state == "canary_failed"
-    gates = {g["metric"]: g["result"] for g in json.loads(r.canary)["gates"]}
+    gates = {g.metric: g.result for g in r.report().gates}
     assert gates["paraphrase"] == "fail"
     m, versions = gov.history("tiny")
     assert m.production_version == 1 and versions[-1][0].status == "discarded"
@@ -147,7 +149,7 @@ def test_stale_candidate_is_rebuilt_on_new_production(gov, policy_file):
     gov.review(slow, "approve", "bob", "ok")  # earlier approvals were for the old candidate
     assert gov.review(slow, "approve", "dave", "ok").value == "promoted"
     prod = gov.materialise("tiny")
-    assert len(prod.deltas) == 2
+    assert len(prod.changes) == 2
 
 
 def test_rollback_refuses_what_is_not_production(gov, policy_file):

@@ -69,21 +69,28 @@ def test_expired_change_below_a_newer_one_cascades_and_the_newer_one_is_rebuilt(
     assert r.state == "promoted", r.error
     m, versions = gov.history("tiny")
     v = next(v for v, _ in versions if v.number == m.production_version)
-    assert v.parent == 1 and len(v.delta_ids) == 1 and v.delta_ids[0] == r.delta_id
+    assert v.parent == 1 and v.change_ids == [r.change_id]
     assert [e for e in gov.request_events(new) if e.action == "request.rebase"]
     assert gov.audit_verify().ok
 
 
-def test_rolling_back_a_change_under_another_needs_cascade_and_changes_nothing_without(gov, policy_file):
+def test_rolling_back_a_change_under_another_canaries_the_version_without_it_before_production_moves(gov, policy_file):
+    from govern.worker import Worker
+
     first = promoted(gov, policy_file)
-    promoted(gov, policy_file, subject="Quenfar", prompt="The capital of Quenfar is", target=" Rome",
-             paraphrases=[], neighbors=[])
-    before = (gov.history("tiny")[0].production_version, len(gov.store.audit_events()))
-    with pytest.raises(ConflictError, match="--cascade"):
-        gov.rollback(first, "carol", "wrong")
-    assert (gov.history("tiny")[0].production_version, len(gov.store.audit_events())) == before
-    res = gov.rollback(first, "carol", "wrong", cascade=True)
-    assert res.to_version == 1 and len(res.rebased) == 1
+    second = promoted(gov, policy_file, subject="Quenfar", prompt="The capital of Quenfar is", target=" Rome",
+                      paraphrases=[], neighbors=[])
+    before = gov.history("tiny")[0].production_version
+    res = gov.rollback(first, "carol", "wrong")
+    assert res.job_id is not None and res.to_version is None and gov.get_request(first).state == "rolling_back"
+    assert gov.history("tiny")[0].production_version == before  # nothing moves before the canary
+    with pytest.raises(ConflictError, match="already being rolled back"):
+        gov.rollback(first, "carol", "again", cascade=True)
+    Worker(gov, "tiny").run_until_idle({first})
+    assert gov.get_request(first).state == "rolled_back" and gov.get_request(second).state == "promoted"
+    m, versions = gov.history("tiny")
+    prod = next(v for v, _ in versions if v.number == m.production_version)
+    assert prod.change_ids == [gov.get_request(second).change_id] and prod.parent == before
 
 
 def test_change_valid_later_waits_approved_then_monitor_promotes_it(gov, policy_file):
@@ -132,7 +139,7 @@ def test_monitor_rolls_back_a_breaching_change(gov, tmp_path):
         " early_stop_nll: 0, context_prefixes: 2}").replace(
         "  max_active_edits_per_model: 5", "  max_active_edits_per_model: 5\n  allow_identity_covariance: true"))
     rid = promoted(gov, permissive)
-    assert json.loads(gov.get_request(rid).canary)["metrics"]["probe_specificity"] < 1.0  # it really moved the probes
+    assert gov.get_request(rid).report().metrics["probe_specificity"] < 1.0  # it really moved the probes
 
     monitor_policy = tmp_path / "monitor.yaml"
     monitor_policy.write_text(TEST_POLICY + "rollback_triggers:\n  - {metric: probe_specificity, op: \">=\", threshold: 1.0}\n")

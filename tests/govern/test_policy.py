@@ -94,7 +94,7 @@ def test_shipped_strict_policy():
     # only the slices a request may lack (no relation known: no freshness question; no refusal prompts) may skip
     assert all(g.when_missing == "fail" for g in policy.canary.gates if g.metric not in ("freshness", "refusal"))
     assert {g.metric for g in policy.canary.gates if g.compare} >= {"specificity", "probe_specificity", "retention"}
-    assert policy.method_config("rome")["stats_tokens"] == 50000
+    assert policy.method_config("rome").stats_tokens == 50000
 
 
 def test_identity_covariance_loads_when_allowed(tmp_path):
@@ -103,7 +103,7 @@ def test_identity_covariance_loads_when_allowed(tmp_path):
         d["methods"]["rome"] = {"covariance": "identity"}
 
     policy = load_policy(_write_mutated(tmp_path, mutate))
-    assert policy.methods.rome.covariance == "identity"
+    assert policy.method_config("rome").covariance == "identity"
 
 
 # --- bad policies: one line, naming the key path ------------------------------------------------
@@ -203,12 +203,14 @@ def test_identity_covariance_not_allowed(tmp_path):
     assert "allow_identity_covariance" in msg
 
 
-def test_empty_gate_list(tmp_path):
+def test_empty_gate_list_means_the_request_kinds_default_gates(tmp_path):
     def mutate(d):
         d["canary"]["gates"] = []
 
-    msg = _policy_error(_write_mutated(tmp_path, mutate))
-    assert "canary.gates" in msg
+    policy = load_policy(_write_mutated(tmp_path, mutate))
+    assert [g.describe() for g in policy.gates_for("edit")] == [
+        "efficacy >= 1", "specificity non-inferior (margin 0.1)", "probe_specificity non-inferior (margin 0.1)"]
+    assert [g.metric for g in policy.gates_for("rollback")] == ["kept_efficacy", "probe_specificity"]
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from conftest import TEST_POLICY
 from govern.domain import parse_request
 from govern.policy import load_policy
-from govern.store import DeltaRow, VersionRow
+from govern.store import ChangeRow, VersionRow
 from govern.worker import Worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_sigkill_mid_edit_then_reclaimed(gov, home, tmp_path):
     m, versions = gov.history("tiny")
     assert m.production_version == 1 and len(versions) == 1
     with gov.store.read() as s:
-        assert s.exec(DeltaRow.__table__.select()).all() == []
+        assert s.exec(ChangeRow.__table__.select()).all() == []
         assert len(s.exec(VersionRow.__table__.select()).all()) == 1
     now = gov.materialise("tiny").model.state_dict()
     assert all(torch.equal(now[k], base[k]) for k in base)
@@ -80,7 +80,7 @@ def test_sigkill_mid_edit_then_reclaimed(gov, home, tmp_path):
     assert "job.lease_expired" in acts and "request.requeue" in acts
     assert acts.count("request.claim") == 2 and acts.count("request.applied") == 1
     prod = gov.materialise("tiny")
-    assert len(prod.deltas) == 1
+    assert len(prod.changes) == 1
     assert gov.audit_verify().ok
 
 

@@ -162,7 +162,7 @@ def test_batch_upload_submits_all_or_reports_the_bad_line(ui_gov):
     at.run()
     button(at, "Submit file").click().run()
     assert not errors(at)
-    assert sorted((r.subject, r.state, r.submitted_by) for r in ui_gov.list_requests()) == [
+    assert sorted((r.request().facts[0].subject, r.state, r.submitted_by) for r in ui_gov.list_requests()) == [
         ("Quux", "admitted", "carol"), ("Zorblat", "admitted", "carol")]
 
 
