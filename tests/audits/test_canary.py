@@ -332,7 +332,7 @@ def test_compare_known_answers_from_hand_built_snapshots(tok):
     assert n2.before == n2.after == tok.decode([5])
     assert r.rows[5].after == tok.decode([9])
     assert r.rows[6].before == "nll=2.000" and r.rows[6].after == "nll=3.000"
-    assert r.to_dict()["suite"] == {"name": "hand", "items": 11, "slices": suite.counts()}
+    assert r.model_dump()["suite"] == {"name": "hand", "items": 11, "slices": suite.counts()}
 
 
 def test_compare_without_optional_slices(tok):

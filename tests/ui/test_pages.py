@@ -125,7 +125,7 @@ def test_submit_form_admits_under_the_ui_policy_and_records_the_signed_in_user(u
     rid = submit_via_ui("alice")
     r = ui_gov.get_request(rid)
     assert (r.state, r.tier, r.submitted_by) == ("admitted", "one", "alice")
-    assert r.paraphrase_list == ["Zorblat's capital city is"] and r.evidence_list == ["https://tickets.example/17"]
+    assert r.request().facts[0].paraphrases == ["Zorblat's capital city is"] and r.evidence_list == ["https://tickets.example/17"]
     assert [j.state for j in ui_gov.jobs(rid)] == ["queued"]
     sub = next(e for e in ui_gov.store.audit_events() if e.action == "request.submitted")
     assert sub.actor == "alice" and sub.payload["evidence"] == ["https://tickets.example/17"]

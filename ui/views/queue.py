@@ -65,7 +65,7 @@ if sel:
 
 c1, c2 = st.columns([3, 1])
 choice = c1.selectbox("Open request", [r["id"] for r in rows], key="q_open",
-                      format_func=lambda rid: next(f"{x['id']} · {x['subject']} · {x['state']}" for x in rows if x["id"] == rid))
+                      format_func=lambda rid: next(f"{x['id']} · {x['change']} · {x['state']}" for x in rows if x["id"] == rid))
 c2.write("")
 if c2.button("Open selected", key="q_open_btn", type="primary"):
     open_request(choice)
