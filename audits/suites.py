@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from editors.errors import GovernError
+
 DATA = Path(__file__).parent / "data"
 
 Kind = Literal["prefers", "keeps", "nll", "answers", "refuses"]
@@ -59,7 +61,7 @@ MAX_ITEMS = 20_000
 MAX_TEXT = 4_000
 
 
-class SuiteError(ValueError):
+class SuiteError(GovernError, ValueError):
     """A suite file or item is malformed; the message names the item and the fix."""
 
 

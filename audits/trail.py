@@ -91,6 +91,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from editors.errors import GovernError
+
 __all__ = [
     "EXPORT_FORMAT_VERSION",
     "GENESIS_HASH",
@@ -137,7 +139,7 @@ CSV_COLUMNS: tuple[str, ...] = ("record", *EVENT_FIELDS)
 _CSV_DIGITS = re.compile(r"[0-9]+")
 
 
-class TrailError(ValueError):
+class TrailError(GovernError, ValueError):
     """An event that cannot be canonicalised, or an export file that cannot be read or parsed.
 
     ``line`` is the 1-based line of the file where the problem was found, when

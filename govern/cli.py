@@ -380,16 +380,9 @@ def main() -> None:
 
     try:
         app()
-    except GovernError as e:
+    except GovernError as e:  # one root: editor, suite and trail errors included
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except Exception as e:  # user-caused editor errors arrive here from the service
-        from editors.errors import EditorError
-
-        if isinstance(e, EditorError):
-            typer.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

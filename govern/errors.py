@@ -1,6 +1,13 @@
-"""The exception tree of `govern`. The CLI prints ``str(error)`` on one line and exits 2.
+"""The exception tree of govern: one root for `govern`, `editors` and `audits`.
 
-    GovernError
+The CLI prints ``str(error)`` of any `GovernError` on one line and exits 2.
+
+    GovernError (editors.errors)   the root
+    ├── EditorError             editors/: unknown method, unsupported model, bad edit, statistics,
+    │                           change mismatch / integrity (the tree in editors/errors.py)
+    ├── SuiteError              audits/suites.py: a malformed evaluation suite (also a ValueError)
+    ├── TrailError              audits/trail.py: an unreadable audit export (also a ValueError)
+    ├── LeaseLost               govern/services/commit.py: another worker holds the job now
     ├── InputError              malformed file, schema violation, bad value (a user can fix it)
     │   ├── PolicyError         policy YAML unreadable or invalid
     │   └── PayloadTooLarge     a file or field over the size limits
@@ -11,15 +18,12 @@
     ├── ModelError              a model cannot be loaded or converted
     └── IntegrityError          weights or trail do not match their recorded hashes
 
-Errors from `editors/` (`editors.errors.EditorError`) are turned into InputError
-where the user caused them (bad layer, subject not in prompt) by the service.
+Messages name what failed, the offending value and what to do.
 """
 
 from __future__ import annotations
 
-
-class GovernError(Exception):
-    """Base of every error govern reports to a user."""
+from editors.errors import GovernError
 
 
 class InputError(GovernError):

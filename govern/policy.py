@@ -204,6 +204,13 @@ class Validity(BaseModel):
     on_expiry: Literal["rollback"] = Field("rollback", description="when valid_until passes: roll the change back")
 
 
+class Rollback(BaseModel):
+    model_config = _STRICT
+    reapply: Literal["commuting", "never"] = Field(
+        "commuting", description="rolling back a change under newer ones: re-apply the newer ones where their kind "
+                                 "commutes (then canary the result), or never (take them off and recompute them)")
+
+
 class Policy(BaseModel):
     model_config = _STRICT
     version: Literal[1] = 1
@@ -214,6 +221,7 @@ class Policy(BaseModel):
     canary: Canary
     rollback_triggers: list[Gate] = Field(default_factory=list, description="monitoring: breach -> automatic rollback")
     validity: Validity = Field(default_factory=Validity)
+    rollback: Rollback = Field(default_factory=Rollback)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method name -> its settings "
                                                "(validated by the method's own config class)")
 

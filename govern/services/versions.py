@@ -11,7 +11,8 @@ change ``c`` of production ``[c1, …, c, …, cn]``:
   above re-applied — and canaries it against production on the suites of the
   changes that stay; it becomes production only if its gates pass
   (``promoted → rolling_back → rolled_back``, or back to ``promoted``);
-* with ``cascade=True`` (or a change above that does not commute) the changes
+* with ``cascade=True`` (or ``rollback.reapply: never`` in the admitting policy,
+  or a change above that does not commute: then ``cascade`` is required) the changes
   above are taken off too and re-queued (``rebase``): a worker recomputes them on
   the new production and they pass their canary and approvals again.
 """
@@ -27,6 +28,7 @@ from sqlmodel import Session, select
 
 from govern.errors import ConflictError, InputError, IntegrityError
 from govern.lifecycle import IN_PRODUCTION, Event, JobKind, State, VersionStatus
+from govern.policy import Policy
 from govern.services.base import ServiceBase
 from govern.services.transitions import move_production, promote
 from govern.store import JobRow, ModelRow, RequestRow, VersionRow, as_utc
@@ -67,6 +69,9 @@ class VersionsService(ServiceBase):
                 raise ConflictError(f"change {change_id} is not in production v{prod.number} of {model.name}; nothing to roll back")
             above = ids[ids.index(change_id) + 1:]
             kinds = {c: self.store.get_change(s, c).kind for c in above}
+        policy = Policy.model_validate_json(req.policy) if req is not None and req.policy else None
+        if above and policy is not None and policy.rollback.reapply == "never":
+            cascade = True  # the admitting policy wants newer changes recomputed, not re-applied
         if above and not cascade:
             from editors.changes import change_kinds
 

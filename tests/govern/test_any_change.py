@@ -127,3 +127,17 @@ def test_rolling_back_the_middle_of_five_changes_leaves_exactly_the_other_four(g
         materialise(model2, [load_change(gov.home.resolve(rows[c].path), rows[c].digest) for c in keep],
                     base_digest=base.base_digest, cache=cache, snapshot_every=2, expect=now.manifest)
     assert all(torch.equal(v, mine[k]) for k, v in model2.state_dict().items())
+
+
+def test_a_policy_that_never_reapplies_recomputes_the_changes_above(gov, tmp_path):
+    policy = tmp_path / "recompute.yaml"
+    policy.write_text(TEST_POLICY + "rollback: {reapply: never}\n")
+    ids = []
+    for subject, target in FACTS[:2]:
+        [rid] = gov.submit([parse_request({"subject": subject, "prompt": f"The capital of {subject} is", "target": target})],
+                           "alice")
+        assert _apply(gov, policy) == 0, gov.get_request(rid).error
+        ids.append(rid)
+    res = gov.rollback(ids[0], "bob", "recompute what sits above")
+    assert res.job_id is None and res.to_version == 1 and res.rebased == [ids[1]]
+    assert gov.get_request(ids[0]).state == "rolled_back" and gov.get_request(ids[1]).state == "admitted"
