@@ -56,7 +56,8 @@ def _close_dialog() -> None:
 
 @st.dialog("Roll back production", on_dismiss=_close_dialog)
 def confirm_rollback(model: str, version: int, parent: int, request_id: str) -> None:
-    st.markdown(f"Production of **{model}** goes from **v{version}** back to **v{parent}**. The weights are rebuilt "
+    st.markdown(f"Production of **{model}** goes from **v{version}** back to the weights it had before its newest change "
+                f"(v{parent} unless a rollback below it made another version). The weights are rebuilt "
                 "and every touched tensor is compared with its recorded original before the alias moves.")
     reason = st.text_area("Reason (required, audited)", key="rb_reason")
     a, b = st.columns(2)
@@ -68,9 +69,13 @@ def confirm_rollback(model: str, version: int, parent: int, request_id: str) -> 
             show_error(e)
             return
         _close_dialog()
-        st.session_state["rb_result"] = (f"{res.model}: production v{res.from_version} → v{res.to_version}; "
-                                         f"{sum(t['equal'] for t in res.tensors)}/{len(res.tensors)} touched tensors "
-                                         "equal their recorded originals (sha256)")
+        if res.job_id is not None:
+            st.session_state["rb_result"] = (f"{res.model}: {res.request_id} sits under newer changes; the version "
+                                             f"without it is being built and canaried (job {res.job_id})")
+        else:
+            st.session_state["rb_result"] = (f"{res.model}: production v{res.from_version} → v{res.to_version}; "
+                                             f"{sum(t['equal'] for t in res.tensors)}/{len(res.tensors)} touched tensors "
+                                             "equal their recorded originals (sha256)")
         st.rerun()
     if b.button("Cancel", key="rb_cancel"):
         _close_dialog()
@@ -86,6 +91,7 @@ with c2:
         st.session_state["rb_open"] = (name, prod.number)
     # the dialog stays open across reruns (a click inside it reruns the page) until done, cancelled or dismissed
     if st.session_state.get("rb_open") == (name, prod.number) and prod.parent is not None:
-        confirm_rollback(name, prod.number, prod.parent, prod_req.id if prod_req else str(prod.number))
+        newest = g.newest_change_request(name)
+        confirm_rollback(name, prod.number, prod.parent, newest or str(prod.number))
 if st.session_state.get("rb_result"):
     st.success(st.session_state.pop("rb_result"))
