@@ -97,7 +97,9 @@ Everything is deterministic given ``seed``: every random draw comes from one
 ``numpy.random.default_rng(seed)``; the binary test draws nothing. Resampling
 is vectorised and chunked so that a chunk holds at most ``_CHUNK_ELEMENTS``
 entries (a few MB of scratch memory). The exact binary test costs ``O(n**2)``
-per p-value (a few ms at n = 500, about a second at n = 5,000).
+per p-value (about 20 ms at n = 500, 0.3 s at n = 2,000, on one CPU core); a
+binary gate computes about 25 (two tests, two bounds by bisection): 0.03 s at
+n = 100, 0.4 s at n = 500, 8 s at n = 2,000. Results per table are cached.
 
 References
 ----------
@@ -198,8 +200,8 @@ _PSI_GRID, _PSI_REFINE = 48, 24
 #: Binomial probabilities below this are not resolved: their tables count as extreme (conservative).
 _NEGLIGIBLE = 1e-15
 
-#: Bisection steps for the confidence bounds of the binary test (interval width 2 -> 2 / 2**16 = 3e-5).
-_BOUND_STEPS = 16
+#: Precision of the confidence bounds of the binary test (found by bisection).
+_BOUND_TOL = 1e-4
 
 #: Default smallest number of items for the continuous test.
 MIN_CONTINUOUS_N = 10
@@ -760,21 +762,52 @@ def _binary_p(losses: int, wins: int, n: int, delta0: float) -> float:
     return float(exact_paired_pvalues([losses], [wins], n, delta0)[0])
 
 
+def _score_lower_bound(losses: int, wins: int, n: int, alpha: float) -> float:
+    """The asymptotic (Tango, 1998) one-sided lower bound: the largest ``delta0`` with ``Z(delta0) >= z_{1-alpha}``.
+
+    Only a starting point for :func:`_binary_lower_bound`; ``Z`` decreases in ``delta0``.
+    """
+    z = float(sps.norm.ppf(1.0 - alpha))
+    lo, hi = -1.0 + 1e-9, 1.0 - 1e-9
+    if float(tango_score(losses, wins, n, lo)) < z:
+        return -1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(tango_score(losses, wins, n, mid)) >= z else (lo, mid)
+    return lo
+
+
 def _binary_lower_bound(losses: int, wins: int, n: int, alpha: float) -> float:
     """One-sided ``1 - alpha`` lower bound of ``pi_W - pi_L``: the largest ``delta0`` that the test rejects.
 
-    Found by bisection between ``-1`` and the estimate, assuming the p-value
-    grows with ``delta0`` (true up to the discreteness of an exact test; the
-    outcome never uses this bound, only the p-value at ``-margin``).
+    Found by bisection (to ``_BOUND_TOL``) in a bracket around the asymptotic
+    score bound, widened until the test rejects at its low end (or it reaches
+    -1) and does not at its high end (at most the estimate). This assumes the
+    p-value grows with ``delta0``, which holds up to the discreteness of an
+    exact test; the outcome never uses this bound, only the p-value at ``-margin``.
     """
     est = (wins - losses) / n
-    lo, hi = -1.0, est
-    eps = 1e-9
-    if _binary_p(losses, wins, n, -1.0 + eps) > alpha:
-        return -1.0
-    for _ in range(_BOUND_STEPS):
+    floor = -1.0 + 1e-9
+
+    def rejects(d0: float) -> bool:
+        return _binary_p(losses, wins, n, max(d0, floor)) <= alpha
+
+    guess = min(_score_lower_bound(losses, wins, n, alpha), est)
+    step = 0.01
+    lo = max(floor, guess - step)
+    while not rejects(lo):
+        if lo <= floor:
+            return -1.0
+        step *= 2.0
+        lo = max(floor, guess - step)
+    hi = min(est, max(lo, guess) + 0.01)
+    while rejects(hi) and hi < est:
+        hi = min(est, hi + 2.0 * (hi - lo))
+    if rejects(hi):  # even the estimate is rejected: can only happen through discreteness
+        return hi
+    while hi - lo > _BOUND_TOL:
         mid = 0.5 * (lo + hi)
-        if _binary_p(losses, wins, n, max(mid, -1.0 + eps)) <= alpha:
+        if rejects(mid):
             lo = mid
         else:
             hi = mid
