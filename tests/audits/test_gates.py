@@ -1,10 +1,12 @@
 """Tests for audits.gates: the decision rule of the canary (absolute and relative gates).
 
-Known answers: identical models pass every non-inferiority gate, a clearly worse
-candidate fails with the evidence named; the multiple-testing correction makes a
-borderline gate fail when the family grows; and, by simulation over many seeded
-datasets, a candidate that is truly worse by exactly the margin passes at most
-at the declared error rate, while an equally good one passes most of the time.
+Known answers: identical 0/1 scores pass a non-inferiority gate only when there
+are enough items (and say how many would be needed otherwise), a clearly worse
+candidate fails with the evidence named, a candidate worse by exactly the margin
+is "insufficient" (neither shown non-inferior nor shown worse); the
+multiple-testing correction makes borderline gates undecided when the family
+grows; the test follows the metric's declared score type. Error rates by
+simulation live in tests/audits/test_gate_error_rates.py.
 Gates are real `govern.policy.Gate` objects; the plan comes from `Canary.plan()`.
 """
 
@@ -21,7 +23,7 @@ from audits import stats
 from audits.gates import (
     TestPlan as Plan,  # aliased: pytest would try to collect a class named Test*
 )
-from audits.gates import evaluate, failed, paired_summary
+from audits.gates import evaluate, failed, insufficient, paired_summary
 from govern.errors import PolicyError
 from govern.policy import Canary, Gate, load_policy
 
@@ -58,25 +60,59 @@ PLAN = Plan(alpha=0.05, correction="holm", test="bootstrap", resamples=2000, see
 # --------------------------------------------------------------------------- relative gates: known answers
 
 
-def test_identical_scores_pass_every_relative_gate():
+def test_identical_binary_scores_with_enough_items_pass():
     rng = np.random.default_rng(7)
     scores = {}
     for metric in ("specificity", "probe_specificity", "paraphrase"):
-        x = (rng.random(30) < 0.6).astype(float).tolist()
+        x = (rng.random(100) < 0.6).astype(float).tolist()
         scores[metric] = {"prod": x, "cand": list(x)}
-    scores["retention"] = {"prod": (-rng.random(30) * 3).tolist()}
-    scores["retention"]["cand"] = list(scores["retention"]["prod"])
-    gates = [rel("specificity", 0.05), rel("probe_specificity", 0.02), rel("paraphrase", 0.1), rel("retention", 0.01)]
+    # zero flips of 100 suffice at margin 0.05 even at alpha/3 (83 needed) and at 0.1 (41)
+    gates = [rel("specificity", 0.05), rel("probe_specificity", 0.1), rel("paraphrase", 0.1)]
     res = evaluate(gates, {}, scores, Canary(gates=gates).plan())
-    assert [r["result"] for r in res] == ["pass"] * 4
-    for r in res:
-        assert r["diff"] == 0.0 and r["ci"] == [0.0, 0.0] and r["n"] == 30
-        assert r["family_size"] == 4 and r["correction"] == "holm"
-        # no resampled mean can reach the margin: the smallest attainable p, 1/(B+1)
-        assert r["p_value"] == pytest.approx(1 / 2001)
-        assert r["p_adjusted"] <= 0.05
-        assert r["why"].startswith("non-inferior: diff +0.0000")
-    assert failed(res) == []
+    assert [r["result"] for r in res] == ["pass"] * 3
+    for r, need in zip(res, (83, 41, 41), strict=True):
+        assert r["diff"] == 0.0 and r["n"] == 100 and (r["losses"], r["wins"]) == (0, 0)
+        assert r["family_size"] == 3 and r["correction"] == "holm" and r["outcome"] == "passed"
+        assert r["test"] == "exact-unconditional-score" and r["score_type"] == "binary"
+        assert r["p_adjusted"] <= 0.05 and r["ci"][0] > -r["margin"] and r["ci_level"] == pytest.approx(0.9)
+        assert r["n_needed"] == need and r["alpha_needed"] == pytest.approx(0.05 / 3)
+        assert r["why"].startswith("non-inferior: 0 of 100 ")
+    assert failed(res) == [] and insufficient(res) == []
+
+
+def test_zero_flips_on_few_items_is_insufficient_not_pass():
+    """The issue: 'non-inferior at margin 0.1' was shown from 2 unchanged neighbours (p = 1/(B+1))."""
+    gate = rel("specificity", 0.1)
+    (r,) = evaluate([gate], {}, {"specificity": wins_losses(2, 0, 0)}, PLAN)
+    assert r["result"] == "insufficient" and r["outcome"] == "insufficient"
+    assert r["p_value"] > 0.5 and r["p_worse"] == 1.0 and r["n_needed"] == 29
+    assert r["why"].startswith("not enough evidence: 0 of 2 neighbours changed, which cannot show a loss below "
+                               "0.10 at alpha 0.05"), r["why"]
+    assert r["why"].endswith("; 29 neighbours would be needed"), r["why"]
+    assert failed([r]) == [] and insufficient([r]) == [f"{gate.describe()} ({r['why']})"]
+    # the same with 29 neighbours passes
+    assert evaluate([gate], {}, {"specificity": wins_losses(29, 0, 0)}, PLAN)[0]["result"] == "pass"
+    assert evaluate([gate], {}, {"specificity": wins_losses(28, 0, 0)}, PLAN)[0]["result"] == "insufficient"
+
+
+def test_n_needed_in_a_family_is_for_alpha_over_m():
+    gates = [rel("specificity", 0.1), rel("probe_specificity", 0.05), rel("retention", 0.02)]
+    x = np.linspace(-3, -1, 30)
+    scores = {"specificity": wins_losses(2, 0, 0), "probe_specificity": wins_losses(40, 0, 0),
+              "retention": {"prod": x.tolist(), "cand": x.tolist()}}
+    spec, probe, ret = evaluate(gates, {}, scores, PLAN)
+    assert spec["n_needed"] == stats.binary_n_needed(0.1, 0.05 / 3) == 41
+    assert probe["n_needed"] == stats.binary_n_needed(0.05, 0.05 / 3) == 83
+    assert "after holm over 3 relative gates, alpha/3 = 0.0167" in spec["why"]
+    assert spec["why"].endswith("41 neighbours would be needed to pass whatever the other gates show")
+    # identical continuous scores: no spread, so no test and no n would do
+    assert ret["result"] == "insufficient" and ret["p_value"] is None and ret["p_adjusted"] is None
+    assert ret["ci"] is None and ret["n_needed"] is None and ret["test"] == "none"
+    assert ret["why"].startswith("not enough evidence: all 30 differences are equal")
+    assert ret["family_size"] == 3, "an untestable gate stays in the family with p = 1"
+    # without correction, alpha itself
+    none = evaluate(gates, {}, scores, Plan(correction="none"))
+    assert none[0]["n_needed"] == 29 and none[0]["alpha_needed"] == 0.05
 
 
 def test_clearly_worse_candidate_fails_and_names_the_evidence():
@@ -86,38 +122,41 @@ def test_clearly_worse_candidate_fails_and_names_the_evidence():
     res = evaluate([gate], {}, {"specificity": pair}, PLAN)
     (r,) = res
     assert r["gate"] == gate.describe() and "specificity" in r["gate"] and "0.05" in r["gate"]
-    assert r["result"] == "fail" and r["kind"] == "relative"
+    assert r["result"] == "fail" and r["outcome"] == "failed" and r["kind"] == "relative"
     assert r["diff"] == pytest.approx(-0.3) and r["value"] == pytest.approx(-0.3)
     assert r["mean_prod"] == 1.0 and r["mean_cand"] == pytest.approx(0.7)
     lo, hi = r["ci"]
     assert lo < -0.3 < hi < -0.05, "the whole CI lies below -margin"
-    assert r["p_value"] > 0.5 and r["p_adjusted"] > 0.05
+    assert r["p_value"] > 0.5 and r["p_adjusted"] > 0.05 and r["p_worse_adjusted"] <= 0.05
     why = r["why"]
-    assert why.startswith("not shown non-inferior")
-    assert "diff -0.3000" in why
-    assert f"95% CI {lo:+.4f}..{hi:+.4f}" in why
-    assert "margin 0.05" in why
-    assert re.search(r"holm-adjusted p=[0-9.e-]+ > 0\.05", why), why
-    assert "(n=40)" in why
-    msgs = failed(res)
-    assert msgs == [f"{gate.describe()} ({why})"]
+    assert why.startswith("worse than production: 12 of 40 neighbours got worse and 0 better")
+    assert "diff -0.300" in why
+    assert f"90% CI {lo:+.3f}..{hi:+.3f}" in why
+    assert "is below -0.05" in why
+    assert re.search(r"holm-adjusted p=[0-9.e-]+ <= 0\.05", why), why
+    assert "n=40" in why
+    assert failed(res) == [f"{gate.describe()} ({why})"] and insufficient(res) == []
 
 
-def test_small_loss_within_margin_passes_and_equal_loss_fails():
-    # diff -0.02 with a 0.2 margin is clearly inside; diff -0.2 (= -margin) is not shown non-inferior
+def test_small_loss_within_margin_passes_and_loss_equal_to_margin_is_undecided():
+    # diff -0.02 with a 0.2 margin is clearly inside; diff -0.2 (= -margin) is neither shown inside nor outside
     inside = evaluate([rel("specificity", 0.2)], {}, {"specificity": wins_losses(100, 2, 0)}, PLAN)[0]
     at_margin = evaluate([rel("specificity", 0.2)], {}, {"specificity": wins_losses(100, 20, 0)}, PLAN)[0]
+    beyond = evaluate([rel("specificity", 0.2)], {}, {"specificity": wins_losses(100, 40, 0)}, PLAN)[0]
     assert inside["result"] == "pass" and inside["p_adjusted"] < 0.01
-    assert at_margin["result"] == "fail" and at_margin["p_value"] > 0.3
+    assert at_margin["result"] == "insufficient" and at_margin["p_value"] > 0.3 and at_margin["p_worse"] > 0.3
+    assert at_margin["why"].startswith("not enough evidence: 20 of 100 neighbours got worse and 0 better")
+    assert "includes -0.2" in at_margin["why"]
+    assert beyond["result"] == "fail"
 
 
 def _borderline():
-    """Three 0/1 score pairs (n=100, margin 0.1) whose raw p-values are ~0.018, ~0.034, ~0.034."""
-    return {"specificity": wins_losses(100, 6, 2), "probe_specificity": wins_losses(100, 7, 3),
+    """Three 0/1 score pairs (n=100, margin 0.1) whose raw exact p-values are ~0.025, ~0.033, ~0.039."""
+    return {"specificity": wins_losses(100, 6, 3), "probe_specificity": wins_losses(100, 7, 4),
             "paraphrase": wins_losses(100, 10, 8)}
 
 
-def test_holm_family_makes_a_borderline_gate_fail():
+def test_holm_family_makes_a_borderline_gate_undecided():
     scores = _borderline()
     gate = rel("specificity", 0.1)
     alone = evaluate([gate], {}, scores, PLAN)[0]
@@ -136,129 +175,77 @@ def test_holm_family_makes_a_borderline_gate_fail():
         assert all(r["family_size"] == 3 and r["correction"] == c for r in res)
     holm_adj = [r["p_adjusted"] for r in by["holm"]]
     assert holm_adj == pytest.approx(holm_by_hand(raw))
+    assert [r["p_worse_adjusted"] for r in by["holm"]] == pytest.approx(holm_by_hand([r["p_worse"] for r in by["holm"]]))
     assert [r["p_adjusted"] for r in by["none"]] == raw
 
     h, b, n = by["holm"][0], by["bh"][0], by["none"][0]
     assert n["result"] == "pass" and n["p_adjusted"] == p0
-    assert h["result"] == "fail" and h["p_adjusted"] > 0.05
-    assert "holm-adjusted" in h["why"] and "not shown non-inferior" in h["why"]
+    assert h["result"] == "insufficient" and h["p_adjusted"] > 0.05
+    assert "holm-adjusted" in h["why"] and h["why"].startswith("not enough evidence")
     assert b["result"] == "pass"
     assert n["p_adjusted"] < b["p_adjusted"] < h["p_adjusted"], "BH lies between no correction and Holm"
-    # every Holm-adjusted p of this family exceeds alpha: all three fail together
-    assert [r["result"] for r in by["holm"]] == ["fail"] * 3
+    # every Holm-adjusted p of this family exceeds alpha: none of the three is decided
+    assert [r["result"] for r in by["holm"]] == ["insufficient"] * 3
     assert [r["result"] for r in by["none"]] == ["pass"] * 3
 
 
-def test_plan_from_policy_reaches_the_test():
-    """alpha, test, resamples and seed of `canary` are the ones the gate's test runs with."""
-    pair = wins_losses(30, 3, 2)
-    gates = [rel("specificity", 0.1)]
+def test_score_type_picks_the_test_and_plan_reaches_it():
+    """Binary metrics get the exact test whatever the plan says; retention gets the plan's resampling test."""
+    rng = np.random.default_rng(3)
+    prod = rng.normal(-2.0, 0.5, 40)
+    ret = {"prod": prod.tolist(), "cand": (prod + rng.normal(-0.005, 0.02, 40)).tolist()}
+    pair = wins_losses(60, 3, 2)
+    gates = [rel("specificity", 0.1), rel("retention", 0.02)]
     plan = Canary(gates=gates, alpha=0.1, correction="none", test="permutation", resamples=500, seed=3).plan()
     assert plan == Plan(alpha=0.1, correction="none", test="permutation", resamples=500, seed=3)
-    r = evaluate(gates, {}, {"specificity": pair}, plan)[0]
-    direct = stats.non_inferiority(pair["prod"], pair["cand"], margin=0.1, alpha=0.1, n_resamples=500, seed=3,
-                                   method="permutation")
+    spec, r = evaluate(gates, {}, {"specificity": pair, "retention": ret}, plan)
+    direct = stats.non_inferiority(ret["prod"], ret["cand"], margin=0.02, score_type="continuous", alpha=0.1,
+                                   n_resamples=500, seed=3, method="permutation")
+    assert r["test"] == "sign-flip" and r["score_type"] == "continuous"
     assert r["p_value"] == direct.p_value and r["ci"] == [direct.ci_low, direct.ci_high]
-    assert r["alpha"] == 0.1 and r["result"] == ("pass" if direct.p_value <= 0.1 else "fail")
-    boot = stats.non_inferiority(pair["prod"], pair["cand"], margin=0.1, alpha=0.1, n_resamples=500, seed=3)
-    assert boot.p_value != direct.p_value, "the two tests differ here, so the comparison above can fail"
+    assert r["alpha"] == 0.1 and r["result"] == {"passed": "pass", "failed": "fail"}.get(direct.outcome, "insufficient")
+    boot = evaluate(gates, {}, {"specificity": pair, "retention": ret}, Plan(alpha=0.1, correction="none", resamples=500,
+                                                                            seed=3))
+    assert boot[1]["test"] == "bootstrap-t" and boot[1]["p_value"] != r["p_value"]
+    # the binary gate ignores test, resamples and seed: the exact test draws nothing
+    assert spec["test"] == boot[0]["test"] == "exact-unconditional-score"
+    assert spec["p_value"] == boot[0]["p_value"] == float(stats.exact_paired_pvalues(3, 2, 60, -0.1))
+
+
+def test_binary_metric_with_non_binary_scores_raises():
+    with pytest.raises(ValueError, match="needs 0/1 scores"):
+        evaluate([rel("specificity", 0.1)], {}, {"specificity": {"prod": [1.0, 0.5], "cand": [1.0, 1.0]}}, PLAN)
 
 
 def test_pass_iff_adjusted_p_at_most_alpha():
-    """At alpha equal to the adjusted p the gate passes; just below it fails."""
+    """At alpha equal to the adjusted p the gate passes; just below it does not."""
     pair = wins_losses(100, 6, 2)
     p = evaluate([rel("specificity", 0.1)], {}, {"specificity": pair}, PLAN)[0]["p_adjusted"]
     at = evaluate([rel("specificity", 0.1)], {}, {"specificity": pair}, Plan(alpha=p))[0]
     below = evaluate([rel("specificity", 0.1)], {}, {"specificity": pair}, Plan(alpha=p * 0.999))[0]
-    assert at["result"] == "pass" and below["result"] == "fail"
-
-
-# --------------------------------------------------------------------------- error rates by simulation
-
-
-def _paired_bernoulli(rng: np.random.Generator, n: int, lose: float, win: float, base: float = 0.8):
-    """Realistic paired 0/1 scores: mostly agreeing items, a share `lose` of 1->0 and `win` of 0->1.
-
-    The true mean difference cand - prod is exactly ``win - lose``.
-    """
-    u = rng.random(n)
-    both = (rng.random(n) < base).astype(float)
-    prod, cand = both.copy(), both.copy()
-    lost, won = u < lose, (u >= lose) & (u < lose + win)
-    prod[lost], cand[lost] = 1.0, 0.0
-    prod[won], cand[won] = 0.0, 1.0
-    return prod.tolist(), cand.tolist()
-
-
-def _slack(rate: float, trials: int) -> float:
-    return 3.0 * math.sqrt(rate * (1.0 - rate) / trials)
-
-
-N_SIM, N_ITEMS, MARGIN = 400, 150, 0.1
-SIM_PLAN = Plan(alpha=0.05, correction="holm", resamples=1000, seed=0)
-
-
-def test_no_false_pass_when_candidate_is_worse_by_exactly_the_margin():
-    """H0 true at its boundary (mean diff = -margin): the gate passes at most alpha of the time."""
-    gate = rel("specificity", MARGIN)
-    passes = {0.05: 0, 0.10: 0}
-    for s in range(N_SIM):
-        p, c = _paired_bernoulli(np.random.default_rng(10_000 + s), N_ITEMS, lose=0.15, win=0.05)
-        for alpha in passes:
-            r = evaluate([gate], {}, {"specificity": {"prod": p, "cand": c}}, Plan(alpha=alpha, resamples=1000))[0]
-            passes[alpha] += r["result"] == "pass"
-    for alpha, k in passes.items():
-        rate = k / N_SIM
-        assert rate <= alpha + _slack(alpha, N_SIM), f"alpha={alpha}: passed {rate:.3f} of truly inferior candidates"
-    assert passes[0.05] <= passes[0.10], "a larger alpha never passes fewer"
-    assert passes[0.10] > 0, "at the boundary the gate is not trivially conservative"
-
-
-def test_equally_good_candidate_passes_most_of_the_time_and_no_false_alarm():
-    """Same distribution, independent noise: non-inferiority passes (power); two-sided p<0.05 at ~5%."""
-    gate = rel("specificity", MARGIN)
-    passes = alarms = 0
-    for s in range(N_SIM):
-        p, c = _paired_bernoulli(np.random.default_rng(20_000 + s), N_ITEMS, lose=0.1, win=0.1)
-        scores = {"specificity": {"prod": p, "cand": c}}
-        passes += evaluate([gate], {}, scores, SIM_PLAN)[0]["result"] == "pass"
-        alarms += paired_summary(scores, SIM_PLAN)["specificity"]["p_two_sided"] < 0.05
-    # normal approximation of the power: sd(d) = sqrt(0.2), z = margin / (sd / sqrt(n)) ~ 2.74 -> ~0.86
-    assert passes / N_SIM >= 0.75, f"power {passes / N_SIM:.3f}"
-    assert abs(alarms / N_SIM - 0.05) <= _slack(0.05, N_SIM), f"two-sided false alarm rate {alarms / N_SIM:.3f}"
-
-
-def test_family_error_rate_is_controlled_by_holm_not_without_correction():
-    """Three relative gates, each candidate metric worse by exactly its margin: P(any gate passes)."""
-    gates = [rel("specificity", MARGIN), rel("probe_specificity", MARGIN), rel("paraphrase", MARGIN)]
-    n_sim, any_pass = 250, {"holm": 0, "none": 0}
-    for s in range(n_sim):
-        rng = np.random.default_rng(30_000 + s)
-        scores = {}
-        for g in gates:
-            p, c = _paired_bernoulli(rng, 100, lose=0.15, win=0.05)
-            scores[g.metric] = {"prod": p, "cand": c}
-        for corr in any_pass:
-            res = evaluate(gates, {}, scores, Plan(correction=corr, resamples=1000))
-            any_pass[corr] += any(r["result"] == "pass" for r in res)
-    holm_rate, none_rate = any_pass["holm"] / n_sim, any_pass["none"] / n_sim
-    assert holm_rate <= 0.05 + _slack(0.05, n_sim), f"family-wise false pass rate with Holm {holm_rate:.3f}"
-    assert none_rate > holm_rate, "without correction three chances pass more often"
+    assert at["result"] == "pass" and below["result"] == "insufficient"
 
 
 def test_bootstrap_ci_covers_a_planted_difference():
     planted = 0.05 - 0.15
-    n_sim, covered, widths = 200, 0, []
+    n_items, n_sim, covered, widths = 150, 200, 0, []
     for s in range(n_sim):
-        p, c = _paired_bernoulli(np.random.default_rng(40_000 + s), N_ITEMS, lose=0.15, win=0.05)
-        summ = paired_summary({"specificity": {"prod": p, "cand": c}}, SIM_PLAN)["specificity"]
+        rng = np.random.default_rng(40_000 + s)
+        u = rng.random(n_items)
+        both = (rng.random(n_items) < 0.8).astype(float)
+        p, c = both.copy(), both.copy()
+        lost, won = u < 0.15, (u >= 0.15) & (u < 0.2)
+        p[lost], c[lost], p[won], c[won] = 1.0, 0.0, 0.0, 1.0
+        summ = paired_summary({"specificity": {"prod": p.tolist(), "cand": c.tolist()}},
+                              Plan(resamples=1000))["specificity"]
         lo, hi = summ["ci"]
         assert lo <= summ["diff"] <= hi
         covered += lo <= planted <= hi
         widths.append(hi - lo)
-    assert covered / n_sim >= 0.95 - _slack(0.05, n_sim), f"coverage {covered / n_sim:.3f}"
+    slack = 3.0 * math.sqrt(0.05 * 0.95 / n_sim)
+    assert covered / n_sim >= 0.95 - slack, f"coverage {covered / n_sim:.3f}"
     # and not by being needlessly wide: ~ 2 * 1.96 * sd(d) / sqrt(n), sd(d)^2 = 0.2 - 0.1^2
-    expected = 2 * 1.959964 * math.sqrt(0.2 - planted**2) / math.sqrt(N_ITEMS)
+    expected = 2 * 1.959964 * math.sqrt(0.2 - planted**2) / math.sqrt(n_items)
     assert float(np.mean(widths)) == pytest.approx(expected, rel=0.1)
 
 
@@ -286,12 +273,26 @@ def test_absolute_gates_pass_fail_and_missing():
     res = evaluate(gates, metrics, {}, PLAN)
     assert [r["result"] for r in res] == ["pass", "fail", "skipped", "fail", "skipped", "fail"]
     assert all(r["kind"] == "absolute" for r in res)
-    assert res[0]["why"] == "1 meets efficacy >= 0.9" and res[0]["value"] == 1.0
-    assert res[1]["why"] == "0.2 misses drawdown <= 0.05"
+    assert res[0]["why"] == "efficacy 1.00 meets the required >= 0.9" and res[0]["value"] == 1.0
+    assert res[1]["why"] == "drawdown 0.2 is above the required <= 0.05"
     assert res[2]["why"] == "not measured; skipped"
     assert res[3]["why"] == "not measured" and res[5]["why"] == "not measured"
-    assert failed(res) == ["drawdown <= 0.05 (0.2 misses drawdown <= 0.05)", "paraphrase >= 0.5 (not measured)",
-                           "refusal >= 0.5 (not measured)"]
+    assert [r["outcome"] for r in res] == ["passed", "failed", None, "failed", None, "failed"]
+    assert all(r["test"] == "threshold" and r["n_needed"] is None for r in res)
+    assert failed(res) == ["drawdown <= 0.05 (drawdown 0.2 is above the required <= 0.05)",
+                           "paraphrase >= 0.5 (not measured)", "refusal >= 0.5 (not measured)"]
+    assert insufficient(res) == []
+
+
+@pytest.mark.parametrize("op,threshold,value,why", [
+    (">=", 1.0, 0.0, "efficacy 0.00 is below the required >= 1"),
+    (">", 0.5, 0.5, "efficacy 0.50 is not above the required > 0.5"),
+    ("<=", 0.5, 0.75, "efficacy 0.75 is above the required <= 0.5"),
+    ("<", 0.5, 0.5, "efficacy 0.50 is not below the required < 0.5"),
+    (">=", 0.9, 0.95, "efficacy 0.95 meets the required >= 0.9"),
+])
+def test_absolute_messages_say_what_was_measured_and_what_was_wanted(op, threshold, value, why):
+    assert evaluate([ab("efficacy", op, threshold)], {"efficacy": value}, {}, PLAN)[0]["why"] == why
 
 
 @pytest.mark.parametrize("op,threshold,value,expected", [
@@ -307,14 +308,17 @@ def test_relative_gate_with_fewer_than_two_items(pair):
     n = 0 if pair is None else len(pair["cand"])
     skip, fail = evaluate([rel("specificity", 0.05, "skip"), rel("specificity", 0.05, "fail")], {}, scores, PLAN)
     assert skip["result"] == "skipped" and fail["result"] == "fail"
+    assert skip["outcome"] is None and fail["outcome"] == "failed"
     for r in (skip, fail):
         assert r["n"] == n and r["value"] is None
         assert r["why"] == f"{n} paired item(s); a relative gate needs at least 2"
         assert "family_size" not in r, "an untested gate is not part of the family"
+        # two relative gates: n_needed at alpha / 2
+        assert r["n_needed"] == stats.binary_n_needed(0.05, 0.025) == 73 and r["test"] == "exact-unconditional-score"
 
 
 def test_results_keep_policy_order_and_family_excludes_skipped():
-    scores = {"specificity": wins_losses(50, 0, 0), "probe_specificity": wins_losses(50, 20, 0),
+    scores = {"specificity": wins_losses(100, 0, 0), "probe_specificity": wins_losses(50, 20, 0),
               "retention": {"prod": [-1.0], "cand": [-1.0]}}
     gates = [rel("probe_specificity", 0.05), ab("efficacy", ">=", 0.9), rel("retention", 0.1, "skip"),
              rel("specificity", 0.05), ab("drawdown", "<=", 0.1, "skip")]

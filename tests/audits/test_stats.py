@@ -15,6 +15,7 @@ import pytest
 
 from audits import stats
 from audits.stats import (
+    NonInferiorityResult,
     PairedResult,
     benjamini_hochberg,
     bh_adjusted,
@@ -308,7 +309,7 @@ def test_permutation_ci_is_the_bootstrap_ci():
     assert p.p_value == pytest.approx(b.p_value, abs=0.02)
 
 
-# --------------------------------------------------------------------------- non-inferiority
+# --------------------------------------------------------------------------- non-inferiority: continuous
 
 
 def _ni_data(shift: float, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -321,34 +322,235 @@ def _ni_data(shift: float, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np
 @pytest.mark.parametrize("method", ["bootstrap", "permutation"])
 def test_non_inferiority_pass_and_fail(method):
     prod, cand = _ni_data(-0.01)
-    ok = non_inferiority(prod, cand, margin=0.02, method=method)
-    assert ok.p_value < 0.05
+    ok = non_inferiority(prod, cand, margin=0.02, score_type="continuous", method=method)
+    assert isinstance(ok, NonInferiorityResult)
+    assert ok.outcome == "passed" and ok.p_value < 0.05 and ok.p_worse > 0.5
     assert ok.diff == pytest.approx(-0.01, abs=0.005)  # the unshifted difference is reported
-    assert ok.ci_low < 0.0 and ok.ci_low > -0.02
-    assert ok.method == method
+    assert -0.02 < ok.ci_low < ok.diff < ok.ci_high < 0.0
+    assert ok.test == ("bootstrap-t" if method == "bootstrap" else "sign-flip")
+    assert ok.score_type == "continuous" and ok.losses is None and ok.note == ""
 
     prod, cand = _ni_data(-0.05)
-    bad = non_inferiority(prod, cand, margin=0.02, method=method)
-    assert bad.p_value > 0.5
+    bad = non_inferiority(prod, cand, margin=0.02, score_type="continuous", method=method)
+    assert bad.outcome == "failed" and bad.p_value > 0.5 and bad.p_worse < 0.05
     assert bad.ci_high < -0.02
 
 
 def test_non_inferiority_needs_enough_items():
-    # the same true loss (0.01 < margin 0.02) with 10 noisy items cannot be shown non-inferior
+    # the same true loss (0.01 < margin 0.02) with 10 noisy items cannot be shown either way
     rng = np.random.default_rng(4)
     prod = rng.normal(size=10)
     cand = prod - 0.01 + rng.normal(0.0, 0.5, 10)
-    assert non_inferiority(prod, cand, margin=0.02, n_resamples=2000).p_value > 0.05
+    r = non_inferiority(prod, cand, margin=0.02, score_type="continuous", n_resamples=2000)
+    assert r.outcome == "insufficient" and r.p_value > 0.05 and r.p_worse > 0.05
+    assert r.ci_low < -0.02 < r.ci_high
+    # 0 mean change with sd ~0.5 needs n with t_{0.95, n-1} * sd / sqrt(n) < 0.02: thousands
+    assert r.n_needed == stats.continuous_n_needed(r.sd, 0.02, 0.05) and r.n_needed > 1000
 
 
-@pytest.mark.parametrize(("method", "fn"), [("bootstrap", paired_bootstrap), ("permutation", paired_permutation)])
-def test_non_inferiority_margin_zero_is_one_sided_greater(method, fn):
-    rng = np.random.default_rng(8)
-    prod = rng.normal(size=50)
-    cand = prod + rng.normal(0.05, 0.3, 50)
-    ni = non_inferiority(prod, cand, margin=0.0, n_resamples=1000, seed=2, method=method)
-    one_sided = fn(prod, cand, n_resamples=1000, seed=2, alternative="greater")
-    assert ni == one_sided
+def test_bootstrap_t_agrees_with_student_t_on_normal_data():
+    # d ~ normal with a mean of exactly 2 standard errors above -margin: p ~ P(t_{n-1} >= 2)
+    n, margin = 200, 0.1
+    z = np.random.default_rng(3).normal(size=n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    d = -margin + 2.0 / math.sqrt(n) + z
+    r = non_inferiority(np.zeros(n), d, margin=margin, score_type="continuous", n_resamples=20_000, seed=1)
+    from scipy import stats as sps
+    assert r.p_value == pytest.approx(float(sps.t.sf(2.0, n - 1)), abs=0.01)
+    # bounds ~ mean -+ t_{0.95} * se
+    se, t95 = 1.0 / math.sqrt(n), float(sps.t.ppf(0.95, n - 1))
+    assert r.ci_low == pytest.approx(d.mean() - t95 * se, abs=0.15 * se)
+    assert r.ci_high == pytest.approx(d.mean() + t95 * se, abs=0.15 * se)
+
+
+def test_continuous_degenerate_cases_are_insufficient_not_a_tiny_p():
+    # identical models: zero spread; the old bootstrap said p = 1/(B+1) here
+    x = np.random.default_rng(0).normal(size=50)
+    same = non_inferiority(x, x.copy(), margin=0.02, score_type="continuous")
+    assert same.outcome == "insufficient" and same.p_value is None and same.ci_low is None
+    assert same.n_needed is None and same.test == "none" and "no spread" in same.note
+    # a constant shift (+0.3 everywhere, equal up to rounding) has no spread either
+    shifted = non_inferiority(x, x + 0.3, margin=0.02, score_type="continuous")
+    assert shifted.outcome == "insufficient" and "no spread" in shifted.note
+    # fewer items than min_n
+    few = non_inferiority(x[:9], x[:9] + np.linspace(-0.01, 0.01, 9), margin=0.02, score_type="continuous")
+    assert few.outcome == "insufficient" and few.p_value is None and "fewer than the 10" in few.note
+    assert few.n_needed == stats.continuous_n_needed(few.sd, 0.02, 0.05) >= 10
+    assert non_inferiority(x[:9], x[:9] + np.linspace(-0.01, 0.01, 9), margin=0.02, score_type="continuous",
+                           min_n=5).p_value is not None
+
+
+def test_continuous_n_needed_by_hand():
+    # sd 0.05, margin 0.02, alpha 0.05: t_{0.95,17} * 0.05 / sqrt(18) = 1.7396 * 0.011785 = 0.02050 >= 0.02,
+    # t_{0.95,18} * 0.05 / sqrt(19) = 1.7341 * 0.011471 = 0.01989 < 0.02 -> 19
+    assert stats.continuous_n_needed(0.05, 0.02, 0.05) == 19
+    assert stats.continuous_n_needed(0.001, 0.02, 0.05) == 10  # never below min_n
+    assert stats.continuous_n_needed(0.001, 0.02, 0.05, min_n=3) == 3
+    assert stats.continuous_n_needed(0.0, 0.02, 0.05) is None
+    assert stats.continuous_n_needed(0.05, 0.0, 0.05) is None
+
+
+# --------------------------------------------------------------------------- non-inferiority: binary (exact)
+
+
+def test_tango_score_by_hand():
+    # n=10, L=2, W=1, delta0=-0.2. The smaller cell under H0 is W (pi_W = pi_L - 0.2), a = 0.2:
+    #   b = (1 + 2)(1 - 0.2) - 2 * 0.2 * (10 - 2) = 2.4 - 3.2 = -0.8
+    #   c = 1 * 0.2 * 0.8 = 0.16;  q = (b + sqrt(b^2 + 8 n c)) / (4 n) = (-0.8 + sqrt(13.44)) / 40 = 0.0716515
+    #   psi~ = 2 q + 0.2 = 0.343303;  v = psi~ - 0.04 = 0.303303
+    #   Z = (W - L - n delta0) / sqrt(n v) = (1 - 2 + 2) / sqrt(3.03303) = 0.574198
+    assert float(stats.tango_score(2, 1, 10, -0.2)) == pytest.approx(0.574198, abs=2e-6)
+    # observed difference equal to delta0: the numerator is 0
+    assert float(stats.tango_score(2, 1, 10, -0.1)) == 0.0
+    # no discordant pair: psi~ = a, Z = n a / sqrt(n a (1 - a)) = sqrt(n a / (1 - a))
+    assert float(stats.tango_score(0, 0, 29, -0.1)) == pytest.approx(math.sqrt(29 * 0.1 / 0.9), rel=1e-12)
+    # symmetry: swapping losses and wins and the sign of delta0 flips Z
+    assert float(stats.tango_score(1, 2, 10, 0.2)) == pytest.approx(-0.574198, abs=2e-6)
+
+
+def test_tango_restricted_mle_is_the_constrained_maximum():
+    from scipy import optimize
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 60))
+        L = int(rng.integers(0, n + 1))
+        W = int(rng.integers(0, n - L + 1))
+        d0 = float(rng.uniform(-0.8, 0.8))
+        lo, hi = max(0.0, -d0), (1.0 - d0) / 2.0  # pi_L range under pi_W = pi_L + d0
+
+        def nll(pl, L=L, W=W, n=n, d0=d0):
+            pw, pt = pl + d0, 1.0 - 2.0 * pl - d0
+            return -(L * math.log(pl) + W * math.log(pw) + (n - L - W) * math.log(pt))
+
+        pl = optimize.minimize_scalar(nll, bounds=(lo + 1e-12, hi - 1e-12), method="bounded",
+                                      options={"xatol": 1e-13}).x
+        psi = 2.0 * pl + d0
+        z_num = (W - L - n * d0) / math.sqrt(n * (psi - d0 * d0))
+        assert float(stats.tango_score(L, W, n, d0)) == pytest.approx(z_num, rel=1e-4, abs=1e-6)
+
+
+def test_exact_p_closed_forms():
+    g = stats.BERGER_BOOS_GAMMA
+    # 0 flips of 29 at margin 0.1: the supremum is at pi_L = 0.1, pi_W = 0, where only W = 0 tables
+    # exist and (0, 0) is the most extreme: p = 0.9**29 + gamma
+    assert stats.exact_paired_pvalues(0, 0, 29, -0.1) == pytest.approx(0.9**29 + g, rel=1e-9)
+    # "worse" test of 10 losses of 10 at margin 0.1: the swapped table (0, 10) against pi_W - pi_L <= 0.1;
+    # only W = n is as extreme, P = pi_W**n largest at psi = 1, pi_W = 0.55: p = 0.55**10 + gamma
+    assert stats.exact_paired_pvalues(0, 10, 10, 0.1) == pytest.approx(0.55**10 + g, rel=1e-9)
+    # many items, no discordant pair: the 99.9% interval of psi excludes the boundary psi >= 0.1: p = gamma
+    assert stats.exact_paired_pvalues(0, 0, 100, -0.1) == pytest.approx(g)
+    # vectorised over tables, same answers one by one
+    L, W = np.array([0, 3, 1, 5]), np.array([0, 1, 2, 0])
+    many = stats.exact_paired_pvalues(L, W, 30, -0.1)
+    assert many.tolist() == pytest.approx([float(stats.exact_paired_pvalues(a, b, 30, -0.1)) for a, b in zip(L, W)],
+                                          rel=1e-12)
+
+
+def _brute_force_p(L: int, W: int, n: int, d0: float, grid: int = 4001) -> float:
+    """Exact unconditional p by direct trinomial enumeration and a dense grid (independent of audits.stats)."""
+    from scipy import special
+    from scipy import stats as sps
+
+    g = stats.BERGER_BOOS_GAMMA
+    ls, ws = np.array([(a, b) for a in range(n + 1) for b in range(n + 1 - a)]).T
+    z = stats.tango_score(ls, ws, n, d0)
+    z_obs = float(stats.tango_score(L, W, n, d0))
+    extreme = z >= z_obs - 1e-9 * max(1.0, abs(z_obs))
+    D = L + W
+    lo = 0.0 if D == 0 else float(sps.beta.ppf(g / 2, D, n - D + 1))
+    hi = 1.0 if D == n else float(sps.beta.ppf(1 - g / 2, D + 1, n - D))
+    a = abs(d0)
+    start, stop = max(lo, a), (hi if d0 <= 0 else max(hi, a))
+    if start > stop:
+        return g
+    psi = np.linspace(start, stop, grid)[:, None]  # (G, 1) against the tables (1, T)
+    pl, pw = (psi - d0) / 2, (psi + d0) / 2
+    ls, ws = ls[extreme][None, :], ws[extreme][None, :]
+    t = n - ls - ws
+    logc = special.gammaln(n + 1) - special.gammaln(ls + 1) - special.gammaln(ws + 1) - special.gammaln(t + 1)
+    pmf = np.exp(logc + special.xlogy(ls, pl) + special.xlogy(ws, pw) + special.xlog1py(t, -(pl + pw)))
+    return min(1.0, float(pmf.sum(axis=1).max()) + g)
+
+
+@pytest.mark.parametrize(("n", "d0"), [(7, -0.1), (12, -0.2), (12, 0.05), (20, -0.05)])
+def test_exact_p_matches_brute_force_enumeration(n, d0):
+    tables = [(a, b) for a in range(n + 1) for b in range(n + 1 - a)]
+    rng = np.random.default_rng(n)
+    pick = [tables[i] for i in rng.choice(len(tables), size=min(12, len(tables)), replace=False)] + [(0, 0)]
+    got = stats.exact_paired_pvalues([t[0] for t in pick], [t[1] for t in pick], n, d0)
+    want = [_brute_force_p(a, b, n, d0) for a, b in pick]
+    # the library's refined grid finds the supremum at least as well as 4,001 points (to 2e-4)
+    assert got.tolist() == pytest.approx(want, abs=2e-4)
+    assert all(gp >= wp - 2e-4 for gp, wp in zip(got, want))
+
+
+def test_score_statistic_is_monotone_so_the_boundary_suffices():
+    # fewer losses or more wins never mean less evidence (every n to 60, margins used in policies)
+    for n in range(1, 61):
+        ls, ws = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        valid = ls + ws <= n
+        for d0 in (-0.2, -0.1, -0.05, -0.02, 0.02, 0.05, 0.1, 0.2):
+            z = np.where(valid, stats.tango_score(ls, ws, n, d0), np.nan)
+            assert np.nanmin(z[:-1, :] - z[1:, :]) >= -1e-9, (n, d0, "loss -> tie")
+            assert np.nanmin(z[:, 1:] - z[:, :-1]) >= -1e-9, (n, d0, "tie -> win")
+
+
+def test_binary_non_inferiority_outcomes():
+    ones = [1.0] * 40
+    # nothing changed, 40 items, margin 0.1 (needs 29): passed
+    r = non_inferiority(ones, ones, margin=0.1, score_type="binary")
+    assert r.outcome == "passed" and r.test == "exact-unconditional-score"
+    assert (r.losses, r.wins, r.n, r.diff) == (0, 0, 40, 0.0)
+    # at n = 40 other tables than (0, 0) reach its score at some psi > 0.1, so p exceeds 0.9**40 + gamma
+    assert 0.9**40 + stats.BERGER_BOOS_GAMMA < r.p_value < 0.05 and r.p_worse == 1.0
+    assert -0.1 < r.ci_low < 0.0 < r.ci_high and r.ci_low == pytest.approx(-r.ci_high, abs=1e-4)
+    assert r.n_needed == 29
+    # 12 of 40 flipped 1 -> 0 at margin 0.05: shown worse
+    bad = non_inferiority(ones, [0.0] * 12 + [1.0] * 28, margin=0.05, score_type="binary")
+    assert bad.outcome == "failed" and bad.p_worse < 0.01 and bad.ci_high < -0.05 and bad.losses == 12
+    # n = 2, nothing changed: insufficient, never passed
+    two = non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1, score_type="binary")
+    assert two.outcome == "insufficient" and two.p_value > 0.5 and two.ci_low < -0.5
+    # bool and 0/1 float inputs are the same data
+    assert non_inferiority([True, False, True], [True, True, False], margin=0.1, score_type="binary") == \
+        non_inferiority([1.0, 0.0, 1.0], [1.0, 1.0, 0.0], margin=0.1, score_type="binary")
+
+
+def test_binary_bounds_invert_the_tests():
+    # the lower bound is where the non-inferiority test stops rejecting
+    L, W, n = 3, 1, 60
+    r = non_inferiority([1.0] * L + [0.0] * W + [1.0] * (n - L - W), [0.0] * L + [1.0] * W + [1.0] * (n - L - W),
+                        margin=0.1, score_type="binary")
+    assert float(stats.exact_paired_pvalues(L, W, n, r.ci_low - 1e-3)) <= 0.05
+    assert float(stats.exact_paired_pvalues(L, W, n, r.ci_low + 1e-3)) > 0.05
+    assert float(stats.exact_paired_pvalues(W, L, n, -r.ci_high - 1e-3)) <= 0.05
+    assert float(stats.exact_paired_pvalues(W, L, n, -r.ci_high + 1e-3)) > 0.05
+    assert (r.outcome == "passed") == (r.ci_low > -0.1)
+
+
+def test_binary_n_needed_values():
+    # close to ceil(ln(alpha) / ln(1 - margin)) = 29, 59, 149, 14; the search starts at
+    # ceil(ln(alpha - gamma) / ln(1 - margin)) = 29, 59, 150, 14, below which no n can pass
+    assert [stats.binary_n_needed(m, 0.05) for m in (0.1, 0.05, 0.02, 0.2)] == [29, 59, 150, 14]
+    for m in (0.1, 0.05, 0.2):
+        n = stats.binary_n_needed(m, 0.05)
+        assert float(stats.exact_paired_pvalues(0, 0, n, -m)) <= 0.05 < float(stats.exact_paired_pvalues(0, 0, n - 1, -m))
+    assert stats.binary_n_needed(0.1, 0.05 / 3) == 41
+    assert stats.binary_n_needed(0.0, 0.05) is None and stats.binary_n_needed(0.1, 0.0005) is None
+
+
+def test_binary_scores_must_be_0_or_1_and_score_type_is_required():
+    with pytest.raises(ValueError, match=r"score_type 'binary' needs 0/1 scores; cand\[1\] is 0.5"):
+        non_inferiority([1.0, 1.0], [1.0, 0.5], margin=0.1, score_type="binary")
+    with pytest.raises(ValueError, match="declare the metric 'continuous'".replace("d", "D", 1)):
+        non_inferiority([2.0, 1.0], [1.0, 1.0], margin=0.1, score_type="binary")
+    with pytest.raises(ValueError, match="score_type must be one of"):
+        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1, score_type="auto")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="margin must be < 1"):
+        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=1.0, score_type="binary")
 
 
 # --------------------------------------------------------------------------- effect size
@@ -372,7 +574,7 @@ def _all_paired_fns():
     return [
         paired_bootstrap,
         paired_permutation,
-        lambda p, c, **kw: non_inferiority(p, c, margin=0.01, **kw),
+        lambda p, c, **kw: non_inferiority(p, c, margin=0.01, score_type="continuous", **kw),
     ]
 
 
@@ -419,12 +621,15 @@ def test_alternative_margin_method_errors():
     for fn in (paired_bootstrap, paired_permutation):
         with pytest.raises(ValueError, match="alternative"):
             fn(prod, cand, alternative="two_sided")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="margin must be >= 0"):
-        non_inferiority(prod, cand, margin=-0.02)
-    with pytest.raises(ValueError, match="margin"):
-        non_inferiority(prod, cand, margin=float("nan"))
-    with pytest.raises(ValueError, match="method"):
-        non_inferiority(prod, cand, margin=0.02, method="t-test")  # type: ignore[arg-type]
+    for st in ("binary", "continuous"):
+        with pytest.raises(ValueError, match="margin must be >= 0"):
+            non_inferiority(prod, cand, margin=-0.02, score_type=st)
+        with pytest.raises(ValueError, match="margin"):
+            non_inferiority(prod, cand, margin=float("nan"), score_type=st)
+        with pytest.raises(ValueError, match="method"):
+            non_inferiority(prod, cand, margin=0.02, score_type=st, method="t-test")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="min_n"):
+            non_inferiority(prod, cand, margin=0.02, score_type=st, min_n=1)
 
 
 # --------------------------------------------------------------------------- determinism, resources
@@ -473,3 +678,10 @@ def test_tiny_chunks_give_valid_results(monkeypatch):
     for r in (b, p):
         assert 0.25 < r.ci_low < r.diff < r.ci_high < 0.35
         assert r.p_value == pytest.approx(1 / 301)
+    t = non_inferiority(prod, cand, margin=0.0, score_type="continuous", n_resamples=300)
+    assert 0.25 < t.ci_low < t.diff < t.ci_high < 0.35 and t.p_value == pytest.approx(1 / 301)
+    # the exact binary test processes its table in blocks of rows: tiny blocks, same p-values
+    L, W = np.array([0, 2, 5]), np.array([0, 1, 3])
+    tiny = stats.exact_paired_pvalues(L, W, 30, -0.1)
+    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 1 << 19)
+    assert tiny.tolist() == pytest.approx(stats.exact_paired_pvalues(L, W, 30, -0.1).tolist(), rel=1e-12)
