@@ -207,12 +207,25 @@ def for_request(*, subject: str, prompt: str, target_new: str, target_old: str,
         items += [Item("neighbor", "prefers", prompt.replace(subject, s, 1) if own else rel.templates[0].format(s),
                        a, target_new) for s, a in others[:n_neighbors]]
         items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True))
+    if generate:
+        items += _substituted_neighbors(prompt, subject, n_neighbors - sum(i.slice == "neighbor" for i in items), seed)
     if shipped:
         items += probe_items() + retention_items() + refusal_items()
     suite = EvalSuite(f"request:{rel.id if rel else 'free'}", tuple(items))
     for n, i in enumerate(suite.items):
         i.check(f"generated item {n + 1}")
     return suite
+
+
+def _substituted_neighbors(prompt: str, subject: str, n: int, seed: int) -> list[Item]:
+    """Up to `n` locality checks for any prompt: the request's wording with another entity in the subject's place
+    (entities of the shipped relations), whose greedy next token must not change. They make up the neighbour
+    slice where the relation data holds too few facts, so a gate's margin can be shown (`audits.stats`)."""
+    if n <= 0:
+        return []
+    names = sorted({s for rel in relations() for s, _ in rel.facts if s.lower() != subject.lower() and s not in prompt})
+    random.Random(seed).shuffle(names)
+    return [Item("neighbor", "keeps", prompt.replace(subject, name, 1), source="substituted") for name in names[:n]]
 
 
 # --------------------------------------------------------------------------- files

@@ -96,6 +96,8 @@ class Tier(BaseModel):
     model_config = _STRICT
     approvers: int = Field(ge=0, le=10, description="distinct approvers needed (never the submitter)")
     auto_approve: bool = Field(False, description="approve without a human when every gate passes")
+    allow_insufficient: bool = Field(False, description="a gate with not enough evidence counts as passed in this tier "
+                                                       "(recorded as such in the evidence and the certificate)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Tier:
@@ -186,7 +188,11 @@ class Canary(BaseModel):
         description="gates of the version without a rolled-back change (the changes above it, re-applied)")
     alpha: float = Field(0.05, gt=0, lt=0.5, allow_inf_nan=False, description="error rate of the relative gates' family")
     correction: Literal["holm", "bh", "none"] = Field("holm", description="multiple-testing correction across relative gates")
-    test: Literal["bootstrap", "permutation"] = Field("bootstrap", description="paired test for relative gates")
+    test: Literal["bootstrap", "permutation"] = Field(
+        "bootstrap", description="resampling test of continuous relative gates (binary ones use an exact test)")
+    on_insufficient: Literal["fail", "review"] = Field(
+        "fail", description="a gate with not enough evidence either way: fail closed (discard the candidate), or send "
+                            "it to human review even in an auto-approving tier")
     resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples / permutations")
     seed: int = Field(0, ge=0, description="fixed seed: the same evidence gives the same decision")
     generate: bool = Field(True, description="add paraphrases, neighbours and a freshness question from audits/data/relations.yaml")
@@ -281,7 +287,9 @@ def load_policy(path: str | Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         raise PolicyError(f"policy {p}: {format_validation_error(e)}") from None
-    return _resolve_suites(policy, p)
+    policy = _resolve_suites(policy, p)
+    _check_showable(policy, p)
+    return policy
 
 
 def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
@@ -298,3 +306,41 @@ def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
             raise PolicyError(f"policy {policy_path}: canary.suites.{i}: {e}") from None
         paths.append(str(path))
     return policy.model_copy(update={"canary": policy.canary.model_copy(update={"suites": paths})})
+
+
+def _check_showable(policy: Policy, path: Path) -> None:
+    """Refuse gates whose margin the suites cannot show: a binary non-inferiority gate needs at least
+    `audits.stats.binary_n_needed(margin, alpha / k)` items (k relative gates in the family) even when nothing changes."""
+    from audits.metrics import METRICS, score_type
+    from audits.stats import MIN_CONTINUOUS_N, binary_n_needed
+    from audits.suites import SLICE_METRIC, load_suite, probe_items, refusal_items, retention_items
+
+    shipped = {"probe_specificity": len(probe_items()), "refusal": len(refusal_items()), "retention": len(retention_items())}
+    extra: dict[str, int] = {}
+    for name in policy.canary.suites:
+        for item in load_suite(name).items:
+            metric = SLICE_METRIC[item.slice]
+            extra[metric] = extra.get(metric, 0) + 1
+    canary_counts = {**shipped, "specificity": policy.canary.neighbors if policy.canary.generate else 0}
+    families = [("canary.gates", policy.canary.gates, canary_counts, extra),
+                *((f"canary.kind_gates.{k}", g, canary_counts, extra) for k, g in policy.canary.kind_gates.items()),
+                ("rollback_triggers", policy.rollback_triggers, shipped, {})]
+    for where, gates, counts, added in families:
+        relative = [(i, g) for i, g in enumerate(gates) if g.compare]
+        k = len(relative) if policy.canary.correction != "none" else 1
+        for i, g in relative:
+            if g.metric not in counts:
+                continue  # measured on the request's own items (efficacy, paraphrase, freshness): checked per request
+            have = counts[g.metric] + added.get(g.metric, 0)
+            items = METRICS[g.metric].items
+            if score_type(g.metric) == "continuous":
+                need = MIN_CONTINUOUS_N
+            else:
+                need = binary_n_needed(float(g.margin or 0), policy.canary.alpha / k) or 10**9
+            if have < need:
+                hint = "raise canary.neighbors, " if g.metric == "specificity" else ""
+                raise PolicyError(
+                    f"policy {path}: {where}.{i}: {g.describe()} cannot be shown: it needs at least {need} {items} "
+                    f"(alpha {policy.canary.alpha:g} over {k} relative gate{'s' if k > 1 else ''}, {policy.canary.correction}) "
+                    f"and the suites give {have} — {need - have} missing; {hint}add {items} in canary.suites, "
+                    "or widen the margin")

@@ -92,14 +92,16 @@ class JobsService(ServiceBase):
             raise LeaseLost(f"job {job.id} is no longer ours; dropping its result")
         return j
 
-    def _evidence(self, policy: Policy, outcome: Candidate, kind: str) -> Evidence:
+    def _evidence(self, policy: Policy, outcome: Candidate, kind: str, tier: str | None = None) -> Evidence:
+        """Gates over the outcome's report. `passed`: no gate failed, and none lacks evidence unless `tier` allows it."""
         from audits.gates import evaluate, paired_summary
 
         report = outcome.report
         plan = policy.canary.plan()
         gates = [GateResult.model_validate(g) for g in
                  evaluate(list(policy.gates_for(kind)), report.metrics, report.scores, plan)]
-        passed = all(g.result not in ("fail", "insufficient") for g in gates)
+        tolerated = {"pass", "skipped"} | ({"insufficient"} if tier and policy.risk.tiers[tier].allow_insufficient else set())
+        passed = all(g.result in tolerated for g in gates)
         return Evidence(report=report, gates=gates, passed=passed, resolved=outcome.resolved,
                         stats=paired_summary(report.scores, plan), plan=dict(plan.__dict__),
                         seconds=outcome.seconds, edit_seconds=outcome.edit_seconds,
@@ -111,7 +113,10 @@ class JobsService(ServiceBase):
         with self.store.read() as s:
             req = self.store.get_request(s, job.request_id)
         policy = Policy.model_validate_json(req.policy or "{}")
-        evidence = self._evidence(policy, outcome, req.kind)
+        evidence = self._evidence(policy, outcome, req.kind, req.tier)
+        # not enough evidence, nothing shown worse: the policy sends it to a person instead of failing it
+        to_review = (not evidence.passed and policy.canary.on_insufficient == "review"
+                     and all(g.result != "fail" for g in evidence.gates))
         assert outcome.change is not None  # noqa: S101 - an apply candidate always carries its change
         change = outcome.change
         tier = policy.risk.tiers[req.tier or policy.risk.default_tier]
@@ -131,7 +136,6 @@ class JobsService(ServiceBase):
             texts={"canary.json": evidence.to_json(indent=2), "card.md": render_card(req, evidence, outcome.change_summary),
                    "change.json": json.dumps(outcome.change_summary, indent=2)})
         mlflow_version = self.registry.register_candidate(req.model, run_id, req.id)
-        promoted = False
         with self.store.tx() as s:
             j = self._lease(s, job, worker_id)
             r = self.store.get_request(s, req.id)
@@ -154,23 +158,26 @@ class JobsService(ServiceBase):
                 "change": change.id, "change_kind": change.kind, "change_digest": change.digest, "version": number,
                 "parent_version": parent.number, "tensors": outcome.change_summary.get("tensors", []), "mlflow_run": run_id})
             gates_payload = {"metrics": evidence.metrics, "gates": [g.model_dump() for g in evidence.gates]}
-            if not evidence.passed:
+            if not evidence.passed and not to_review:
                 bad = [g for g in evidence.gates if g.result in ("fail", "insufficient")]
                 r.error = "gates failed: " + "; ".join(f"{g.gate} ({g.why})" for g in bad)
                 s.add(r)
                 self.store.transition(s, r, Event.GATES_FAILED, "canary", gates_payload)
                 discard_candidate(self.store, s, r, "canary", r.error)
+            elif to_review:
+                self.store.transition(s, r, Event.GATES_PASSED, "canary", {
+                    **gates_payload, "approvers_needed": max(tier.approvers, 1),
+                    "why": "not enough evidence on " + ", ".join(g.metric for g in evidence.gates if g.result == "insufficient")
+                           + "; the policy sends such candidates to a person (canary.on_insufficient: review)"})
             elif tier.auto_approve:
                 self.store.transition(s, r, Event.AUTO_APPROVED, "policy", {**gates_payload, "tier": req.tier})
-                _, promoted_to = promote(self.store, s, r, "policy")
-                promoted = promoted_to is not None
+                promote(self.store, s, r, "policy")
             else:
                 self.store.transition(s, r, Event.GATES_PASSED, "canary", {**gates_payload, "approvers_needed": tier.approvers})
             j.state, j.stage, j.progress, j.updated_at = JobState.DONE.value, "done", 1.0, now()
             s.add(j)
             final = State(r.state)
         self.after_decision(req.model, req.id)
-        del promoted
         return final
 
     def _commit_rollback(self, job: JobRow, worker_id: str, task: RollbackTask, outcome: Candidate) -> State:
