@@ -8,7 +8,7 @@ from conftest import load_dir
 
 from editors.changes import FullTensorDelta, LowRankUpdate, SnapshotCache, materialise, prefix_key
 from editors.changes.hashing import tensor_sha256
-from editors.errors import ChangeIntegrityError, NotCommutativeError
+from editors.errors import ChangeIntegrityError, NotCommutativeError, RevertUnavailable
 
 NAMES = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
 BASE = "tiny-llama-base"
@@ -103,6 +103,26 @@ def test_tampered_snapshot_and_wrong_expectation_are_refused(tiny_llama_dir, tmp
     with pytest.raises(ChangeIntegrityError, match=f"materialised tensor {NAMES[0]}"):
         materialise(load_dir(tiny_llama_dir)[0], changes, base_digest=BASE, cache=None, expect={NAMES[0]: "0" * 64})
     assert cache.get("no-such-key") is None
+
+
+def test_keep_undo_lets_the_caller_step_back(tiny_llama_dir, tmp_path):
+    built, _ = load_dir(tiny_llama_dir)
+    changes = _stack(built, 10)
+    previous, _ = load_dir(tiny_llama_dir)
+    materialise(previous, changes[:8], base_digest=BASE, cache=None)
+    cache = SnapshotCache(tmp_path)
+    materialise(load_dir(tiny_llama_dir)[0], changes, base_digest=BASE, cache=cache, snapshot_every=5)  # v5, v10 cached
+    model, _ = load_dir(tiny_llama_dir)
+    steps: list[float] = []
+    materialise(model, changes, base_digest=BASE, cache=cache, snapshot_every=5, keep_undo=2,
+                progress=lambda _s, f: steps.append(f))
+    assert len(steps) == 5  # from the v5 snapshot: v10's would leave nothing to undo
+    changes[9].revert(model)
+    changes[8].revert(model)
+    for n in NAMES:
+        assert torch.equal(_values(model)[n], _values(previous)[n])
+    with pytest.raises(RevertUnavailable):
+        changes[7].revert(model)
 
 
 def test_prefix_key_depends_on_base_and_order():
