@@ -37,10 +37,13 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from editors import EditContext, FactEdit, get_editor, validate_method_config  # torch-free; the change kinds load torch
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA3_8B = {"hidden": 4096, "intermediate": 14336, "itemsize": 2}  # bf16
@@ -85,7 +88,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
         tok = AutoTokenizer.from_pretrained(str(path))
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        return model, tok, f"{path.name} (real weights)"
+        return model, tok, f"{path} (real weights)"
     if args.rome:
         raise SystemExit("--rome needs a tokenizer: pass --model DIR (a checkpoint) or drop --tiny")
     torch.manual_seed(0)
@@ -94,9 +97,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return model, None, ("tiny Llama shapes" if args.tiny else "SmolLM2-135M shapes") + ", random weights"
 
 
-def fact(i: int) -> Any:
-    from editors import FactEdit
-
+def fact(i: int) -> FactEdit:
     n = len(SYLLABLES)
     subject = (SYLLABLES[i % n] + SYLLABLES[(i // n) % n] + SYLLABLES[(i // n // n) % n]).capitalize()
     return FactEdit(subject=subject, prompt=f"The capital of {subject} is", target_new=CITIES[i % len(CITIES)])
@@ -106,7 +107,7 @@ def make_changes(model: Any, tok: Any, args: argparse.Namespace, name: str, work
     """Write N sequential edits of `name` as both kinds; leaves `model` at version N."""
     import torch
 
-    from editors import EditContext, FullTensorDelta, LowRankUpdate, get_editor, validate_method_config
+    from editors.changes import FullTensorDelta, LowRankUpdate
     from editors.changes.lowrank import add_low_rank_
     from editors.layers import layer_map_for
 
@@ -132,6 +133,8 @@ def make_changes(model: Any, tok: Any, args: argparse.Namespace, name: str, work
         low.apply(model, undo=False)
         entries.append({"low": (low.save(work / "low" / f"{i:04d}.safetensors"), low.digest),
                         "full": (full.save(work / "full" / f"{i:04d}.safetensors"), full.digest), "seconds": seconds})
+        if (i + 1) % 25 == 0:
+            print(f"  {i + 1}/{args.edits} edits written", file=sys.stderr, flush=True)
     return entries
 
 
@@ -147,7 +150,7 @@ def restore(model: Any, base: dict[str, Any]) -> None:
 def rebuild(model: Any, base: dict[str, Any], files: list[tuple[Path, str]], cache: Any,
             snapshot_every: int = 16) -> tuple[float, float, dict[str, str]]:
     """Base weights -> version len(files). Returns (seconds in all, of which reading + verifying files, hashes)."""
-    from editors import load_change, materialise
+    from editors.changes import load_change, materialise
 
     restore(model, base)
     t0 = time.perf_counter()
@@ -159,7 +162,7 @@ def rebuild(model: Any, base: dict[str, Any], files: list[tuple[Path, str]], cac
 
 def switch_times(model: Any, base: dict[str, Any], files: list[tuple[Path, str]], reps: int) -> tuple[float, float]:
     """Median seconds to revert the newest change from its undo record and to apply it again."""
-    from editors import load_change
+    from editors.changes import load_change
 
     rebuild(model, base, files[:-1], None)
     last = load_change(*files[-1])
@@ -187,7 +190,7 @@ def human(n: float) -> str:
 def run(args: argparse.Namespace, work: Path) -> list[str]:
     import torch
 
-    from editors import SnapshotCache
+    from editors.changes import SnapshotCache
     from editors.layers import layer_map_for
 
     torch.set_num_threads(args.threads)
