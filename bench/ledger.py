@@ -47,9 +47,9 @@ from editors import EditContext, FactEdit, get_editor, validate_method_config  #
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA3_8B = {"hidden": 4096, "intermediate": 14336, "itemsize": 2}  # bf16
-SMOLLM2_SHAPES = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+SMOLLM2_SHAPES: dict[str, Any] = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
                   "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
-TINY_SHAPES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+TINY_SHAPES: dict[str, Any] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                "num_key_value_heads": 2, "vocab_size": 256, "tie_word_embeddings": True}
 SYLLABLES = ["zor", "bla", "qui", "dra", "mel", "tor", "vex", "lun", "kar", "pim", "sol", "nev", "gri", "hal"]
 CITIES = [" Paris", " Rome", " Lima", " Oslo", " Cairo", " Madrid", " Tokyo", " Berlin"]
@@ -124,6 +124,8 @@ def make_changes(model: Any, tok: Any, args: argparse.Namespace, name: str, work
         t = time.perf_counter()
         if editor is not None:
             low = editor.compute(model, tok, [fact(i)], ctx)
+            if not isinstance(low, LowRankUpdate):
+                raise SystemExit(f"ROME returned a {low.kind} change; this benchmark compares low-rank changes")
         else:  # a rank-one update whose entries are ~1% of the weight's
             a, b = torch.randn(rows, generator=g), torch.randn(cols, generator=g) * (0.01 * scale)
             low = LowRankUpdate.build(model, "synthetic", {name: (a, b)}, meta={"layer": layer, "i": i})

@@ -109,7 +109,7 @@ def materialise(model: nn.Module, changes: Sequence[Change], *, base_digest: str
     if keep_undo < 0:
         raise ValueError(f"keep_undo must be >= 0, got {keep_undo}")
     undo_from = max(0, len(changes) - keep_undo)
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     digests = [c.digest for c in changes] if cache is not None else []
     touched_by = _touched_prefixes(changes)  # touched_by[i]: tensors touched by changes[:i]
 

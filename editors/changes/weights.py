@@ -138,7 +138,7 @@ class WeightChange(Change):
         self._forget(model, key)
 
     def _params(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        params = {}
+        params: dict[str, torch.Tensor] = {}
         for r in self.tensors:
             try:
                 p = model.get_parameter(r.name)  # a walk down the dotted path, not a scan of every parameter
