@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import load_dir
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -97,7 +98,6 @@ def test_revert_refuses_when_something_else_changed_the_tensor(tiny_llama):
 
 
 def test_undo_records_are_per_model(tiny_llama_dir, tiny_llama):
-    from conftest import load_dir
 
     model, _ = tiny_llama
     other, _ = load_dir(tiny_llama_dir)
