@@ -1,6 +1,7 @@
 """Errors raised by update methods and by the changes they produce.
 
-    EditorError                   base of everything in `editors/`
+    GovernError                   the root of every govern error (see govern/errors.py for the whole tree)
+    └── EditorError               base of everything in `editors/`
     ├── UnknownMethodError        no method registered under that name
     ├── MethodConfigError         a method's settings do not validate against its config model
     ├── UnsupportedModelError     the model family has no layer map
@@ -19,7 +20,15 @@ Every message names what failed, the offending value and what to do.
 from __future__ import annotations
 
 
-class EditorError(Exception):
+class GovernError(Exception):
+    """The one root of every error govern raises (`govern.errors` draws the whole tree).
+
+    It lives here, in the lowest layer, so that `editors`, `audits` and `govern`
+    all derive from it without importing upwards.
+    """
+
+
+class EditorError(GovernError):
     """Base class for errors of the update methods."""
 
 
