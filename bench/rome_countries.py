@@ -94,7 +94,7 @@ def main() -> None:
 
     from audits.canary import compare, measure, target_logprobs
     from audits.suites import for_request
-    from editors import EditContext, FactEdit, get_editor
+    from editors import EditContext, FactEdit, get_editor, validate_method_config
     from govern.home import Home
     from govern.service import Govern
 
@@ -137,12 +137,13 @@ def main() -> None:
         n = args.naive_n if cname == "naive" else args.n
         rows = []
         for (edit, suite), prod in list(zip(edits, prod_snaps, strict=True))[:n]:
-            ctx = EditContext(cache_dir=gov.home.shared_cache, model_digest=loaded.base_digest, config=cfg)
+            ctx = EditContext(cache_dir=gov.home.shared_cache, model_digest=loaded.base_digest,
+                              config=validate_method_config("rome", cfg))
             t = time.perf_counter()
-            delta = editor.compute(net, tok, edit, ctx)
+            delta = editor.compute(net, tok, [edit], ctx)
             secs = time.perf_counter() - t
             lead = SUBJECT_FIRST.format(edit.subject)
-            with delta.applied(net):
+            with delta.trial(net):
                 cand = measure(net, tok, suite)
                 new_lp, old_lp = target_logprobs(net, tok, [lead, lead], [edit.target_new, edit.target_old])
             m = {**compare(suite, prod, cand, tok).metrics, "subject_first": float(new_lp > old_lp)}

@@ -39,12 +39,13 @@ def main() -> None:
     import torch
     from _load import load_model
 
-    from editors import EditContext, FactEdit, get_editor
+    from editors import EditContext, FactEdit, get_editor, validate_method_config
 
     model, tok = load_model(args.model, args.config_only, args.device, args.dtype)
     editor = get_editor("rome")
     base = {"covariance": "identity", "steps": args.steps, "early_stop_nll": 0.0, "layer": args.layer}
-    configs = {"naive": {**base, "cache_lower_layers": False}, "fast": base}
+    configs = {"naive": validate_method_config("rome", {**base, "cache_lower_layers": False}),
+               "fast": validate_method_config("rome", base)}
     times: dict[str, list[float]] = {k: [] for k in configs}
     for rnd in range(2):  # round 0 warms up (prefix generation, kernels); round 1 is timed
         for name, cfg in configs.items():
@@ -53,7 +54,7 @@ def main() -> None:
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                editor.compute(model, tok, FactEdit(subject=subject, prompt=prompt, target_new=target), ctx)
+                editor.compute(model, tok, [FactEdit(subject=subject, prompt=prompt, target_new=target)], ctx)
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 if rnd == 1:

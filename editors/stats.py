@@ -68,7 +68,7 @@ def sample_texts(model: nn.Module, tokenizer, n_tokens: int, *, seed: int = 0, s
         firsts = [starts[int(torch.randint(len(starts), (1,), generator=gen))] for _ in range(batch)]
         enc = encode_left_padded(tokenizer, firsts, device)
         torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]  # a transformers PreTrainedModel
             **enc, do_sample=True, top_k=50, max_new_tokens=seq_len, pad_token_id=tokenizer.pad_token_id or bos
         )
         for row in out:

@@ -14,13 +14,13 @@ projection of an 8B model in bf16); `LowRankUpdate` stores a rank-one edit in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from editors.changes.base import register_change_kind
-from editors.changes.hashing import tensor_sha256
 from editors.changes.weights import TensorRecord, WeightChange
 from editors.errors import ChangeIntegrityError
 
@@ -33,12 +33,13 @@ class FullTensorDelta(WeightChange):
     commutes = False
 
     def __init__(self, method: str, tensors: list[TensorRecord], before: dict[str, torch.Tensor],
-                 after: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+                 after: dict[str, torch.Tensor], meta: dict[str, Any] | None = None, *, copy: bool = True) -> None:
+        """`copy=False` takes ownership of CPU tensors nobody else holds (those just read from a file)."""
         super().__init__(method, tensors, meta)
         self.before: dict[str, torch.Tensor] = {}
         self.after: dict[str, torch.Tensor] = {}
         for r in self.tensors:
-            b, a = _cpu_copy(before[r.name]), _cpu_copy(after[r.name])
+            b, a = (_cpu_copy(before[r.name]), _cpu_copy(after[r.name])) if copy else (before[r.name], after[r.name])
             if tuple(b.shape) != r.shape or tuple(a.shape) != r.shape or str(b.dtype) != r.dtype or str(a.dtype) != r.dtype:
                 raise ValueError(f"full-tensor change ({method}): before {tuple(b.shape)}/{b.dtype} and after "
                                  f"{tuple(a.shape)}/{a.dtype} of {r.name} do not match its record {r.shape}/{r.dtype}")
@@ -75,12 +76,14 @@ class FullTensorDelta(WeightChange):
     def from_stored(cls, method: str, meta: dict[str, Any], records: list[dict[str, Any]],
                     payload: dict[str, torch.Tensor]) -> FullTensorDelta:
         tensors = [TensorRecord.from_json(r) for r in records]
-        for r in tensors:  # here the recorded hashes are the stored tensors' own
-            if (tensor_sha256(payload[f"before/{r.name}"]), tensor_sha256(payload[f"after/{r.name}"])) != (r.sha_before, r.sha_after):
-                raise ChangeIntegrityError(f"full-tensor change ({method}): the stored values of {r.name} do not match "
-                                           "the hashes recorded for them; restore the file from the MLflow run")
         return cls(method, tensors, {r.name: payload[f"before/{r.name}"] for r in tensors},
-                   {r.name: payload[f"after/{r.name}"] for r in tensors}, meta)
+                   {r.name: payload[f"after/{r.name}"] for r in tensors}, meta, copy=False)
+
+    def check_stored(self, payload_sha256: dict[str, str], path: str | Path) -> None:
+        for r in self.tensors:  # here the recorded hashes are the stored tensors' own
+            if (payload_sha256[f"before/{r.name}"], payload_sha256[f"after/{r.name}"]) != (r.sha_before, r.sha_after):
+                raise ChangeIntegrityError(f"change file {path} is corrupted: the stored values of {r.name} do not match "
+                                           "the hashes recorded for them; restore it from the MLflow run or roll back")
 
     def _write_(self, record: TensorRecord, param: torch.Tensor) -> None:
         param.copy_(self.after[record.name])

@@ -5,10 +5,12 @@ changes onto a model that holds the base weights:
 
 1. find the longest prefix of the list whose snapshot is cached, and copy the
    snapshot's tensors into the model instead of replaying that many changes;
-2. apply each remaining change — strictly where every tensor it touches is in
-   the state the change was computed on, otherwise with ``strict=False``, which
-   only a kind that commutes accepts (a low-rank update re-applied above a
-   removed change; a full-tensor overwrite is refused);
+2. apply each remaining change — as computed where every tensor it touches is
+   in the state the change was computed on, otherwise re-applied, which only a
+   kind that commutes accepts (a low-rank update above a removed change; a
+   full-tensor overwrite is refused). Both are ``apply(strict=False)``: an
+   additive change does the same arithmetic either way, so it is not hashed
+   per step, and an overwrite checks its state itself;
 3. write a snapshot at every ``snapshot_every``-th prefix;
 4. return ``{tensor: sha256}`` of every touched tensor and, with `expect`,
    refuse a result that differs from the recorded hashes.
@@ -91,23 +93,29 @@ class SnapshotCache:
 
 def materialise(model: nn.Module, changes: Sequence[Change], *, base_digest: str, cache: SnapshotCache | None,
                 snapshot_every: int = 16, expect: dict[str, str] | None = None,
-                progress: Progress | None = None) -> dict[str, str]:
+                progress: Progress | None = None, keep_undo: int = 0) -> dict[str, str]:
     """Turn `model` (holding the base weights) into base + `changes`, in order; see the module docstring.
 
     Returns {tensor name: sha256} for every tensor a change touches (and every name in
     `expect`). Raises ChangeIntegrityError naming the first tensor whose hash differs from
     `expect`, NotCommutativeError when a change that does not commute meets a state it was
     not computed on, DeltaMismatchError when a change does not fit the architecture.
+    `keep_undo`: the last that many changes are replayed (never taken from a snapshot) with
+    undo records, so the caller can `revert` them to step back without rematerialising;
+    the others keep none (no clone per change).
     """
     if snapshot_every < 1:
         raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
-    params = dict(model.named_parameters())
+    if keep_undo < 0:
+        raise ValueError(f"keep_undo must be >= 0, got {keep_undo}")
+    undo_from = max(0, len(changes) - keep_undo)
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     digests = [c.digest for c in changes] if cache is not None else []
     touched_by = _touched_prefixes(changes)  # touched_by[i]: tensors touched by changes[:i]
 
     start = 0
     if cache is not None:  # 1. the longest cached prefix
-        for i in range(len(changes), 0, -1):
+        for i in range(undo_from, 0, -1):
             key = prefix_key(base_digest, digests[:i])
             if key in cache:
                 snap = cache.get(key)
@@ -118,13 +126,10 @@ def materialise(model: nn.Module, changes: Sequence[Change], *, base_digest: str
                 break
 
     for i in range(start, len(changes)):  # 2. replay the rest
-        change = changes[i]
-        recorded = change.recorded_hashes()
-        in_state = all(n in params and tensor_sha256(params[n]) == before for n, (before, _) in recorded.items())
-        if in_state and change.commutes:
-            change.apply(model, strict=False, undo=False)  # the state is verified just above: skip the second hash
-        else:
-            change.apply(model, strict=in_state, undo=False)  # refused there for a kind that does not commute
+        # strict=False: a commuting change does the same arithmetic whether or not the tensor is in its recorded
+        # state, so it is not hashed per step (the result is, once, below); a change that does not commute checks
+        # the state and is refused (NotCommutativeError) off it — exactly "strict where in state, else commuting"
+        changes[i].apply(model, strict=False, undo=i >= undo_from)
         if cache is not None and (i + 1) % snapshot_every == 0:  # 3. snapshot
             key = prefix_key(base_digest, digests[: i + 1])
             if key not in cache:

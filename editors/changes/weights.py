@@ -138,14 +138,17 @@ class WeightChange(Change):
         self._forget(model, key)
 
     def _params(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        params = dict(model.named_parameters())
+        params: dict[str, torch.Tensor] = {}
         for r in self.tensors:
-            if r.name not in params:
+            try:
+                p = model.get_parameter(r.name)  # a walk down the dotted path, not a scan of every parameter
+            except AttributeError:
                 raise DeltaMismatchError(
                     f"change {self.kind} ({self.method}) touches {r.name!r}, which this model does not have; "
-                    "was it computed for another architecture?")
-            if tuple(params[r.name].shape) != r.shape:
+                    "was it computed for another architecture?") from None
+            if tuple(p.shape) != r.shape:
                 raise DeltaMismatchError(
                     f"change {self.kind} ({self.method}) expects {r.name} of shape {r.shape}, the model's is "
-                    f"{tuple(params[r.name].shape)}; it was computed for another architecture")
-        return {r.name: params[r.name] for r in self.tensors}
+                    f"{tuple(p.shape)}; it was computed for another architecture")
+            params[r.name] = p
+        return params

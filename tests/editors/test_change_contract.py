@@ -114,7 +114,7 @@ def _full(model: nn.Module, _tok: Any, _tmp: Path) -> Change:
 
 def _hook(model: nn.Module, _tok: Any, _tmp: Path) -> Change:
     lm = layer_map_for(model)
-    d = model.get_output_embeddings().weight.shape[1]
+    d = model.get_output_embeddings().weight.shape[1]  # type: ignore[operator]  # a transformers PreTrainedModel
     return HookChange("test", lm.mlp_out_name(1), torch.randn(d, generator=torch.Generator().manual_seed(3)))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import load_dir
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -95,7 +98,6 @@ def test_revert_refuses_when_something_else_changed_the_tensor(tiny_llama):
 
 
 def test_undo_records_are_per_model(tiny_llama_dir, tiny_llama):
-    from conftest import load_dir
 
     model, _ = tiny_llama
     other, _ = load_dir(tiny_llama_dir)
@@ -161,6 +163,21 @@ def test_files_that_are_not_change_files(tiny_llama, tmp_path):
     save_file(tensors, str(tmp_path / "alien.safetensors"), metadata={**header, "kind": "alien"})
     with pytest.raises(UnknownChangeKindError, match="known kinds: .*low_rank"):
         load_change(tmp_path / "alien.safetensors")
+
+
+def test_full_tensor_records_must_match_its_stored_values(tiny_llama, tmp_path):
+    """A rewrite that keeps the header's payload hashes and digest consistent but not the records is still refused."""
+    model, _ = tiny_llama
+    path = _full(model).save(tmp_path / "f.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    tensors[f"after/{NAME}"] = tensors[f"after/{NAME}"] * 3
+    forged = FullTensorDelta.from_stored(header["method"], {}, json.loads(header["records"]), tensors)
+    header = {**header, "meta": "{}", "digest": forged.digest,
+              "payload_sha256": json.dumps({k: tensor_sha256(t) for k, t in tensors.items()})}
+    save_file(tensors, str(tmp_path / "g.safetensors"), metadata=header)
+    with pytest.raises(ChangeIntegrityError, match="do not match the hashes recorded for them"):
+        load_change(tmp_path / "g.safetensors")
 
 
 def test_kind_registration_is_checked():

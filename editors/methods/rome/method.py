@@ -73,7 +73,7 @@ def generate_prefixes(model: nn.Module, tokenizer: Any, n: int, length: int, see
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]  # a transformers PreTrainedModel
             **enc, do_sample=True, top_k=5, max_new_tokens=length, pad_token_id=tokenizer.pad_token_id
         )
     finally:
@@ -337,7 +337,7 @@ def _one_fact(payload: Sequence[FactEdit]) -> FactEdit:
 
 def _config(ctx: EditContext) -> ROMEConfig:
     if ctx.config is None:
-        return ROMEConfig()
+        return ROMEConfig.model_validate({})
     if not isinstance(ctx.config, ROMEConfig):
         raise EditSpecError(f"ROME needs its settings as a ROMEConfig, got {type(ctx.config).__name__}; build it with "
                             "editors.validate_method_config('rome', settings)")
