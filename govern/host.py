@@ -28,6 +28,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 Progress = Callable[[str, float], None]
+# the newest changes of a freshly loaded version keep an in-memory copy of what they overwrote, so moving
+# production back a few versions reverts exactly instead of rebuilding (each copy costs one tensor of memory)
+KEEP_UNDO = 8
 
 
 class ChangeRef(BaseModel):
@@ -124,7 +127,7 @@ class ModelHost:
         changes = [self.change(r) for r in version.changes]
         cache = SnapshotCache(self.snapshot_dir / version.base.digest[:16]) if self.snapshot_dir else None
         materialise(model, changes, base_digest=version.base.digest, cache=cache,
-                    expect=version.manifest or None, progress=progress)
+                    expect=version.manifest or None, progress=progress, keep_undo=KEEP_UNDO)
         self.loaded = Loaded(model, tok, version.base, self.device, changes, list(version.changes), version.number)
         return self.loaded
 

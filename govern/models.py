@@ -9,7 +9,7 @@
 * Each checkpoint's files are pinned by sha256 at registration; loading refuses
   a checkpoint whose files changed.
 * A version's weights are the base checkpoint with its deltas applied in order;
-  every apply checks the touched tensors' sha256 (see `editors.delta`).
+  the result is checked against the version's tensor manifest (see `editors.changes`, `govern.host`).
 """
 
 from __future__ import annotations

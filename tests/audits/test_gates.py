@@ -362,7 +362,7 @@ def _policy_error(tmp_path: Path, gate: str = "{metric: specificity, compare: no
 def test_relative_gate_policy_loads(tmp_path):
     p = tmp_path / "policy.yaml"
     p.write_text(POLICY.replace("GATE", "{metric: specificity, compare: non_inferior, margin: 0.05}")
-                 + "  alpha: 0.1\n  correction: bh\n", encoding="utf-8")
+                 + "  alpha: 0.1\n  correction: bh\n  neighbors: 46\n", encoding="utf-8")
     policy = load_policy(p)
     g = policy.canary.gates[1]
     assert (g.compare, g.margin, g.op, g.threshold) == ("non_inferior", 0.05, None, None)
@@ -420,7 +420,7 @@ def test_suite_paths_resolve_relative_to_the_policy_file(tmp_path, monkeypatch):
     (pdir / "more.jsonl").write_text('{"slice": "probe", "kind": "keeps", "prompt": "Water boils at"}\n')
     p = pdir / "policy.yaml"
     p.write_text(POLICY.replace("GATE", "{metric: specificity, compare: non_inferior, margin: 0.05}")
-                 + f"  suites: [suites/extra.yaml, more.jsonl, {pdir / 'more.jsonl'}]\n", encoding="utf-8")
+                 + f"  neighbors: 60\n  suites: [suites/extra.yaml, more.jsonl, {pdir / 'more.jsonl'}]\n", encoding="utf-8")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not the policy's folder
@@ -447,3 +447,14 @@ def test_malformed_suite_file_makes_load_policy_fail_naming_it(tmp_path, content
     msg = _policy_error(tmp_path, canary_extra="  suites: [ok.yaml, bad_suite.yaml]\n")
     assert ": canary.suites.1: " in msg, msg
     assert str(suite) in msg and words in msg, msg
+
+
+def test_a_gate_the_suites_cannot_show_is_refused_with_the_number_of_missing_items(tmp_path):
+    p = tmp_path / "policy.yaml"
+    p.write_text(POLICY.replace("GATE", "{metric: specificity, compare: non_inferior, margin: 0.05}")
+                 + "  alpha: 0.1\n  correction: bh\n  neighbors: 20\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(p)
+    msg = str(info.value)
+    assert "canary.gates.1" in msg and "needs at least 46 neighbours" in msg and "26 missing" in msg
+    assert "raise canary.neighbors" in msg and "\n" not in msg

@@ -102,20 +102,21 @@ def test_all_neighbours_exclude_subject_and_both_targets():
     facts = capital_facts()
     assert facts["Italy"] == " Rome", "the data has a fact whose answer is the new target"
     suite = for_request(**CAPITAL, n_neighbors=500, shipped=False)
-    got = {n.prompt.removeprefix("The capital of ").removesuffix(" is"): n.answer for n in suite.slice("neighbor")}
+    got = {n.prompt.removeprefix("The capital of ").removesuffix(" is"): n.answer for n in suite.slice("neighbor")
+           if n.source != "substituted"}
     want = {s: a for s, a in facts.items() if a.strip() not in ("Rome", "Paris") and s != "France"}
     assert got == want and "Italy" not in got
 
     # the subject itself is a fact of the relation: it is left out, and so is any fact with the old answer
     italy = for_request(subject="Italy", prompt="The capital of Italy is", target_new=" Oslo", target_old=" Rome",
                         n_neighbors=500, shipped=False)
-    subj = {n.prompt for n in italy.slice("neighbor")}
+    subj = {n.prompt for n in italy.slice("neighbor") if n.source != "substituted"}
     assert "The capital of Italy is" not in subj and "The capital of Norway is" not in subj
     assert len(subj) == len(facts) - 2
     # matching is case- and space-insensitive
     lower = for_request(subject="italy", prompt="The capital of italy is", target_new="oslo ", target_old="ROME",
                         n_neighbors=500, shipped=False)
-    assert {n.prompt for n in lower.slice("neighbor")} == subj
+    assert {n.prompt for n in lower.slice("neighbor") if n.source != "substituted"} == subj
 
 
 def test_neighbours_follow_the_requests_wording():
@@ -145,12 +146,18 @@ def test_counts_are_bounded_by_parameters():
     assert for_request(**CAPITAL, n_neighbors=0, shipped=False).counts().get("neighbor") is None
 
 
-def test_free_form_request_gets_no_generated_items():
+def test_free_form_request_gets_only_substituted_neighbours():
     suite = for_request(subject="Alice", prompt="Alice's favourite colour is", target_new=" green", target_old=" blue")
     assert suite.name == "request:free"
-    assert suite.counts() == {"target": 1, "probe": len(S.probe_items()), "retention": len(S.retention_items()),
-                              "refusal": len(S.refusal_items())}
+    assert suite.counts() == {"target": 1, "neighbor": 20, "probe": len(S.probe_items()),
+                              "retention": len(S.retention_items()), "refusal": len(S.refusal_items())}
     assert not any(i.source == "generated" for i in suite.items)
+    made = suite.slice("neighbor")  # the request's wording on other entities: the greedy token must not change
+    assert all(i.source == "substituted" and i.kind == "keeps" and i.prompt.endswith("'s favourite colour is")
+               and "Alice" not in i.prompt for i in made)
+    assert len({i.prompt for i in made}) == 20
+    assert for_request(subject="Alice", prompt="Alice's favourite colour is", target_new=" green", target_old=" blue",
+                       seed=0).slice("neighbor") == made  # seeded: production and candidate see the same items
 
 
 def test_generate_false_turns_generation_off():
