@@ -24,7 +24,8 @@ def test_ledger_bench_runs_and_agrees(mode, tmp_path, tiny_llama_dir):
     text = log.read_text()
     assert text in p.stdout
     for row in ("bytes on disk per edit", "materialise v10, snapshot cache cold / warm", "switch v10->v9",
-                "Llama-3-8B-sized, bytes per edit", "same bytes in every mode (low-rank, full copies, snapshots cold and warm): yes"):
+                "Llama-3-8B-sized, bytes per edit",
+                "same bytes in every mode (low-rank, full copies, snapshots cold and warm): yes"):
         assert row in text, row
     assert ("ROME edits" if mode == "rome" else "synthetic rank-one updates") in text
     assert "234.9 MB" in text  # 2 x 4096 x 14336 x 2 bytes: the 8B full-copy figure is arithmetic

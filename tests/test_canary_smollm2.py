@@ -4,7 +4,6 @@ rolls back exactly that one; the certificate of a real edit renders with its plo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ changes the specificity slices, and hand-built snapshots give exact metrics.
 from __future__ import annotations
 
 import inspect
-
 import math
 
 import pytest

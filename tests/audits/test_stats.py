@@ -443,7 +443,7 @@ def test_exact_p_closed_forms():
     # vectorised over tables, same answers one by one
     L, W = np.array([0, 3, 1, 5]), np.array([0, 1, 2, 0])
     many = stats.exact_paired_pvalues(L, W, 30, -0.1)
-    assert many.tolist() == pytest.approx([float(stats.exact_paired_pvalues(a, b, 30, -0.1)) for a, b in zip(L, W)],
+    assert many.tolist() == pytest.approx([float(stats.exact_paired_pvalues(a, b, 30, -0.1)) for a, b in zip(L, W, strict=True)],
                                           rel=1e-12)
 
 
@@ -482,7 +482,7 @@ def test_exact_p_matches_brute_force_enumeration(n, d0):
     want = [_brute_force_p(a, b, n, d0) for a, b in pick]
     # the library's refined grid finds the supremum at least as well as 4,001 points (to 2e-4)
     assert got.tolist() == pytest.approx(want, abs=2e-4)
-    assert all(gp >= wp - 2e-4 for gp, wp in zip(got, want))
+    assert all(gp >= wp - 2e-4 for gp, wp in zip(got, want, strict=True))
 
 
 def test_score_statistic_is_monotone_so_the_boundary_suffices():

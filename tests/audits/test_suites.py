@@ -80,9 +80,9 @@ def test_capital_request_generates_paraphrases_neighbours_and_freshness():
     assert len(neigh) == 20
     assert all(n.kind == "prefers" and n.foil == " Rome" and n.source == "generated" for n in neigh)
     subjects = [n.prompt.removeprefix("The capital of ").removesuffix(" is") for n in neigh]
-    assert all(n.prompt == f"The capital of {s} is" for n, s in zip(neigh, subjects))
+    assert all(n.prompt == f"The capital of {s} is" for n, s in zip(neigh, subjects, strict=True))
     assert len(set(subjects)) == 20
-    for s, n in zip(subjects, neigh):
+    for s, n in zip(subjects, neigh, strict=True):
         assert facts[s] == n.answer, "the neighbour's answer is its own true capital"
         assert s != "France" and n.answer.strip() not in ("Rome", "Paris")
 
@@ -365,8 +365,8 @@ def test_over_size_limits(tmp_path):
 
 def test_missing_and_non_utf8_files(tmp_path):
     _suite_error(tmp_path / "nope.yaml", "does not exist")
-    _suite_error(_write(tmp_path, "latin.yaml", "items:\n  - {slice: probe, kind: keeps, prompt: \"caf\xe9\"}\n".encode("latin-1")),
-                 "not UTF-8")
+    latin = "items:\n  - {slice: probe, kind: keeps, prompt: \"caf\xe9\"}\n".encode("latin-1")
+    _suite_error(_write(tmp_path, "latin.yaml", latin), "not UTF-8")
     _suite_error(tmp_path, "does not exist")  # a directory is not a suite file
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def _payload(seq: int) -> dict:
 
 
 def build_chain(n: int = 10) -> list[AuditEvent]:
-    start = datetime(2026, 11, 23, 2, 10, 0, 123456, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 23, 2, 10, 0, 123456, tzinfo=UTC)
     events: list[AuditEvent] = []
     prev: AuditEvent | None = None
     for seq in range(1, n + 1):
@@ -117,7 +118,7 @@ def test_canonical_bytes_golden() -> None:
     expected = (
         '{"action":"a.b","actor":"alice","payload":{"a":[1,"é"],"b":1},'
         f'"prev_hash":"{GENESIS_HASH}","seq":1,"subject":"s","ts":"2026-11-23T02:10:00+00:00"}}'
-    ).encode("utf-8")
+    ).encode()
     assert got == expected
     digest = compute_hash(1, "2026-11-23T02:10:00+00:00", "alice", "a.b", "s", {"b": 1, "a": [1, "é"]}, GENESIS_HASH)
     assert digest == hashlib.sha256(expected).hexdigest()
@@ -133,7 +134,7 @@ def test_canonical_bytes_ignore_key_order_at_every_level() -> None:
 def test_make_event_links_and_detaches_payload(chain: list[AuditEvent]) -> None:
     assert [event.seq for event in chain] == list(range(1, 11))
     assert chain[0].prev_hash == GENESIS_HASH
-    assert all(later.prev_hash == earlier.hash for earlier, later in zip(chain, chain[1:]))
+    assert all(later.prev_hash == earlier.hash for earlier, later in itertools.pairwise(chain))
     assert len({event.hash for event in chain}) == 10
     payload = {"items": [1, 2]}
     event = make_event(chain[-1], ts="2026-11-23T04:00:00Z", actor="a", action="x", subject="s", payload=payload)

@@ -109,7 +109,8 @@ def _low_rank(model: nn.Module, _tok: Any, _tmp: Path) -> Change:
 def _full(model: nn.Module, _tok: Any, _tmp: Path) -> Change:
     name = layer_map_for(model).weight_name(1)
     w = dict(model.named_parameters())[name].detach()
-    return FullTensorDelta.build(model, "test", {name: w + 0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(2))})
+    noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(2))
+    return FullTensorDelta.build(model, "test", {name: w + 0.5 * noise})
 
 
 def _hook(model: nn.Module, _tok: Any, _tmp: Path) -> Change:
@@ -149,7 +150,7 @@ def _assert_state(model: nn.Module, state: dict[str, torch.Tensor], what: str) -
 def _forge(path: Path, out: Path) -> Path:
     """Rewrite a change file self-consistently: every stored tensor x3, every hash and the digest recomputed."""
     with safe_open(str(path), framework="pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) * 3 for k in f.keys()}  # noqa: SIM118
+        header, tensors = f.metadata(), {k: f.get_tensor(k) * 3 for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     records = json.loads(header["records"])
     for r in records:  # a kind whose records hash its own stored tensors (full_tensor)
         for side in ("before", "after"):
@@ -182,7 +183,7 @@ def test_apply_changes_outputs_and_revert_is_bit_exact(model_tok, make, tmp_path
     change.revert(model)
     _assert_state(model, state, "revert")
     assert torch.equal(_logits(model, tok), before)
-    with pytest.raises(RevertUnavailable, match="rematerialise|undo record"):
+    with pytest.raises(RevertUnavailable, match=r"rematerialise|undo record"):
         change.revert(model)  # the record was dropped
 
 
@@ -190,7 +191,8 @@ def test_summary_is_json_and_names_every_tensor(model_tok, make, tmp_path):
     model, tok = model_tok
     change = make(model, tok, tmp_path)
     s = json.loads(json.dumps(change.summary(), allow_nan=False))
-    assert (s["kind"], s["method"], s["digest"], s["size_bytes"]) == (change.kind, change.method, change.digest, change.size_bytes())
+    assert (s["kind"], s["method"], s["digest"], s["size_bytes"]) == (
+        change.kind, change.method, change.digest, change.size_bytes())
     assert [t["name"] for t in s["tensors"]] == change.touched()
     for t in s["tensors"]:
         assert {"name", "shape", "sha256_before", "sha256_after", "update_norm", "weight_norm"} <= set(t)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import load_dir
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from conftest import load_dir
 from editors.changes import Change, FullTensorDelta, LowRankUpdate, load_change, register_change_kind
 from editors.changes.hashing import tensor_sha256
 from editors.errors import ChangeIntegrityError, DeltaMismatchError, NotCommutativeError, UnknownChangeKindError
@@ -131,7 +131,7 @@ def test_unknown_tensor_or_shape_is_refused_and_nothing_written(tiny_llama, tiny
                                              "model.layers.2.mlp.down_proj.weight": (torch.ones(64), torch.ones(128))})
     _param(model, "model.layers.2.mlp.down_proj.weight").data.add_(1.0)  # the second tensor is off
     state = _param(model).detach().clone()
-    with pytest.raises(DeltaMismatchError, match="layers.2"):
+    with pytest.raises(DeltaMismatchError, match=r"layers\.2"):
         two.apply(model)
     assert torch.equal(_param(model), state)  # the first tensor was not written either
 
@@ -159,9 +159,9 @@ def test_files_that_are_not_change_files(tiny_llama, tmp_path):
         FullTensorDelta.load(path)
 
     with safe_open(str(path), framework="pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     save_file(tensors, str(tmp_path / "alien.safetensors"), metadata={**header, "kind": "alien"})
-    with pytest.raises(UnknownChangeKindError, match="known kinds: .*low_rank"):
+    with pytest.raises(UnknownChangeKindError, match=r"known kinds: .*low_rank"):
         load_change(tmp_path / "alien.safetensors")
 
 
@@ -170,7 +170,7 @@ def test_full_tensor_records_must_match_its_stored_values(tiny_llama, tmp_path):
     model, _ = tiny_llama
     path = _full(model).save(tmp_path / "f.safetensors")
     with safe_open(str(path), framework="pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     tensors[f"after/{NAME}"] = tensors[f"after/{NAME}"] * 3
     forged = FullTensorDelta.from_stored(header["method"], {}, json.loads(header["records"]), tensors)
     header = {**header, "meta": "{}", "digest": forged.digest,

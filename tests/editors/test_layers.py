@@ -41,7 +41,7 @@ def test_orientation_is_declared(tiny_llama, tiny_gpt2):
 
 def test_bad_layer_and_unknown_family(tiny_llama):
     model, _ = tiny_llama
-    with pytest.raises(EditSpecError, match="layers 0..3"):
+    with pytest.raises(EditSpecError, match=r"layers 0\.\.3"):
         layer_map_for(model).check_layer(model, 7)
     with pytest.raises(UnsupportedModelError, match="supported"):
         layer_map_for(torch.nn.Linear(2, 2))

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _python(code: str, *paths: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(REPO)])}
-    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120)
 
 
 def test_listing_methods_and_validating_settings_imports_no_torch():
@@ -114,9 +115,10 @@ def test_a_method_registered_at_run_time(toy_method, tiny_llama, tmp_path):
 
 
 def test_unknown_methods_and_bad_settings_say_what_to_do():
-    with pytest.raises(UnknownMethodError, match="unknown update method 'memit-typo'; available: .*rome"):
+    with pytest.raises(UnknownMethodError, match=r"unknown update method 'memit-typo'; available: .*rome"):
         editors.method_spec("memit-typo")
-    with pytest.raises(MethodConfigError, match=r"settings for method 'rome' are invalid: stepz: Extra inputs.*Valid settings: layer"):
+    with pytest.raises(MethodConfigError,
+                       match=r"settings for method 'rome' are invalid: stepz: Extra inputs.*Valid settings: layer"):
         editors.validate_method_config("rome", {"stepz": 3})
     with pytest.raises(MethodConfigError, match="steps: Input should be greater than or equal to 1"):
         editors.validate_method_config("rome", {"steps": 0})

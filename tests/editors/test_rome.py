@@ -64,7 +64,7 @@ def test_fact_edit_validation():
         FactEdit(subject="Eiffel Tower", prompt="The tower is in", target_new=" Rome")
     with pytest.raises(EditSpecError, match="target is empty"):
         FactEdit(subject="X", prompt="X is in", target_new="  ")
-    with pytest.raises(UnknownMethodError, match="available: .*rome"):
+    with pytest.raises(UnknownMethodError, match=r"available: .*rome"):
         get_editor("memit-typo")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_dir
 
+from conftest import load_dir
 from editors.changes import FullTensorDelta, LowRankUpdate, SnapshotCache, materialise, prefix_key
 from editors.changes.hashing import tensor_sha256
 from editors.errors import ChangeIntegrityError, NotCommutativeError, RevertUnavailable
@@ -23,11 +23,12 @@ def _stack(model, n, kind="low_rank"):
         names = NAMES if i % 5 == 0 else [NAMES[i % 2]]
         if kind == "low_rank":
             rank = 1 if i % 3 else 2
-            factors = {m: (torch.randn(params[m].shape[0], rank, generator=g), 0.01 * torch.randn(params[m].shape[1], rank, generator=g))
-                       for m in names}
+            factors = {m: (torch.randn(params[m].shape[0], rank, generator=g),
+                           0.01 * torch.randn(params[m].shape[1], rank, generator=g)) for m in names}
             c = LowRankUpdate.build(model, "test", factors, meta={"i": i})
         else:
-            c = FullTensorDelta.build(model, "test", {m: params[m].detach() + 0.01 * torch.randn(params[m].shape, generator=g) for m in names})
+            c = FullTensorDelta.build(model, "test",
+                                      {m: params[m].detach() + 0.01 * torch.randn(params[m].shape, generator=g) for m in names})
         c.apply(model, undo=False)
         out.append(c)
     return out

@@ -74,7 +74,7 @@ def test_sign_in_audits_success_and_failure_with_one_message(users_gov):
     p = gov.sign_in("alice", PW)
     assert (p.name, p.roles, p.method) == ("alice", ("requester",), "password")
     for name, pw in (("alice", "nope nope"), ("ghost", PW), ("sso", PW)):  # sso has no password
-        with pytest.raises(PermissionDenied, match="^unknown user or wrong password$"):
+        with pytest.raises(PermissionDenied, match=r"^unknown user or wrong password$"):
             gov.sign_in(name, pw)
     evs = [(e.action, e.subject, e.payload.get("reason")) for e in gov.store.audit_events() if e.action.startswith("user.sign")]
     assert evs == [("user.signed_in", "alice", None), ("user.sign_in_failed", "alice", "wrong password"),
@@ -92,7 +92,7 @@ def test_repeated_failures_lock_the_name_until_the_window_passes(users_gov):
     gov.add_user("bob", ["requester"], password=PW, actor="root")
     gov.sign_in("alice", PW)
     for _ in range(MAX_FAILED_SIGN_INS):
-        with pytest.raises(PermissionDenied, match="^unknown user or wrong password$"):
+        with pytest.raises(PermissionDenied, match=r"^unknown user or wrong password$"):
             gov.sign_in("alice", "guess guess")
     with pytest.raises(PermissionDenied, match="too many failed sign-ins for 'alice'"):
         gov.sign_in("alice", PW)  # even the right password
@@ -149,7 +149,8 @@ def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     p = govern(home, "user", "add", "sso", "--role", "auditor", "--email", "sso@example.org")
     assert p.stdout.strip() == "user sso: auditor (sign-in: OIDC as sso@example.org)"
     p = govern(home, "user", "add", "eve", "--role", "boss", "--password-stdin", stdin=PW + "\n")
-    assert (p.returncode, p.stderr.strip()) == (2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, admin")
+    assert (p.returncode, p.stderr.strip()) == (
+        2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, admin")
     p = govern(home, "user", "roles", "bob", "--role", "requester")
     assert p.stdout.strip() == "user bob: requester"
     p = govern(home, "user", "list")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from govern.domain import MAX_FILE_BYTES, MAX_REQUESTS_PER_FILE, load_request_file, parse_request
-from govern.kinds.edit import EditRequestIn
 from govern.errors import InputError, PayloadTooLarge
+from govern.kinds.edit import EditRequestIn
 
 GOOD = {"subject": "Paris", "prompt": "Paris is the capital of", "target": "Italy"}
 

@@ -16,7 +16,6 @@ from govern.errors import ConflictError
 from govern.monitor import check_model, parse_every
 from govern.policy import load_policy
 from govern.store import now
-
 from test_loop import actions, apply, state_dict, submit
 
 

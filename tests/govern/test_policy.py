@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from govern.errors import InputError, PolicyError
 from govern.policy import Gate, Policy, Risk, load_policy
@@ -181,7 +182,8 @@ def test_default_tier_undefined(tmp_path):
 
 
 def test_auto_approve_with_approvers(tmp_path):
-    msg = _policy_error(_write(tmp_path, BASE.replace("{approvers: 0, auto_approve: true}", "{approvers: 1, auto_approve: true}")))
+    policy = BASE.replace("{approvers: 0, auto_approve: true}", "{approvers: 1, auto_approve: true}")
+    msg = _policy_error(_write(tmp_path, policy))
     assert "risk.tiers.low" in msg
     assert "auto-approve" in msg
 
@@ -303,7 +305,7 @@ def test_gate_describe():
 
 def test_gate_is_frozen():
     gate = Gate(metric="efficacy", op=">=", threshold=1.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         gate.threshold = math.nan
 
 

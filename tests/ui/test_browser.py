@@ -64,7 +64,7 @@ def ui_server(tmp_path):
     policy = tmp_path / "review.yaml"
     policy.write_text(POLICY)
     port = free_port()
-    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - the server writes to it until teardown closes it
     proc = subprocess.Popen([sys.executable, "-m", "govern.cli", "ui", "--port", str(port), "--policy", str(policy)],
                             env={**os.environ, "GOVERN_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
@@ -116,7 +116,7 @@ def nav(page, title: str) -> None:
 def test_submit_review_promote_rollback_in_chromium(ui_server):
     from playwright.sync_api import expect, sync_playwright
 
-    url, gov, proc, log = ui_server
+    url, gov, proc, _log = ui_server
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
     with sync_playwright() as p:

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from govern.worker import Worker
-from tests.ui.uikit import PASSWORD, errors, plain, review_policy, sign_in, tables, ui_gov  # noqa: F401 - fixtures
+from tests.ui.uikit import PASSWORD, errors, plain, sign_in, tables
+
+pytest_plugins = ["tests.ui.uikit"]  # its fixtures (ui_gov, review_policy), found by name
 
 
 def actions(gov) -> list[str]:
@@ -19,7 +21,8 @@ def fill_edit(at, **kw) -> None:
               "paraphrases": "Zorblat's capital city is", "neighbors": "The capital of Spain is",
               "justification": "ticket 17", "evidence": "https://tickets.example/17", **kw}
     for key, value in values.items():
-        (at.text_area if key in ("paraphrases", "neighbors", "justification", "evidence") else at.text_input)(key=key).input(value)
+        field = at.text_area if key in ("paraphrases", "neighbors", "justification", "evidence") else at.text_input
+        field(key=key).input(value)
 
 
 def submit_via_ui(user: str = "alice", **kw) -> str:
@@ -28,7 +31,7 @@ def submit_via_ui(user: str = "alice", **kw) -> str:
     fill_edit(at, **kw)
     button(at, "Submit").click().run()
     assert not errors(at), errors(at)
-    (rid, state), = at.session_state["submitted"]
+    (rid, _state), = at.session_state["submitted"]
     return rid
 
 
@@ -64,7 +67,7 @@ def test_sign_in_refuses_wrong_password_and_unknown_user_and_audits_every_attemp
     failed = [e for e in ui_gov.store.audit_events() if e.action == "user.sign_in_failed"]
     assert [(e.subject, e.payload["reason"]) for e in failed] == [
         ("alice", "wrong password"), ("mallory", "unknown user"), ("?", "unknown user")]
-    assert not any(PASSWORD in json.dumps(e.payload) or "wrong password" == e.payload.get("password") for e in failed)
+    assert not any(PASSWORD in json.dumps(e.payload) or e.payload.get("password") == "wrong password" for e in failed)
 
     at = sign_in("alice")
     assert at.session_state["govern_user"].name == "alice"
@@ -266,7 +269,8 @@ def test_requester_cannot_review_and_a_revoked_reviewer_is_refused_by_the_servic
     ui_gov.set_roles("bob", ["requester"], actor="root")
     at.text_area(key="review_comment").input("fine")
     button(at, "Approve").click().run()
-    assert errors(at) == ["bob (requester) may not approve or reject requests; that needs the role admin or approver or reviewer. Ask an admin"]
+    assert errors(at) == ["bob (requester) may not approve or reject requests; "
+                          "that needs the role admin or approver or reviewer. Ask an admin"]
     assert ui_gov.get_request(rid).state == "awaiting_review"
 
 
