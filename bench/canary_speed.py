@@ -27,7 +27,7 @@ import random
 import time
 
 
-def build_suite(n_prefers: int = 500, n_keeps: int = 430, n_gen: int = 60):  # noqa: ANN201
+def build_suite(n_prefers: int = 500, n_keeps: int = 430, n_gen: int = 60):
     from audits.suites import EvalSuite, Item, probe_items, refusal_items, relations, retention_items
 
     rels = relations()
@@ -53,7 +53,7 @@ def build_suite(n_prefers: int = 500, n_keeps: int = 430, n_gen: int = 60):  # n
 # ---------------------------------------------------------------- baselines (own code, for comparison only)
 
 
-def naive_measure(model, tok, suite):  # noqa: ANN001, ANN201
+def naive_measure(model, tok, suite):
     """One sequence at a time, full logits everywhere; one generate call per prompt."""
     import torch
     import torch.nn.functional as F
@@ -89,7 +89,7 @@ def naive_measure(model, tok, suite):  # noqa: ANN001, ANN201
     return snap
 
 
-def batched_full_measure(model, tok, suite, batch: int = 32):  # noqa: ANN001, ANN201
+def batched_full_measure(model, tok, suite, batch: int = 32):
     """Canary v1: batches, but logits (and a log-softmax) over the whole vocabulary at every position."""
     import torch
     import torch.nn.functional as F
@@ -161,7 +161,8 @@ def main() -> None:
     kinds: dict[str, int] = {}
     for it in suite.items:
         kinds[it.kind] = kinds.get(it.kind, 0) + 1
-    print(f"suite: {len(suite)} items; kinds {kinds}; slices {counts}; device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"suite: {len(suite)} items; kinds {kinds}; slices {counts}; device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
 
     def sync() -> None:
         if args.device.startswith("cuda"):
@@ -213,7 +214,7 @@ def main() -> None:
     print(f"\nstatistics (compare + paired bootstrap, 2000 resamples): {stats_s:.2f} s")
 
 
-def EvalSuite_head(suite, n: int):  # noqa: ANN001, ANN201, N802
+def EvalSuite_head(suite, n: int):
     from audits.suites import EvalSuite
 
     return EvalSuite("warmup", suite.items[:n])

@@ -47,8 +47,9 @@ from editors import EditContext, FactEdit, get_editor, validate_method_config  #
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA3_8B = {"hidden": 4096, "intermediate": 14336, "itemsize": 2}  # bf16
-SMOLLM2_SHAPES: dict[str, Any] = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                  "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+SMOLLM2_SHAPES: dict[str, Any] = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                                  "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                                  "tie_word_embeddings": True}
 TINY_SHAPES: dict[str, Any] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                "num_key_value_heads": 2, "vocab_size": 256, "tie_word_embeddings": True}
 SYLLABLES = ["zor", "bla", "qui", "dra", "mel", "tor", "vex", "lun", "kar", "pim", "sol", "nev", "gri", "hal"]

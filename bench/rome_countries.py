@@ -44,7 +44,7 @@ PARAPHRASES = ["The capital city of {} is", "Which city is the capital of {}? It
 SUBJECT_FIRST = "{}'s capital is"
 
 
-def _suite(suite):  # noqa: ANN001, ANN202
+def _suite(suite):
     """The request's slices, the probes and retention text; without the refusal generations (not what ROME changes)."""
     from audits.suites import EvalSuite
 
@@ -65,7 +65,8 @@ def known_facts(gov, loaded, limit: int) -> list[tuple[str, str]]:
             continue
         if isinstance(cap, list):
             cap = cap[0] if cap else None
-        if isinstance(name, str) and isinstance(cap, str) and name and cap and name.isascii() and cap.isascii() and " " not in name and name[0].isupper():
+        if (isinstance(name, str) and isinstance(cap, str) and name and cap and name.isascii() and cap.isascii()
+                and " " not in name and name[0].isupper()):
             pairs.append((name, cap))
     pairs = sorted(set(pairs))
     tok = loaded.tokenizer
@@ -155,7 +156,8 @@ def main() -> None:
         # the first edit of a config may pay for statistics (cache miss): report the median time
         results[cname] = {
             "edits": n,
-            **{k: statistics.mean(r[k] for r in rows) for k in ("efficacy", "paraphrase", "specificity", "probe_specificity", "drawdown", "subject_first")},
+            **{k: statistics.mean(r[k] for r in rows)
+               for k in ("efficacy", "paraphrase", "specificity", "probe_specificity", "drawdown", "subject_first")},
             "median_seconds": statistics.median(r["seconds"] for r in rows),
             "mean_steps": statistics.mean(r["steps"] for r in rows),
             "rows": rows,
@@ -163,7 +165,8 @@ def main() -> None:
     base_t = results.get("naive", {}).get("median_seconds")
     print()
     print(f"ROME on SmolLM2-135M-Instruct, {args.n} country-capital edits, torch threads={torch.get_num_threads()}")
-    print(f"{'config':12s} {'edits':>5s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'probes':>9s} {'drawdown':>9s} {'subj-1st':>9s} {'s/edit':>7s} {'steps':>6s} {'speedup':>8s}")
+    print(f"{'config':12s} {'edits':>5s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'probes':>9s} {'drawdown':>9s} "
+          f"{'subj-1st':>9s} {'s/edit':>7s} {'steps':>6s} {'speedup':>8s}")
     for cname, r in results.items():
         ratio = f"{base_t / r['median_seconds']:.2f}x" if base_t else "-"
         print(f"{cname:12s} {r['edits']:5d} {r['efficacy']:9.1%} {r['paraphrase']:9.1%} {r['specificity']:9.1%} "
