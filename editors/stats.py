@@ -17,10 +17,12 @@ source and the sample count, so two models or two layers never share a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +44,8 @@ def corpus_files(path: str | Path = DEFAULT_CORPUS) -> list[Path]:
     p = Path(path)
     files = sorted(p.glob("corpus*.txt")) if p.is_dir() else [p] if p.is_file() else []
     if not files:
-        raise StatisticsError(f"statistics corpus {p} does not exist or holds no corpus*.txt; set rome.stats_corpus to a text file")
+        raise StatisticsError(f"statistics corpus {p} does not exist or holds no corpus*.txt; "
+                              "set rome.stats_corpus to a text file")
     return files
 
 
@@ -56,7 +59,8 @@ def corpus_texts(path: str | Path = DEFAULT_CORPUS) -> list[str]:
 
 
 @torch.no_grad()
-def sample_texts(model: nn.Module, tokenizer, n_tokens: int, *, seed: int = 0, seq_len: int = 128, batch: int = 16) -> list[str]:
+def sample_texts(model: nn.Module, tokenizer: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 128,
+                 batch: int = 16) -> list[str]:
     """Sample about `n_tokens` tokens of text from the model itself (top-k 50, seeded)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -80,7 +84,7 @@ def sample_texts(model: nn.Module, tokenizer, n_tokens: int, *, seed: int = 0, s
 @torch.no_grad()
 def second_moment(
     model: nn.Module,
-    tokenizer,
+    tokenizer: Any,
     layer_map: LayerMap,
     layer: int,
     texts: Iterable[str],
@@ -114,10 +118,8 @@ def second_moment(
             enc = tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
             enc = {k: v.to(device) for k, v in enc.items()}
             captured.clear()
-            try:
+            with contextlib.suppress(_Stop):
                 model(**enc, use_cache=False)
-            except _Stop:
-                pass
             k = captured[0]  # (B, T, F)
             keys = k[enc["attention_mask"].bool()].double()  # (N, F)
             keys = keys[: n_tokens - count]
@@ -140,7 +142,7 @@ def cache_key(model_digest: str, layer_name: str, source: str, n_tokens: int) ->
 def cached_second_moment(
     cache_dir: Path,
     model: nn.Module,
-    tokenizer,
+    tokenizer: Any,
     layer_map: LayerMap,
     layer: int,
     *,
@@ -168,7 +170,8 @@ def cached_second_moment(
     else:
         raise StatisticsError(f"unknown statistics source {source!r}; choose 'corpus' or 'model'")
     C, count = second_moment(model, tokenizer, layer_map, layer, texts, n_tokens, progress=progress)
-    info = {"kind": "second_moment", "source": src_id, "layer": layer_name, "tokens": count, "requested_tokens": n_tokens, "model_digest": model_digest}
+    info = {"kind": "second_moment", "source": src_id, "layer": layer_name, "tokens": count, "requested_tokens": n_tokens,
+            "model_digest": model_digest}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"C": C.contiguous()}, str(tmp))

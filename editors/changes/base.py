@@ -107,7 +107,7 @@ class Change(ABC):
     def revert(self, model: nn.Module) -> None:
         """Restore the exact state before the most recent `apply` of this change on `model`."""
 
-    def check_stored(self, payload_sha256: dict[str, str], path: str | Path) -> None:
+    def check_stored(self, payload_sha256: dict[str, str], path: str | Path) -> None:  # noqa: B027 - optional hook, no-op default
         """Called by `load` with the stored tensors' verified hashes; a kind whose records repeat them checks them here."""
 
     def recorded_hashes(self) -> dict[str, tuple[str, str]]:
@@ -128,7 +128,8 @@ class Change(ABC):
         return self._digest(self.payload_hashes())
 
     def _digest(self, payload_hashes: dict[str, str]) -> str:
-        pinned = {"kind": self.kind, "method": self.method, "records": self.records(), "payload": payload_hashes, "meta": self.meta}
+        pinned = {"kind": self.kind, "method": self.method, "records": self.records(), "payload": payload_hashes,
+                  "meta": self.meta}
         return hashlib.sha256(canonical_json(pinned).encode()).hexdigest()
 
     def size_bytes(self) -> int:
@@ -193,7 +194,8 @@ class Change(ABC):
         kind = header["kind"]
         target = cls if cls is not Change else _kind_class(kind, path)
         if kind != target.kind:
-            raise ChangeIntegrityError(f"change file {path} holds a {kind!r} change, not {target.kind!r}; load it with load_change")
+            raise ChangeIntegrityError(
+                f"change file {path} holds a {kind!r} change, not {target.kind!r}; load it with load_change")
         recorded = json.loads(header["payload_sha256"])
         if sorted(recorded) != sorted(tensors):
             raise ChangeIntegrityError(f"change file {path} is corrupted: it stores tensors {sorted(tensors)} "
@@ -264,7 +266,8 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except SafetensorError as e:
-        raise ChangeIntegrityError(f"change file {path} is not a readable safetensors file ({e}); restore it from the MLflow run") from None
+        raise ChangeIntegrityError(
+            f"change file {path} is not a readable safetensors file ({e}); restore it from the MLflow run") from None
     missing = [k for k in ("kind", "method", "format_version", "records", "payload_sha256", "meta", "digest") if k not in header]
     if missing:
         raise ChangeIntegrityError(f"{path} is not a change file: its header lacks {missing} (a file from before the change "

@@ -35,4 +35,5 @@ def check_jsonable(meta: dict[str, Any], owner: str) -> None:
         try:
             canonical_json(v)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{owner}: meta[{k!r}] = {v!r} is not JSON-able ({e}); store plain numbers, strings, lists and dicts") from None
+            raise ValueError(
+                f"{owner}: meta[{k!r}] = {v!r} is not JSON-able ({e}); store plain numbers, strings, lists and dicts") from None

@@ -120,7 +120,8 @@ def materialise(model: nn.Module, changes: Sequence[Change], *, base_digest: str
             if key in cache:
                 snap = cache.get(key)
                 if snap is None or sorted(snap) != sorted(touched_by[i]):
-                    raise ChangeIntegrityError(f"snapshot {cache.path(key)} does not hold the tensors its prefix touches; delete it")
+                    raise ChangeIntegrityError(
+                        f"snapshot {cache.path(key)} does not hold the tensors its prefix touches; delete it")
                 _load_into(params, snap)
                 start = i
                 break

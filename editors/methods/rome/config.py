@@ -31,8 +31,10 @@ class ROMEConfig(BaseModel):
         "second_moment", description="'identity' skips the statistics (worse locality); only where the policy allows it"
     )
     stats_source: Literal["corpus", "model"] = Field("corpus", description="text the covariance is estimated from")
-    stats_tokens: int = Field(50000, ge=100, le=10_000_000, description="at most this many tokens estimate the covariance (the shipped corpus has about 27k)")
+    stats_tokens: int = Field(50000, ge=100, le=10_000_000,
+                              description="at most this many tokens estimate the covariance (the shipped corpus has about 27k)")
     stats_corpus: str | None = Field(None, description="text file for stats_source=corpus; default: the shipped CC0 corpus")
     ridge: float = Field(0.01, ge=0, le=10, description="relative ridge added to C: C + ridge * tr(C)/d * I")
-    cache_lower_layers: bool = Field(True, description="reuse the hidden states below the edited layer across steps (False: naive baseline)")
+    cache_lower_layers: bool = Field(
+        True, description="reuse the hidden states below the edited layer across steps (False: naive baseline)")
     seed: int = Field(0, description="seed for the generated prefixes and sampled statistics text")

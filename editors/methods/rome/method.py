@@ -168,7 +168,8 @@ class ROME:
         return change
 
     # -- 0. statistics -------------------------------------------------------
-    def _statistics(self, model, tokenizer, lm: LayerMap, layer: int, cfg: ROMEConfig, ctx: EditContext):
+    def _statistics(self, model: nn.Module, tokenizer: Any, lm: LayerMap, layer: int, cfg: ROMEConfig,
+                    ctx: EditContext) -> tuple[torch.Tensor | None, dict[str, Any]]:
         if cfg.covariance == "identity":
             return None, {"kind": "identity"}
         try:
@@ -190,7 +191,8 @@ class ROME:
             raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
 
     @contextmanager
-    def _forward_with_delta(self, model, lm: LayerMap, layer: int, proj, input_ids, hidden, mask, row_idx, subj,
+    def _forward_with_delta(self, model: nn.Module, lm: LayerMap, layer: int, proj: nn.Module, input_ids: torch.Tensor,
+                            hidden: torch.Tensor, mask: torch.Tensor, row_idx: torch.Tensor, subj: torch.Tensor,
                             cfg: ROMEConfig) -> Iterator[Any]:
         """Yield ``run(delta) -> logits`` with δ added at the subject positions of layer `layer`.
 
@@ -202,7 +204,7 @@ class ROME:
             with _naive_forward(model, proj, input_ids, mask, row_idx, subj, {}) as run:
                 yield run
             return
-        head = model.get_output_embeddings()
+        head = model.get_output_embeddings()  # type: ignore[operator]  # a transformers PreTrainedModel
         with lm.upper_stack(model, layer) as run_upper:
             def run(delta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
                 add = torch.zeros_like(hidden)
@@ -213,7 +215,8 @@ class ROME:
             yield run
 
     # -- 1 + 2. key and value ----------------------------------------------
-    def _key_and_value(self, model, tokenizer, lm: LayerMap, layer: int, edit: FactEdit, prefixes: list[str], cfg: ROMEConfig, ctx: EditContext):
+    def _key_and_value(self, model: nn.Module, tokenizer: Any, lm: LayerMap, layer: int, edit: FactEdit, prefixes: list[str],
+                       cfg: ROMEConfig, ctx: EditContext) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, Any]]:
         device = next(model.parameters()).device
         target_ids = tokenizer(edit.target_new, add_special_tokens=False)["input_ids"]
         if not target_ids:
@@ -309,7 +312,8 @@ class ROME:
 
 
 @contextmanager
-def _naive_forward(model: nn.Module, proj: nn.Module, input_ids, mask, row_idx, subj, holder: dict) -> Iterator[Any]:
+def _naive_forward(model: nn.Module, proj: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, row_idx: torch.Tensor,
+                   subj: torch.Tensor, holder: dict) -> Iterator[Any]:
     def add_delta(_m: nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
         out[row_idx, subj] = out[row_idx, subj] + holder["delta"].to(out.dtype)
