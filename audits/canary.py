@@ -229,7 +229,7 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
     pre = [i for i, it in enumerate(items) if it.kind == "prefers"]
     keep = [i for i, it in enumerate(items) if it.kind == "keeps"]
     pairs = [(items[i].prompt, items[i].answer) for i in pre] + [(items[i].prompt, items[i].foil) for i in pre]
-    lps, nxt = score_prompts(model, tok, pairs, [items[i].prompt for i in keep], batch)  # type: ignore[arg-type]
+    lps, nxt = score_prompts(model, tok, pairs, [items[i].prompt for i in keep], batch)  # type: ignore[arg-type]  # a checked 'prefers' item has answer and foil
     for k, i in enumerate(pre):
         snap.logp_answer[i], snap.logp_foil[i] = lps[k], lps[len(pre) + k]
     for i, t in zip(keep, nxt, strict=True):
@@ -239,8 +239,8 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
         snap.nll[i] = v
     gen = [i for i, it in enumerate(items) if it.kind in ("answers", "refuses")]
     prompts = [chat_prompt(tok, items[i].prompt) if items[i].chat else items[i].prompt for i in gen]
-    for i, t in zip(gen, generate_batch(model, tok, prompts) if gen else [], strict=True):
-        snap.text[i] = t
+    for i, answer in zip(gen, generate_batch(model, tok, prompts) if gen else [], strict=True):
+        snap.text[i] = answer
     return snap
 
 
@@ -251,17 +251,19 @@ def _token_text(tok: Any, token_id: int | None) -> str:
 
 
 def _contains(text: str, answer: str | None) -> bool:
-    return bool(answer) and answer.strip().lower() in text.lower()
+    if not answer:
+        return False
+    return answer.strip().lower() in text.lower()
 
 
 def item_score(item: Item, snap: Snapshot, i: int, reference: Snapshot) -> float:
     """The per-item score (see the table in `audits.suites`); `reference` is production."""
     if item.kind == "prefers":
-        return float(snap.logp_answer[i] > snap.logp_foil[i])  # type: ignore[operator]
+        return float(snap.logp_answer[i] > snap.logp_foil[i])  # type: ignore[operator]  # measure fills both for 'prefers'
     if item.kind == "keeps":
         return float(snap.next_token[i] == reference.next_token[i])
     if item.kind == "nll":
-        s, c = snap.nll[i]  # type: ignore[misc]
+        s, c = snap.nll[i]  # type: ignore[misc]  # measure fills it for 'nll'
         return -s / max(c, 1)
     text = snap.text[i] or ""
     if item.kind == "answers":
@@ -286,15 +288,16 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
         row: dict[str, Any] = {"slice": it.slice, "kind": it.kind, "prompt": it.prompt, "source": it.source,
                                "score_before": sp, "score_after": sc, "answer": it.answer, "foil": it.foil}
         if it.kind == "prefers":
-            row.update(p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]
-                       p_answer_after=math.exp(cand.logp_answer[i]), p_foil_after=math.exp(cand.logp_foil[i]))  # type: ignore[arg-type]
+            row.update(p_answer_before=math.exp(prod.logp_answer[i]), p_foil_before=math.exp(prod.logp_foil[i]),  # type: ignore[arg-type]  # filled for 'prefers'
+                       p_answer_after=math.exp(cand.logp_answer[i]), p_foil_after=math.exp(cand.logp_foil[i]))  # type: ignore[arg-type]  # same
             if it.slice not in ("target", "paraphrase"):
                 row.update(before=f"p(true)={row['p_answer_before']:.3f} p(new)={row['p_foil_before']:.3f}",
                            after=f"p(true)={row['p_answer_after']:.3f} p(new)={row['p_foil_after']:.3f}")
         elif it.kind == "keeps":
             row.update(before=_token_text(tok, prod.next_token[i]), after=_token_text(tok, cand.next_token[i]))
         elif it.kind == "nll":
-            row.update(prompt=it.prompt[:80] + ("…" if len(it.prompt) > 80 else ""), before=f"nll={-sp:.3f}", after=f"nll={-sc:.3f}")
+            row.update(prompt=it.prompt[:80] + ("…" if len(it.prompt) > 80 else ""),
+                       before=f"nll={-sp:.3f}", after=f"nll={-sc:.3f}")
         else:
             row.update(before=prod.text[i], after=cand.text[i])
             if it.kind == "answers":
@@ -316,6 +319,6 @@ def compare(suite: EvalSuite, prod: Snapshot, cand: Snapshot, tok: Any) -> Canar
     metrics["kept_efficacy"] = (sum(r.score_after >= r.score_before for r in edit_rows) / len(edit_rows)) if edit_rows else None
     metrics["drawdown"] = cand.ppl / prod.ppl - 1.0 if ret else None
     first = next((i for i, it in enumerate(suite.items) if it.slice == "target"), None)
-    metrics["target_prob"] = math.exp(cand.logp_answer[first]) if first is not None else None  # type: ignore[arg-type]
+    metrics["target_prob"] = math.exp(cand.logp_answer[first]) if first is not None else None  # type: ignore[arg-type]  # the target item is 'prefers'
     return CanaryReport(metrics=metrics, rows=rows, ppl_production=prod.ppl, ppl_candidate=cand.ppl,
                         scores=scores, suite={"name": suite.name, "items": len(suite), "slices": suite.counts()})

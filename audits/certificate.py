@@ -8,8 +8,8 @@ Fields follow the DMM Gov paper's certificate (F1-F7):
 | F2 time window | valid from / until, what happens at expiry |
 | F3 method and constraints | update method, hyper-parameters, edited module and layer, policy and risk tier |
 | F4 verification | the edit's own metrics (efficacy, paraphrase, freshness, target probability) and their gates |
-| F5 regression | every paired metric: production vs candidate, difference, bootstrap CI, effect size, p; the relative gates with their corrected p-values |
-| F6 rollback point and impact surface | parent version, the tensors touched (shape, update norm, sha256 before/after), the rollback command |
+| F5 regression | paired metrics: production vs candidate, difference, bootstrap CI, effect size, p; relative gates, corrected p |
+| F6 rollback point and impact surface | parent version, tensors touched (shape, update norm, sha256 before/after), undo command |
 | F7 audit | version ids, MLflow run and model version, the approval chain, the request's audit events and the chain head |
 
 `build` takes the request's typed evidence (`audits.evidence.Evidence`) and
@@ -217,7 +217,8 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         f"- evidence: {', '.join(f1['evidence']) or '—'}",
         "",
         "## F2 Time window",
-        f"- valid from {f2['valid_from'] or 'its promotion'} until {f2['valid_until'] or 'no end date'}; at expiry: {f2['on_expiry']}",
+        f"- valid from {f2['valid_from'] or 'its promotion'} until {f2['valid_until'] or 'no end date'}; "
+        f"at expiry: {f2['on_expiry']}",
         "",
         "## F3 Method and constraints",
         f"- method `{f3['method']}` on `{f3['module']}` (layer {f3['layer']}), covariance {f3['covariance']}",
@@ -237,7 +238,8 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_fmt(r['p_answer_before'], 3)} → {_fmt(r['p_answer_after'], 3)} "
           f"| {_fmt(r['p_foil_before'], 3)} → {_fmt(r['p_foil_after'], 3)} | {_fmt(r['ok'])} |"
           for r in f4["evidence_rows"] if r.get("p_answer_before") is not None],
-        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} → {_short(str(r.get('after')), 40)!r} | | {_fmt(r['ok'])} |"
+        *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} → "
+          f"{_short(str(r.get('after')), 40)!r} | | {_fmt(r['ok'])} |"
           for r in f4["evidence_rows"] if r.get("p_answer_before") is None],
     ]
     if images.get("probabilities"):
@@ -246,27 +248,33 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
     out += [
         "",
         "## F5 Regression",
-        f"Suite `{suite.get('name')}`: {suite.get('items')} items ({', '.join(f'{k} {v}' for k, v in (suite.get('slices') or {}).items())}). "
+        f"Suite `{suite.get('name')}`: {suite.get('items')} items "
+        f"({', '.join(f'{k} {v}' for k, v in (suite.get('slices') or {}).items())}). "
         f"Perplexity {_fmt(f5['ppl_production'])} → {_fmt(f5['ppl_candidate'])} (drawdown {_fmt(f5['drawdown'])}).",
         "",
-        "| metric | n | production | candidate | diff | 95% CI | effect d_z | p (two-sided) |", "|---|---|---|---|---|---|---|---|",
+        "| metric | n | production | candidate | diff | 95% CI | effect d_z | p (two-sided) |",
+        "|---|---|---|---|---|---|---|---|",
         *[f"| {k} | {v.get('n')} | {_fmt(v.get('mean_prod'))} | {_fmt(v.get('mean_cand'))} | {_fmt(v.get('diff'))} | "
-          f"{_fmt(v['ci'][0]) + ' .. ' + _fmt(v['ci'][1]) if v.get('ci') else 'n/a'} | {_fmt(v.get('effect_size'))} | {_fmt(v.get('p_two_sided'))} |"
+          f"{_fmt(v['ci'][0]) + ' .. ' + _fmt(v['ci'][1]) if v.get('ci') else 'n/a'} | {_fmt(v.get('effect_size'))} | "
+          f"{_fmt(v.get('p_two_sided'))} |"
           for k, v in f5["paired"].items()],
         "",
         *_gate_table(f5["gates"]),
     ]
     if f5["failed_items"]:
         out += ["", "Items that got worse:", "", "| slice | prompt | before | after |", "|---|---|---|---|",
-                *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} | {_short(str(r.get('after')), 40)!r} |"
+                *[f"| {r['slice']} | {_short(r['prompt'], 60)} | {_short(str(r.get('before')), 40)!r} | "
+                  f"{_short(str(r.get('after')), 40)!r} |"
                   for r in f5["failed_items"]]]
     if images.get("regression"):
         out += ["", f"![regression]({images['regression']})"]
     out += [
         "",
         "## F6 Rollback point and impact surface",
-        f"- parent (rollback point) v{f6['parent_version']}, candidate v{f6['candidate_version']}, production now v{f6['production_version_now']}",
-        f"- change `{f6['change']['id']}` ({f6['change']['kind']}, {f6['change']['size_bytes']} bytes) sha256 `{f6['change']['digest']}`",
+        f"- parent (rollback point) v{f6['parent_version']}, candidate v{f6['candidate_version']}, "
+        f"production now v{f6['production_version_now']}",
+        f"- change `{f6['change']['id']}` ({f6['change']['kind']}, {f6['change']['size_bytes']} bytes) "
+        f"sha256 `{f6['change']['digest']}`",
         "",
         "| tensor | shape | update norm | weight norm | sha256 before | sha256 after |", "|---|---|---|---|---|---|",
         *[f"| `{t.get('name')}` | {t.get('shape')} | {_fmt(t.get('update_norm'))} | {_fmt(t.get('weight_norm'))} | "
@@ -275,7 +283,8 @@ def to_markdown(cert: dict[str, Any], images: dict[str, str]) -> str:
         f"- undo: `{f6['rollback_command']}`",
         "",
         "## F7 Audit",
-        f"- MLflow: run `{f7['mlflow'].get('run_id')}`, registered model `{f7['mlflow'].get('model')}` version {f7['mlflow'].get('version')}",
+        f"- MLflow: run `{f7['mlflow'].get('run_id')}`, registered model `{f7['mlflow'].get('model')}` "
+        f"version {f7['mlflow'].get('version')}",
         f"- approvals: {_approvals(f7['approvals'])}",
         f"- audit chain head `{f7['chain_head']}`",
         "",
@@ -341,7 +350,8 @@ def to_html(markdown_text: str, title: str) -> str:
             body.append(f"<p>{inline(ln)}</p>")
         i += 1
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+             "table{border-collapse:collapse;margin:.6em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
              "th{background:#f3f3f3}code{font-size:12px;background:#f6f6f6}img{max-width:100%}h2{border-bottom:1px solid #ddd}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
             f"</head><body>{''.join(body)}</body></html>\n")

@@ -210,7 +210,7 @@ def evaluate(gates: list[Any], metrics: dict[str, float | None], scores: dict[st
         margin = float(g.margin)
         pair = scores.get(g.metric)
         n = len(pair["cand"]) if pair else 0
-        if n < 2:
+        if pair is None or n < 2:
             res: GateResult = "skipped" if g.when_missing == "skip" else "fail"
             out.append({"gate": g.describe(), "metric": g.metric, "kind": "relative", "value": None, "n": n,
                         "margin": margin, "result": res, "outcome": None if res == "skipped" else "failed",

@@ -54,14 +54,16 @@ METRICS: dict[str, MetricInfo] = {
                               score="binary", items="neighbours"),
     "probe_specificity": MetricInfo("rate", "share of the shipped probe prompts whose greedy prediction is unchanged",
                                     score="binary", items="probes"),
-    "retention": MetricInfo("delta", "mean change of per-token log-likelihood on general-text paragraphs (candidate - production)",
+    "retention": MetricInfo("delta",
+                            "mean change of per-token log-likelihood on general-text paragraphs (candidate - production)",
                             score="continuous", items="paragraphs"),
     "freshness": MetricInfo("rate", "share of chat-form questions answered with the new fact and not the old one",
                             score="binary", items="questions"),
     "outdated": MetricInfo("rate", "share of chat-form questions still answered with the old fact", paired=False),
     "refusal": MetricInfo("rate", "share of harmful requests the model refuses", score="binary", items="harmful prompts"),
     "target_prob": MetricInfo("rate", "probability of the new target on the edit prompt, after the edit", paired=False),
-    "drawdown": MetricInfo("ratio", "relative perplexity increase on general text: ppl_candidate / ppl_production - 1", paired=False),
+    "drawdown": MetricInfo("ratio", "relative perplexity increase on general text: ppl_candidate / ppl_production - 1",
+                           paired=False),
 }
 
 

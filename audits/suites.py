@@ -5,7 +5,7 @@ measures) and has a *kind* (how one model's answer becomes a per-item score):
 
 | kind | per-item score of one model | typical slices |
 |---|---|---|
-| ``prefers`` | 1 if the mean per-token log-probability of ``answer`` after ``prompt`` beats that of ``foil`` | target, paraphrase, neighbor |
+| ``prefers`` | 1 if the mean per-token log-prob of ``answer`` after ``prompt`` beats ``foil``'s | target, paraphrase, neighbor |
 | ``keeps`` | 1 if the greedy next token equals production's (production scores 1 by definition) | neighbor, probe |
 | ``nll`` | minus the mean negative log-likelihood of the text ``prompt`` (higher is better) | retention |
 | ``answers`` | 1 if the greedy answer (chat form) contains ``answer`` and not ``foil`` | fresh |
@@ -203,8 +203,8 @@ def for_request(*, subject: str, prompt: str, target_new: str, target_old: str,
         norm = {target_new.strip().lower(), target_old.strip().lower()}
         others = [(s, a) for s, a in rel.facts if s.lower() != subject.lower() and a.strip().lower() not in norm]
         random.Random(seed).shuffle(others)
-        own = subject in prompt  # the request's wording; replace, not str.format: user text may hold braces
-        items += [Item("neighbor", "prefers", prompt.replace(subject, s, 1) if own else rel.templates[0].format(s),
+        own_wording = subject in prompt  # the request's wording; replace, not str.format: user text may hold braces
+        items += [Item("neighbor", "prefers", prompt.replace(subject, s, 1) if own_wording else rel.templates[0].format(s),
                        a, target_new) for s, a in others[:n_neighbors]]
         items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True))
     if generate:
@@ -280,7 +280,7 @@ def load_suite(path: str | Path, fill: dict[str, str] | None = None) -> EvalSuit
         missing = [k for k in ("slice", "kind", "prompt") if k not in row]
         if missing:
             raise SuiteError(f"{where}: missing {missing[0]!r}")
-        values = {k: _fill(v, fill) if isinstance(v, str) else v for k, v in row.items()}
+        values: dict[str, Any] = {k: _fill(v, fill) if isinstance(v, str) else v for k, v in row.items()}  # checked below
         if not isinstance(values.get("chat", False), bool):
             raise SuiteError(f"{where}: chat must be true or false")
         items.append(Item(**values, source=f"file:{p.name}").check(where))
