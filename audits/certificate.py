@@ -27,6 +27,7 @@ import hashlib
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -309,8 +310,6 @@ def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
 
 def to_html(markdown_text: str, title: str) -> str:
     """A small, dependency-free Markdown subset to HTML (headings, lists, tables, images, code)."""
-    import re
-
     def inline(s: str) -> str:
         s = html.escape(s, quote=False)
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)

@@ -93,7 +93,8 @@ def check_roles(roles: list[str]) -> list[str]:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise InputError(f"user name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
+        raise InputError(
+            f"user name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
     return name
 
 
@@ -159,9 +160,10 @@ class Acting:
         self.require("rollback")
         return self.gov.rollback(target, self.name, reason)
 
-    def audit_events(self, **filters: object) -> list[AuditEvent]:
+    def audit_events(self, text: str | None = None, actor: str | None = None, action: str | None = None,
+                     since: datetime | None = None, limit: int = 1000) -> list[AuditEvent]:
         self.require("audit")
-        return self.gov.audit_search(**filters)  # type: ignore[arg-type]
+        return self.gov.audit_search(text=text, actor=actor, action=action, since=since, limit=limit)
 
     def audit_verify(self, path: str | Path | None = None) -> VerifyResult:
         self.require("audit")

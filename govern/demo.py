@@ -14,6 +14,15 @@ from typing import Any
 
 from rich.markup import escape
 
+from govern.domain import parse_request
+from govern.home import Home
+from govern.kinds.edit import EditRequestIn
+from govern.monitor import check_model
+from govern.pipeline import run_pipeline
+from govern.policy import load_policy
+from govern.service import Govern
+from govern.views import show_history
+
 POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
 DEMO_EDITS: list[dict[str, Any]] = [
@@ -46,11 +55,6 @@ DEMO_EDITS: list[dict[str, Any]] = [
 
 
 def run_demo(console: Any, fresh: bool = True) -> int:
-    from govern.domain import parse_request
-    from govern.home import Home
-    from govern.pipeline import run_pipeline
-    from govern.service import Govern
-
     t0 = time.perf_counter()
     base = Home.discover()
     os.environ.setdefault("GOVERN_SHARED_CACHE", str(base.cache))
@@ -63,9 +67,10 @@ def run_demo(console: Any, fresh: bool = True) -> int:
     model = gov.ensure_default_model(log=console.print)
 
     reqs = [parse_request({**e, "model": model.name}) for e in DEMO_EDITS]
+    edits = [r for r in reqs if isinstance(r, EditRequestIn)]  # all of them: DEMO_EDITS are edits
     console.rule("answers of production v1 (before)")
     prod = gov.materialise(model.name)
-    prompts = [f.prompt for r in reqs for f in r.facts]  # type: ignore[attr-defined]
+    prompts = [f.prompt for r in edits for f in r.facts]
     before = {p: _answer(prod, p) for p in prompts}
     for p, a in before.items():
         console.print(f"  {p}[bold]{a}[/]")
@@ -75,7 +80,7 @@ def run_demo(console: Any, fresh: bool = True) -> int:
     code = run_pipeline(gov, POLICY, None, actor="demo-requester", model=model.name, device="cpu", console=console)
 
     console.rule("answers of production (after)")
-    m, versions = gov.history(model.name)
+    m, _versions = gov.history(model.name)
     prod = gov.materialise(model.name)
     for p in prompts:
         console.print(f"  {p}[bold]{_answer(prod, p)}[/]   (before:{before[p]})")
@@ -95,7 +100,7 @@ def run_demo(console: Any, fresh: bool = True) -> int:
     if promoted:
         last = promoted[-1]
         row = gov.get_request(last)
-        prompt = row.request().facts[0].prompt  # type: ignore[attr-defined]
+        prompt = edits[ids.index(last)].facts[0].prompt
         console.rule(f"rollback of {last} ({escape(row.title)})")
         with gov.store.read() as s:
             parent = gov.store.get_version(s, model.name, row.candidate_version or 1).parent
@@ -111,29 +116,25 @@ def run_demo(console: Any, fresh: bool = True) -> int:
                       f"identical={now_answer == answer_before_change}")
 
     console.rule("monitoring: production vs the base checkpoint on the probe suite (govern monitor)")
-    from govern.monitor import check_model
-    from govern.policy import load_policy
-
     check = check_model(gov, load_policy(POLICY), model.name, log=console.print)
     for t in check.triggers:
         console.print(f"  {t['result']:7} {t['gate']}: {t.get('why', '')}")
     console.print(f"  production v{check.production_after}; breach={check.breached}")
 
     console.rule("history and audit")
-    from govern.views import show_history
-
     show_history(gov, model.name, console)
     verdict = gov.audit_verify()
     out = home.root / "audit.jsonl"
     n = gov.audit_export(out, "jsonl")
     file_verdict = gov.audit_verify(out)
-    console.print(f"audit trail: {verdict.count} events, chain ok={verdict.ok}; exported {n} to {out}, verify ok={file_verdict.ok}")
+    console.print(f"audit trail: {verdict.count} events, chain ok={verdict.ok}; exported {n} to {out}, "
+                  f"verify ok={file_verdict.ok}")
     console.print(f"MLflow: mlflow ui --backend-store-uri {home.mlflow_uri}")
     console.print(f"done in {time.perf_counter() - t0:.0f}s")
     return code
 
 
 def _answer(loaded: Any, prompt: str) -> str:
-    from editors.tokens import generate_greedy
+    from editors.tokens import generate_greedy  # torch
 
     return generate_greedy(loaded.model, loaded.tokenizer, prompt, 6).split("\n")[0]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from govern.errors import InputError, PayloadTooLarge
+from govern.kinds import kind_spec, kinds, request_adapter
 from govern.validation import describe_yaml_error, format_validation_error
 
 MAX_FILE_BYTES = 1_000_000
@@ -112,24 +113,21 @@ ENVELOPE = ("model", "method", "submitted_by", "justification", "evidence", "val
 
 def parse_request(data: object, where: str = "request") -> RequestSpec:
     """Validate one request of any registered kind (``kind`` defaults to ``edit``)."""
-    from govern.kinds import kinds, request_adapter
-
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with subject, prompt, target; got {type(data).__name__}")
     data = {"kind": "edit", **data}
     if data["kind"] not in kinds():
         raise InputError(f"{where}: kind: unknown request kind {data['kind']!r}; known: {', '.join(sorted(kinds()))}")
     try:
-        return request_adapter().validate_python(data)  # type: ignore[no-any-return]
+        return request_adapter().validate_python(data)
     except ValidationError as e:
         flat = data["kind"] == "edit" and "facts" not in data  # a one-fact request written without `facts`
-        raise InputError(f"{where}: {format_validation_error(e, drop_prefix=('edit', 'facts', 0) if flat else ('edit',))}") from None
+        drop_prefix = ("edit", "facts", 0) if flat else ("edit",)
+        raise InputError(f"{where}: {format_validation_error(e, drop_prefix=drop_prefix)}") from None
 
 
 def from_row(kind: str, spec: str, envelope: dict[str, Any]) -> RequestSpec:
     """Rebuild the typed request from what the database stores (kind, spec JSON, envelope columns)."""
-    from govern.kinds import kind_spec
-
     data = {**json.loads(spec), **{k: v for k, v in envelope.items() if k in ENVELOPE}}
     return kind_spec(kind).model_validate(data)
 

@@ -16,6 +16,9 @@ Nothing here touches the database: a host is given `VersionRef`s (ids, kinds,
 digests and file paths of the changes) by whoever drives it — the worker, an
 executor on another machine, `govern ask`. Every change file is checked
 against the digest the database recorded for it (`load_change(path, digest)`).
+
+The service layer imports this module, so the torch-backed `editors.changes`
+is imported inside the methods that load, apply or hash changes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from editors.errors import ChangeIntegrityError, DeltaMismatchError, RevertUnavailable
+from govern.models import load_checkpoint
 
 Progress = Callable[[str, float], None]
 # the newest changes of a freshly loaded version keep an in-memory copy of what they overwrote, so moving
@@ -99,8 +105,6 @@ class ModelHost:
 
     def switch(self, version: VersionRef, progress: Progress | None = None) -> Loaded:
         """Bring the loaded weights to `version`, exactly (see the module docstring)."""
-        from editors.errors import RevertUnavailable
-
         if self.loaded is None or self.loaded.base.digest != version.base.digest:
             return self._load(version, progress)
         loaded = self.loaded
@@ -120,7 +124,6 @@ class ModelHost:
 
     def _load(self, version: VersionRef, progress: Progress | None) -> Loaded:
         from editors.changes import SnapshotCache, materialise
-        from govern.models import load_checkpoint
 
         self.loaded = None
         model, tok = load_checkpoint(Path(version.base.path), version.base.files, self.device, dtype=self.dtype)
@@ -133,7 +136,6 @@ class ModelHost:
 
     def _apply_rest(self, loaded: Loaded, refs: list[ChangeRef], manifest: dict[str, str]) -> None:
         from editors.changes import tensor_sha256
-        from editors.errors import ChangeIntegrityError
 
         for ref in refs:
             ch = self.change(ref)
@@ -162,8 +164,6 @@ class ModelHost:
 
 def apply_on_any_state(change: Any, model: Any) -> None:
     """Apply strictly where the model is in the state the change was computed on; otherwise re-apply (commuting kinds)."""
-    from editors.errors import DeltaMismatchError
-
     try:
         change.apply(model, strict=True)
     except DeltaMismatchError:

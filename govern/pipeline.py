@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from govern.domain import load_request_file
 from govern.lifecycle import State
 from govern.policy import Policy, load_policy
 from govern.service import Govern
+from govern.worker import Worker, live_workers
 
 
 def expected_state(policy: Policy, tier: str | None) -> State:
@@ -30,8 +34,6 @@ def expected_state(policy: Policy, tier: str | None) -> State:
 def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
                  device: str, console: Any) -> int:
     """See the module docstring. `gov` may be None: it is then opened after the inputs validated."""
-    from govern.domain import load_request_file
-
     policy = load_policy(policy_path)
     reqs = load_request_file(file) if file else []
     gov = gov or Govern()
@@ -56,10 +58,6 @@ def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, ac
 
 
 def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from govern.worker import Worker, live_workers
-
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         tasks = {rid: bar.add_task(f"{rid} {escape(gov.get_request(rid).title[:30])}", total=1.0, stage="queued")
@@ -86,8 +84,6 @@ def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any
 
 
 def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> int:
-    from rich.table import Table
-
     table = Table(title="govern apply")
     for col in ("request", "change", "state", "expected", "efficacy", "paraphrase", "specificity",
                 "drawdown", "version"):

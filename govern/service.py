@@ -10,11 +10,11 @@ outcome after the database commit.
 | models | `services.models` | `add_model`, `resolve_model`, `materialise`, `ask`, `history` | (version 1 created as production) |
 | submit | `services.requests` | `submit` | (created as submitted) |
 | admission | `services.requests` | `admit` | admit / deny, and an apply job is queued |
-| apply + canary | `services.commit` | `task_for` → executor → `commit` | claim, applied, gates_passed / auto_approved / gates_failed, promote |
+| apply+canary | `services.commit` | `task_for`, `commit` | claim, applied, gates_passed / auto_approved / gates_failed, promote |
 | review | `services.requests` | `review` | approve / approve_final / reject, then promote |
 | promotion | `services.transitions` | `promote` (inside review or a commit) | promote, or stale when production moved |
 | rollback | `services.versions` | `rollback` | rollback; or rollback_requested → (job) → rollback / rollback_refused |
-| monitoring | `services.versions`, `govern.monitor` | `expired_changes`, `promote_due` | rollback (expiry), promote (valid_from) |
+| monitoring | `services.versions`, `govern.monitor` | `expired_changes`, `promote_due` | rollback (expired), promote (due) |
 | certificates | `services.certificates` | `certificate`, `issue_certificate` | (certificate.issued) |
 | users | `services.users` | `add_user`, `sign_in`, `acting` | (user.* events) |
 | audit | `services.audit` | `audit_search`, `audit_export`, `audit_verify` | (audit.* events) |

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import UniqueConstraint, event
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlalchemy import Connection, Engine, UniqueConstraint, event, inspect
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from audits.evidence import Evidence
 from audits.trail import AuditEvent, make_event
@@ -230,12 +230,12 @@ class AuditRow(SQLModel, table=True):
         )
 
 
-def _sqlite_pragmas(engine, begin: str) -> None:  # noqa: ANN001
+def _sqlite_pragmas(engine: Engine, begin: str) -> None:
     """WAL, a generous busy timeout, and our own BEGIN (IMMEDIATE for writers, so that two
     writers queue instead of both reading the same audit-chain head)."""
 
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):  # noqa: ANN001
+    def _connect(dbapi_conn: Any, _record: Any) -> None:  # a DBAPI (sqlite3) connection and its pool record
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -244,7 +244,7 @@ def _sqlite_pragmas(engine, begin: str) -> None:  # noqa: ANN001
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn):  # noqa: ANN001
+    def _begin(conn: Connection) -> None:
         conn.exec_driver_sql(begin)
 
 
@@ -264,8 +264,6 @@ class Store:
 
     def _refuse_old_schema(self) -> None:
         """A home made before requests became kinds (fact columns, a deltas table) cannot be read as is."""
-        from sqlalchemy import inspect
-
         insp = inspect(self.engine)
         if "requests" in insp.get_table_names() and "spec" not in {c["name"] for c in insp.get_columns("requests")}:
             raise ModelError(f"the govern home at {self.url} was made by an older govern (requests stored as fact "
@@ -290,7 +288,7 @@ class Store:
     # -- audit -------------------------------------------------------------
     def audit(self, s: Session, actor: str, action: str, subject: str, payload: dict[str, Any] | None = None) -> AuditEvent:
         """Append one hash-chained event inside the caller's transaction."""
-        last = s.exec(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()  # type: ignore[union-attr]
+        last = s.exec(select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1)).first()
         ev = make_event(
             last.to_event() if last else None,
             ts=now().isoformat(), actor=actor, action=action, subject=subject, payload=payload or {},
@@ -339,7 +337,7 @@ class Store:
 
     def audit_events(self, since: datetime | None = None) -> list[AuditEvent]:
         with self.read() as s:
-            q = select(AuditRow).order_by(AuditRow.seq)
+            q = select(AuditRow).order_by(col(AuditRow.seq))
             rows = s.exec(q).all()
         events = [r.to_event() for r in rows]
         if since is not None:

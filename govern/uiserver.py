@@ -8,11 +8,16 @@ blocks a page. All children stop when `govern ui` exits (Ctrl-C, SIGTERM, or
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
+
+from govern.policy import load_policy
+from govern.service import Govern
 
 APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
 SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
@@ -20,8 +25,6 @@ SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -33,16 +36,13 @@ def resolve_policy(policy: Path) -> Path:
 
 
 def serve(*, host: str, port: int, policy: Path, worker: bool, device: str) -> int:
-    from govern.policy import load_policy
-    from govern.service import Govern
-
     policy = resolve_policy(policy)
     load_policy(policy)  # a bad policy is one error line before anything starts
     gov = Govern()
     env = {**os.environ, "GOVERN_HOME": str(gov.home.root), "GOVERN_UI_POLICY": str(policy.resolve())}
     children: list[tuple[str, subprocess.Popen]] = []
 
-    def stop(_sig, _frame):  # noqa: ANN001, ANN202
+    def stop(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

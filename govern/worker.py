@@ -26,9 +26,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from govern.executors import Executor, Failure
 from govern.executors.local import LocalExecutor
@@ -46,9 +46,8 @@ def live_workers(gov: Govern, model: str, within_s: float = 30.0) -> list[Worker
     return [w for w in rows if _aware(w.heartbeat_at) >= cutoff]
 
 
-def _aware(dt):  # noqa: ANN001, ANN202 - SQLite returns naive datetimes; we store UTC
-    from datetime import UTC
-
+def _aware(dt: datetime) -> datetime:
+    """SQLite returns naive datetimes; we store UTC."""
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
@@ -69,7 +68,8 @@ class Worker:
         t = now()
         with self.gov.store.tx() as s:
             q = select(JobRow).where(JobRow.model == self.model,
-                                     JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])).order_by(JobRow.id)  # type: ignore[attr-defined]
+                                     col(JobRow.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+            q = q.order_by(col(JobRow.id))
             for job in s.exec(q).all():
                 if request_ids is not None and job.request_id not in request_ids:
                     continue
@@ -213,5 +213,5 @@ class Worker:
     def _open_jobs(self, request_ids: set[str] | None) -> bool:
         with self.gov.store.read() as s:
             jobs = s.exec(select(JobRow).where(JobRow.model == self.model,
-                                               JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()  # type: ignore[attr-defined]
+                                               col(JobRow.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()
         return any(request_ids is None or j.request_id in request_ids for j in jobs)

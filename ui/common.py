@@ -12,12 +12,16 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from govern.auth import Acting, Principal
 from govern.errors import GovernError
 from govern.home import Home
+from govern.policy import Policy
+from govern.policy import load_policy as _load_policy
 from govern.service import Govern
+from govern.uiserver import resolve_policy
 
 USER_KEY = "govern_user"  # the signed-in Principal (server-side session state, never sent by the browser)
 OPEN_KEY = "open_request"  # the request the request page shows
@@ -37,15 +41,11 @@ def gov() -> Govern:
 
 
 def policy_path() -> Path:
-    from govern.uiserver import resolve_policy
-
     return resolve_policy(Path(os.environ.get("GOVERN_UI_POLICY") or "policies/default.yaml"))
 
 
-def load_policy():  # noqa: ANN201
-    from govern.policy import load_policy as _load
-
-    return _load(policy_path())
+def load_policy() -> Policy:
+    return _load_policy(policy_path())
 
 
 def principal() -> Principal | None:
@@ -111,7 +111,7 @@ def verdict_style(value: object) -> str:
             "skipped": "color: #6e7781"}.get(str(value).replace("\\", ""), "")
 
 
-def table(df, verdict_columns: tuple[str, ...] = ()) -> None:  # noqa: ANN001
+def table(df: pd.DataFrame, verdict_columns: tuple[str, ...] = ()) -> None:
     """A static table (wraps long prompts; renders without a canvas), pass/fail coloured."""
     if df.empty:
         st.caption("(none)")

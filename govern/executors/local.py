@@ -4,6 +4,9 @@ Compute only (see `govern.executors`): load or switch the model, resolve the
 request against production, run the update method, score production and the
 candidate on the same suite. Every failure becomes a `Failure` whose message
 names the stage, the model and the input, never a bare exception class.
+
+The torch-backed modules (`audits.canary`, `editors.changes`) are imported
+inside the task methods: the worker imports this module before it loads a model.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.suites import EvalSuite, SuiteError, load_suite, probe_items, refusal_items, retention_items
+from editors import EditContext, get_editor, validate_method_config
 from editors.errors import EditorError
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, Progress, RollbackTask, Task
@@ -53,14 +57,13 @@ class LocalExecutor:
     # -- apply: production + the request's change -----------------------------------------
     def _apply(self, task: ApplyTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
-        from editors import EditContext, get_editor, validate_method_config
         from editors.changes import tensor_sha256
 
         started = time.perf_counter()
         progress("load", 0.0)
         try:
             loaded = self.host.switch(task.production)
-        except Exception as e:  # noqa: BLE001 - turned into the request's error message
+        except Exception as e:  # turned into the request's error message
             raise _stage(f"loading {task.production.base.name} v{task.production.number}", e) from e
         net, tok = loaded.model, loaded.tokenizer
         spec = kind_spec(task.request_kind).model_validate_json(task.spec)
@@ -81,7 +84,7 @@ class LocalExecutor:
             edit_started = time.perf_counter()
             change = editor.compute(net, tok, spec.payload(resolved), ctx)
             edit_seconds = time.perf_counter() - edit_started
-        except Exception as e:  # noqa: BLE001 - any method failure ends this request, recorded
+        except Exception as e:  # any method failure ends this request, recorded
             raise _stage(f"{task.method} could not compute the change", e) from e
         path = change.save(Path(task.changes_dir) / f"{task.change_id}.safetensors")
         ref = ChangeRef(id=task.change_id, kind=change.kind, digest=change.digest, path=str(path))
@@ -105,7 +108,7 @@ class LocalExecutor:
         progress("load", 0.0)
         try:
             loaded = self.host.switch(task.production)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # turned into the request's error message
             raise _stage(f"loading {task.production.base.name} v{task.production.number}", e) from e
         canary = Canary.model_validate(task.canary)
         items = []
@@ -119,7 +122,7 @@ class LocalExecutor:
         progress("rebuild", 0.0)
         try:
             loaded = self.host.switch(task.target)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # turned into the request's error message
             raise _stage("re-applying the changes above the rolled-back one", e) from e
         manifest = self.host.manifest()
         progress("canary-candidate", 0.0)
@@ -143,7 +146,7 @@ def _suite(spec: Any, resolved: dict[str, Any], canary: Canary) -> EvalSuite:
 def _measured(measure: Any, net: Any, tok: Any, suite: EvalSuite, which: str) -> Any:
     try:
         return measure(net, tok, suite)
-    except Exception as e:  # noqa: BLE001 - reported as the request's error
+    except Exception as e:  # reported as the request's error
         raise _stage(f"scoring the canary suite on {which}", e) from e
 
 

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from audits.suites import EvalSuite, for_request, probe_items, refusal_items, retention_items
+from editors import FactEdit
 from govern.domain import RequestSpec
 from govern.kinds import register_kind
 from govern.text import normalise
@@ -28,8 +30,10 @@ class Fact(BaseModel):
     subject: str = Field(max_length=200, min_length=1, description="the entity whose fact changes, as it appears in the prompt")
     prompt: str = Field(min_length=1, max_length=500, description="an unfinished sentence naming the subject")
     target: str = Field(max_length=200, min_length=1, description="the new answer, e.g. ' Rome'")
-    target_old: str | None = Field(None, max_length=200, description="the answer being replaced; default: production's greedy answer")
-    relation: str | None = Field(None, max_length=500, description="relation id for conflicts; default: the prompt with the subject as {}")
+    target_old: str | None = Field(None, max_length=200,
+                                   description="the answer being replaced; default: production's greedy answer")
+    relation: str | None = Field(None, max_length=500,
+                                 description="relation id for conflicts; default: the prompt with the subject as {}")
     paraphrases: list[str] = Field(default_factory=list, max_length=32)
     neighbors: list[str] = Field(default_factory=list, max_length=64)
 
@@ -99,7 +103,8 @@ class EditRequestIn(RequestSpec):
         for n, f in enumerate(self.facts, 1):
             tag = f"fact {n} " if len(self.facts) > 1 else ""
             rows += [(f"{tag}subject", f.subject), (f"{tag}prompt", f.prompt), (f"{tag}new target", repr(f.target)),
-                     (f"{tag}old answer", repr(f.target_old) if f.target_old else "(production's answer, measured by the worker)")]
+                     (f"{tag}old answer",
+                      repr(f.target_old) if f.target_old else "(production's answer, measured by the worker)")]
             if f.paraphrases:
                 rows.append((f"{tag}paraphrases", " | ".join(f.paraphrases)))
             if f.neighbors:
@@ -129,7 +134,7 @@ class EditRequestIn(RequestSpec):
         return reasons
 
     def resolve(self, model: Any, tokenizer: Any) -> dict[str, Any]:
-        from audits.canary import greedy_answer
+        from audits.canary import greedy_answer  # torch
 
         olds = [f.target_old or greedy_answer(model, tokenizer, f.prompt) for f in self.facts]
         for f, old in zip(self.facts, olds, strict=True):
@@ -138,14 +143,10 @@ class EditRequestIn(RequestSpec):
         return {"target_old": olds}
 
     def payload(self, resolved: dict[str, Any]) -> Any:
-        from editors import FactEdit
-
         return [FactEdit(subject=f.subject, prompt=f.prompt, target_new=f.target, target_old=old)
                 for f, old in zip(self.facts, resolved["target_old"], strict=True)]
 
     def suite(self, resolved: dict[str, Any], canary: Any) -> Any:
-        from audits.suites import EvalSuite, for_request, probe_items, refusal_items, retention_items
-
         parts = [for_request(subject=f.subject, prompt=f.prompt, target_new=f.target, target_old=old,
                              paraphrases=f.paraphrases, neighbors=f.neighbors, relation=f.relation,
                              n_neighbors=canary.neighbors, generate=canary.generate, seed=canary.seed, shipped=False)

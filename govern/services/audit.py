@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlmodel import select
 
-from audits.trail import VerifyResult, export_events, read_export, verify_events, verify_export
+from audits.trail import ExportFormat, VerifyResult, export_events, read_export, verify_events, verify_export
 from govern.errors import InputError
 from govern.services.base import ServiceBase
 from govern.store import WorkerRow
@@ -19,9 +19,9 @@ class AuditService(ServiceBase):
     def audit_export(self, path: str | Path, fmt: str, since: datetime | None = None) -> int:
         if fmt not in ("jsonl", "csv"):
             raise InputError(f"format must be jsonl or csv, not {fmt!r}")
-        return export_events(self.store.audit_events(since), path, fmt)  # type: ignore[arg-type]
+        return export_events(self.store.audit_events(since), path, cast(ExportFormat, fmt))  # checked above
 
-    def audit_verify(self, path: str | Path | None = None):  # noqa: ANN201
+    def audit_verify(self, path: str | Path | None = None) -> VerifyResult:
         """Verify the live trail, or an export file cross-checked against the database."""
         live = self.store.audit_events()
         if path is None:
@@ -37,7 +37,8 @@ class AuditService(ServiceBase):
         for e in events:
             mine = by_seq.get(e.seq)
             if mine is not None and mine.hash != e.hash:
-                return VerifyResult(False, 0, e.seq, f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)", None)
+                why = f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)"
+                return VerifyResult(False, 0, e.seq, why, None)
         return result
 
     def audit_search(self, text: str | None = None, actor: str | None = None, action: str | None = None,

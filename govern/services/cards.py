@@ -17,7 +17,8 @@ def render_card(req: RequestRow, evidence: Evidence, change: dict[str, Any]) -> 
         f"- model: `{req.model}`, kind: `{req.kind}`, method: `{req.method}`, submitted by {req.submitted_by}",
         *[f"- {k}: {v}" for k, v in req.request().describe()],
         f"- change: {change.get('kind')} on `{change.get('module', t0.get('name'))}` (layer {change.get('layer', '-')}), "
-        f"{change.get('size_bytes', 0):,} bytes; update norm {_fmt(t0.get('update_norm'))} vs weight norm {_fmt(t0.get('weight_norm'))}",
+        f"{change.get('size_bytes', 0):,} bytes; update norm {_fmt(t0.get('update_norm'))} "
+        f"vs weight norm {_fmt(t0.get('weight_norm'))}",
         f"- covariance: {change.get('covariance', '-')}",
         "",
         "| gate | value | result | why |",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from audits.certificate import build, render
 from govern.errors import ConflictError
@@ -31,10 +31,10 @@ class CertificatesService(ServiceBase):
                 raise ConflictError(f"request {request_id} is {req.state} and has no canary evidence yet; "
                                     "a certificate is issued once a worker has applied and measured it")
             version = s.exec(select(VersionRow).where(VersionRow.model == req.model, VersionRow.request_id == req.id)
-                             .order_by(VersionRow.number.desc())).first()  # type: ignore[attr-defined]
+                             .order_by(col(VersionRow.number).desc())).first()
             model = self.store.get_model(s, req.model)
             crow = s.get(ChangeRow, req.change_id) if req.change_id else None
-            reviews = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id).order_by(ReviewRow.id)).all()  # type: ignore[arg-type]
+            reviews = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id).order_by(col(ReviewRow.id))).all()
         request = req.model_dump(mode="json", exclude={"spec", "canary", "policy", "resolved", "conflicts"})
         request["evidence"] = req.evidence_list
         request["what"] = [list(row) for row in req.request().describe()]

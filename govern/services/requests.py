@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from editors import available_methods, method_spec, methods_for_kind
 from govern.domain import RequestSpec
@@ -78,12 +78,13 @@ class RequestsService(ServiceBase):
         reasons = []
         allowed = a.allowed_methods.get(req.kind, [])
         if req.method not in allowed:
-            reasons.append(f"method {req.method!r} is not allowed for {req.kind} requests (allowed: {', '.join(allowed) or 'none'})")
+            reasons.append(f"method {req.method!r} is not allowed for {req.kind} requests "
+                           f"(allowed: {', '.join(allowed) or 'none'})")
         if req.valid_until is not None and as_utc(req.valid_until) <= as_utc(now()):
             reasons.append(f"valid_until {as_utc(req.valid_until).isoformat()} has already passed")
         reasons += spec.admission_problems(a)
         active = s.exec(select(RequestRow).where(RequestRow.model == req.model, RequestRow.id != req.id,
-                                                 RequestRow.state.in_([x.value for x in ACTIVE]))).all()  # type: ignore[attr-defined]
+                                                 col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
         if len(active) >= a.max_active_edits_per_model:
             reasons.append(f"model {req.model} already has {len(active)} active changes (limit {a.max_active_edits_per_model})")
         mine = set(req.conflict_keys)
@@ -95,8 +96,8 @@ class RequestsService(ServiceBase):
     def pending_requests(self, model: str | None = None) -> list[str]:
         """Requests still to be judged (submitted) or waiting for a worker (admitted)."""
         with self.store.read() as s:
-            q = select(RequestRow.id).where(RequestRow.state.in_([State.SUBMITTED.value, State.ADMITTED.value]))  # type: ignore[attr-defined]
-            q = q.order_by(RequestRow.created_at)  # type: ignore[arg-type]
+            q = select(RequestRow.id).where(col(RequestRow.state).in_([State.SUBMITTED.value, State.ADMITTED.value]))
+            q = q.order_by(col(RequestRow.created_at))
             if model:
                 q = q.where(RequestRow.model == model)
             return list(s.exec(q).all())
@@ -113,7 +114,8 @@ class RequestsService(ServiceBase):
             if req.state != State.AWAITING_REVIEW:
                 raise ConflictError(f"request {request_id} is {req.state}, not awaiting_review; nothing to review")
             if decision == "approve" and actor == req.submitted_by:
-                raise PermissionDenied(f"{actor} submitted {request_id} and cannot approve it (four-eyes rule); ask another reviewer")
+                raise PermissionDenied(
+                    f"{actor} submitted {request_id} and cannot approve it (four-eyes rule); ask another reviewer")
             earlier = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id, ReviewRow.decision == "approve",
                                                      ReviewRow.candidate_version == req.candidate_version)).all()
             if decision == "approve" and any(r.reviewer == actor for r in earlier):
@@ -143,7 +145,7 @@ class RequestsService(ServiceBase):
 
     def list_requests(self, model: str | None = None) -> list[RequestRow]:
         with self.store.read() as s:
-            q = select(RequestRow).order_by(RequestRow.created_at)  # type: ignore[arg-type]
+            q = select(RequestRow).order_by(col(RequestRow.created_at))
             if model:
                 q = q.where(RequestRow.model == model)
             return list(s.exec(q).all())
@@ -157,7 +159,7 @@ class RequestsService(ServiceBase):
 
     def jobs(self, request_id: str | None = None) -> list[JobRow]:
         with self.store.read() as s:
-            q = select(JobRow).order_by(JobRow.id)  # type: ignore[arg-type]
+            q = select(JobRow).order_by(col(JobRow.id))
             if request_id:
                 q = q.where(JobRow.request_id == request_id)
             return list(s.exec(q).all())

@@ -27,20 +27,23 @@ def promote(store: Store, s: Session, req: RequestRow, actor: str, at: datetime 
         raise ConflictError(f"request {req.id} has no candidate version to promote")
     if req.valid_from is not None and as_utc(req.valid_from) > as_utc(at or now()):
         store.audit(s, actor, "promotion.deferred", req.id, {
-            "valid_from": as_utc(req.valid_from).isoformat(), "why": "not valid yet; `govern monitor` promotes it when the time comes"})
+            "valid_from": as_utc(req.valid_from).isoformat(),
+            "why": "not valid yet; `govern monitor` promotes it when the time comes"})
         return State(req.state), None
     if cand.parent != model.production_version:
         discard_candidate(store, s, req, actor, f"production moved from v{cand.parent} to v{model.production_version}")
         s.add(JobRow(kind=JobKind.APPLY.value, request_id=req.id, model=req.model))
         return store.transition(s, req, Event.STALE, actor, {
-            "reason": f"candidate v{cand.number} was built on v{cand.parent}, production is v{model.production_version}; re-queued"}), None
+            "reason": f"candidate v{cand.number} was built on v{cand.parent}, "
+                      f"production is v{model.production_version}; re-queued"}), None
     old = move_production(store, s, req.model, cand.number)
     state = store.transition(s, req, Event.PROMOTE, actor, {"from_version": old, "to_version": cand.number})
     store.audit(s, actor, "model.promoted", req.model, {"request": req.id, "from_version": old, "to_version": cand.number})
     return state, cand.number
 
 
-def move_production(store: Store, s: Session, model_name: str, number: int, old_status: VersionStatus = VersionStatus.SUPERSEDED) -> int:
+def move_production(store: Store, s: Session, model_name: str, number: int,
+                    old_status: VersionStatus = VersionStatus.SUPERSEDED) -> int:
     """Point production at version `number`; the old production gets `old_status`. Returns the old number."""
     model = store.get_model(s, model_name)
     old = store.get_version(s, model_name, model.production_version or 1)

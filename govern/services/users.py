@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlmodel import select
 
@@ -13,6 +13,9 @@ from govern.auth import MIN_PASSWORD, Acting, Principal, check_email, check_name
 from govern.errors import ConflictError, InputError, NotFoundError, PermissionDenied
 from govern.services.base import ServiceBase
 from govern.store import UserRow
+
+if TYPE_CHECKING:
+    from govern.service import Govern
 
 # sign-in throttling: a name is refused after this many failed password sign-ins within this many minutes of its last success
 MAX_FAILED_SIGN_INS = 5
@@ -83,7 +86,7 @@ class UsersService(ServiceBase):
             raise PermissionDenied(f"too many failed sign-ins for {name!r} in the last {SIGN_IN_WINDOW_MIN} minutes; "
                                    "wait, or ask an admin")
         ok = verify_password(password or "", row.password_hash if row else None)
-        if not ok:
+        if not ok or row is None:  # no row: verify_password failed already
             self.note(name[:64] or "?", "user.sign_in_failed", name[:64] or "?",
                       {"method": "password", "reason": "unknown user" if row is None else "wrong password"})
             raise PermissionDenied("unknown user or wrong password")
@@ -109,7 +112,8 @@ class UsersService(ServiceBase):
         with self.store.read() as s:
             row = s.exec(select(UserRow).where(UserRow.email == email)).first() if email else None
         if row is None:
-            self.note(email[:254] or "?", "user.sign_in_failed", email[:254] or "?", {"method": "oidc", "reason": "no user with this e-mail"})
+            self.note(email[:254] or "?", "user.sign_in_failed", email[:254] or "?",
+                      {"method": "oidc", "reason": "no user with this e-mail"})
             raise PermissionDenied(f"{email or 'this account'} is signed in with the identity provider but is not a govern user; "
                                    f"an admin adds it with `govern user add NAME --role reviewer --email {email or 'ADDRESS'}`")
         self.note(row.name, "user.signed_in", row.name, {"method": "oidc", "email": email})
@@ -121,4 +125,4 @@ class UsersService(ServiceBase):
     def acting(self, name: str) -> Acting:
         """Actions as a signed-in user, each checked against the user's current roles."""
         self.principal(name)  # refuses names that are not users
-        return Acting(self, name)
+        return Acting(cast("Govern", self), name)  # a UsersService only ever exists as part of a Govern

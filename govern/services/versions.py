@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from govern.errors import ConflictError, InputError, IntegrityError
 from govern.lifecycle import IN_PRODUCTION, Event, JobKind, State, VersionStatus
@@ -66,7 +66,8 @@ class VersionsService(ServiceBase):
             prod = self.store.get_version(s, model.name, model.production_version or 1)
             ids = prod.change_ids
             if change_id not in ids:
-                raise ConflictError(f"change {change_id} is not in production v{prod.number} of {model.name}; nothing to roll back")
+                raise ConflictError(
+                    f"change {change_id} is not in production v{prod.number} of {model.name}; nothing to roll back")
             above = ids[ids.index(change_id) + 1:]
             kinds = {c: self.store.get_change(s, c).kind for c in above}
         policy = Policy.model_validate_json(req.policy) if req is not None and req.policy else None
@@ -90,11 +91,13 @@ class VersionsService(ServiceBase):
                 raise InputError("with several models, roll back by request id (or pass --model)")
             version = self.store.get_version(s, models[0].name, int(t.lower().lstrip("v")))
             if version.parent is None:
-                raise ConflictError(f"v{version.number} of {models[0].name} is the base checkpoint; there is nothing to roll back to")
+                raise ConflictError(
+                    f"v{version.number} of {models[0].name} is the base checkpoint; there is nothing to roll back to")
             parent = self.store.get_version(s, models[0].name, version.parent)
             added = [c for c in version.change_ids if c not in parent.change_ids]
             if len(added) != 1:
-                raise ConflictError(f"v{version.number} does not add exactly one change to v{parent.number}; roll back by request id")
+                raise ConflictError(
+                    f"v{version.number} does not add exactly one change to v{parent.number}; roll back by request id")
             req = s.get(RequestRow, version.request_id) if version.request_id else None
             return req, added[0], self.store.get_model(s, models[0].name)
         req = self.store.get_request(s, t)
@@ -106,7 +109,7 @@ class VersionsService(ServiceBase):
 
     def _find_version(self, s: Session, model: str, change_ids: list[str]) -> VersionRow | None:
         """The newest measured version whose change list is exactly `change_ids` (a candidate never discarded)."""
-        rows = s.exec(select(VersionRow).where(VersionRow.model == model).order_by(VersionRow.number.desc())).all()  # type: ignore[attr-defined]
+        rows = s.exec(select(VersionRow).where(VersionRow.model == model).order_by(col(VersionRow.number).desc())).all()
         for v in rows:
             if v.change_ids == change_ids and v.status != VersionStatus.DISCARDED.value:
                 return v
@@ -121,7 +124,8 @@ class VersionsService(ServiceBase):
             keep = prod.change_ids[: prod.change_ids.index(change_id)]
             target = self._find_version(s, model.name, keep)
             if target is None:
-                raise IntegrityError(f"no version of {model.name} holds exactly the changes below {change_id}; nothing was changed")
+                raise IntegrityError(
+                    f"no version of {model.name} holds exactly the changes below {change_id}; nothing was changed")
             removed = [self.store.get_change(s, c) for c in [change_id, *above]]
             above_reqs = [r.request_id for r in removed[1:] if r.request_id]
         loaded = self.materialise(model.name, target.number)  # checked against its manifest while loading
@@ -137,7 +141,8 @@ class VersionsService(ServiceBase):
                 tensors.append({"name": name, "sha256_before_change": expect, "sha256_now": have, "equal": have == expect})
         if not all(t["equal"] for t in tensors):
             bad = next(t for t in tensors if not t["equal"])
-            raise IntegrityError(f"rebuilt v{target.number} does not match the recorded original of {bad['name']}; nothing was changed")
+            raise IntegrityError(
+                f"rebuilt v{target.number} does not match the recorded original of {bad['name']}; nothing was changed")
         rebased: list[str] = []
         with self.store.tx() as s:
             m = self.store.get_model(s, model.name)
@@ -204,7 +209,7 @@ class VersionsService(ServiceBase):
         """Promoted changes of `model` whose valid_until is at or before `at`, newest version first."""
         with self.store.read() as s:
             rows = s.exec(select(RequestRow).where(RequestRow.model == model, RequestRow.state == State.PROMOTED.value,
-                                                   RequestRow.valid_until.is_not(None))).all()  # type: ignore[union-attr]
+                                                   col(RequestRow.valid_until).is_not(None))).all()
             due = [r for r in rows if r.valid_until is not None and as_utc(r.valid_until) <= as_utc(at)]
         due.sort(key=lambda r: r.candidate_version or 0, reverse=True)
         return [(r.id, as_utc(r.valid_until)) for r in due if r.valid_until is not None]
@@ -213,7 +218,7 @@ class VersionsService(ServiceBase):
         """Promote approved changes whose valid_from has come (oldest first); returns (request, version)."""
         with self.store.read() as s:
             rows = s.exec(select(RequestRow).where(RequestRow.model == model, RequestRow.state == State.APPROVED.value)
-                          .order_by(RequestRow.updated_at)).all()  # type: ignore[arg-type]
+                          .order_by(col(RequestRow.updated_at))).all()
             due = [r.id for r in rows if r.valid_from is None or as_utc(r.valid_from) <= as_utc(at)]
         done = []
         for rid in due:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -29,7 +30,7 @@ who = c3.selectbox("Submitter", ["anyone", *submitters], key="q_submitter")
 sort = c4.selectbox("Sort", ["oldest first", "newest first", "state", "tier"], key="q_sort")
 mine = st.toggle("Only what awaits my review", key="q_mine", help="awaiting review and not submitted by you")
 
-rows = []
+rows: list[dict[str, Any]] = []
 for r in requests:
     if states and r.state not in states:
         continue

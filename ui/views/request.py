@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import altair as alt
 import pandas as pd
@@ -15,23 +15,24 @@ from ui.common import LIVE_STATES, OPEN_KEY, acting, age, gov, md, require_princ
 me = require_principal()
 g = gov()
 
-rid = st.session_state.get(OPEN_KEY) or st.query_params.get("id")
+asked = st.session_state.get(OPEN_KEY) or st.query_params.get("id")
 all_ids = [r.id for r in reversed(g.list_requests())]
 if not all_ids:
     st.title("Request")
     st.info("No requests yet.")
     st.stop()
-if rid not in all_ids:
-    if rid:
-        st.warning(f"no request {rid!r}; pick one below")
-    rid = all_ids[0]
-rid = st.sidebar.selectbox("Request", all_ids, index=all_ids.index(rid), key="r_pick")
+if asked not in all_ids:
+    if asked:
+        st.warning(f"no request {asked!r}; pick one below")
+    asked = all_ids[0]
+rid: str = st.sidebar.selectbox("Request", all_ids, index=all_ids.index(asked), key="r_pick")
 st.session_state[OPEN_KEY] = rid
 st.query_params["id"] = rid
 r = g.get_request(rid)
 
 st.title(md(r.title))
-COLOURS = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
+BadgeColour = Literal["green", "orange", "red", "gray", "blue"]
+COLOURS: dict[str, BadgeColour] = {"promoted": "green", "approved": "green", "awaiting_review": "orange", "rejected": "red",
            "canary_failed": "red", "failed": "red", "rolled_back": "gray", "rolling_back": "orange"}
 st.badge(state_label(r.state), color=COLOURS.get(r.state, "blue"))
 st.markdown(f"`{r.id}` · model **{md(r.model)}** · {md(r.kind)} request · method **{md(r.method)}** · "
@@ -175,7 +176,8 @@ if delta:
                          "update norm": x.get("update_norm"), "weight norm": x.get("weight_norm"),
                          "update / weight": (x["update_norm"] / x["weight_norm"]) if x.get("weight_norm") else None}
                         for x in delta.get("tensors", [])]))
-    st.caption(f"change `{r.change_id}` ({md(delta['kind'])}, {delta['size_bytes']:,} bytes) · sha256 `{delta['digest'][:16]}…` · "
+    st.caption(f"change `{r.change_id}` ({md(delta['kind'])}, {delta['size_bytes']:,} bytes) · "
+               f"sha256 `{delta['digest'][:16]}…` · "
                f"method {md(delta['method'])} · "
                f"module `{delta.get('module', '-')}` · covariance {md(delta.get('covariance', '-'))}")
 
@@ -211,5 +213,6 @@ if st.session_state.get("review_done", "").startswith(rid):
 st.subheader("History")
 events = g.request_events(rid)
 table(pd.DataFrame([{"seq": e.seq, "time": e.ts[:19].replace("T", " "), "actor": e.actor, "action": e.action,
-                     "details": json.dumps({k: v for k, v in e.payload.items() if k not in ("tensors", "gates", "metrics")})[:300]}
+                     "details": json.dumps({k: v for k, v in e.payload.items()
+                                            if k not in ("tensors", "gates", "metrics")})[:300]}
                     for e in events]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import streamlit as st
@@ -32,11 +32,11 @@ def _lines(text: str) -> list[str]:
     return [x.strip() for x in text.splitlines() if x.strip()]
 
 
-def _day(d) -> datetime | None:  # noqa: ANN001
+def _day(d: date | None) -> datetime | None:
     return None if d is None else datetime.combine(d, time(0, 0), tzinfo=UTC)
 
 
-def _submit(requests: list) -> None:  # noqa: ANN001
+def _submit(requests: list) -> None:
     try:
         results = acting().submit(requests, policy)
     except GovernError as e:
