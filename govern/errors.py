@@ -6,7 +6,7 @@ The CLI prints ``str(error)`` of any `GovernError` on one line and exits 2.
     ├── EditorError             editors/: unknown method, unsupported model, bad edit, statistics,
     │                           change mismatch / integrity (the tree in editors/errors.py)
     ├── SuiteError              audits/suites.py: a malformed evaluation suite (also a ValueError)
-    ├── TrailError              audits/trail.py: an unreadable audit export (also a ValueError)
+    ├── TrailError              audits/trail/: an unreadable audit export (also a ValueError)
     ├── LeaseLost               govern/services/commit.py: another worker holds the job now
     ├── InputError              malformed file, schema violation, bad value (a user can fix it)
     │   ├── PolicyError         policy YAML unreadable or invalid
