@@ -130,7 +130,7 @@ def _discover() -> None:
         return
     with _discover_lock:
         if _discovered:
-            return
+            return  # type: ignore[unreachable]  # another thread finished discovery while this one waited for the lock
         for info in pkgutil.iter_modules(editors.methods.__path__):
             if info.ispkg:
                 importlib.import_module(f"{editors.methods.__name__}.{info.name}")

@@ -669,7 +669,7 @@ def test_memory_bounded_for_1000_items_10k_resamples():
 
 def test_tiny_chunks_give_valid_results(monkeypatch):
     # one resample per chunk (n > chunk size): the chunk loop must fill every slot
-    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(stats.resampling, "CHUNK_ELEMENTS", 64)
     rng = np.random.default_rng(6)
     prod = rng.normal(size=100)
     cand = prod + 0.3 + rng.normal(0.0, 0.1, 100)
@@ -683,5 +683,5 @@ def test_tiny_chunks_give_valid_results(monkeypatch):
     # the exact binary test processes its table in blocks of rows: tiny blocks, same p-values
     L, W = np.array([0, 2, 5]), np.array([0, 1, 3])
     tiny = stats.exact_paired_pvalues(L, W, 30, -0.1)
-    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 1 << 19)
+    monkeypatch.setattr(stats.resampling, "CHUNK_ELEMENTS", 1 << 19)
     assert tiny.tolist() == pytest.approx(stats.exact_paired_pvalues(L, W, 30, -0.1).tolist(), rel=1e-12)
