@@ -256,6 +256,43 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
     return snap
 
 
+class ScoreCache:
+    """One model version's raw numbers per suite item, so production is scored once for every candidate built on it.
+
+    Items are scored independently of each other (batching does not change an
+    item's numbers beyond float rounding), so a candidate's suite that shares the
+    shipped probes, retention text and refusals with the last one — and, on a
+    retry, everything — only scores what production has not answered yet.
+    Keyed by a version key (the base digest and the ordered change digests);
+    `keep` versions are held, the oldest dropped first.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._versions: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+        self.hits = self.misses = 0
+
+    def measure(self, model: Any, tok: Any, suite: EvalSuite, version_key: str, batch: int = 64) -> Snapshot:
+        known = self._versions.pop(version_key, {})
+        self._versions[version_key] = known  # most recently used last
+        while len(self._versions) > self.keep:
+            self._versions.pop(next(iter(self._versions)))
+        keys = [_item_key(it) for it in suite.items]
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = measure(model, tok, EvalSuite(suite.name, tuple(suite.items[i] for i in missing)), batch)
+            for j, i in enumerate(missing):
+                known[keys[i]] = (fresh.logp_answer[j], fresh.logp_foil[j], fresh.next_token[j], fresh.nll[j], fresh.text[j])
+        rows = [known[k] for k in keys]
+        return Snapshot(*(list(col) for col in zip(*rows, strict=True))) if rows else Snapshot([], [], [], [], [])
+
+
+def _item_key(it: Item) -> tuple[Any, ...]:
+    return (it.slice, it.kind, it.prompt, it.answer, it.foil, it.chat)
+
+
 def _token_text(tok: Any, token_id: int | None) -> str:
     """The token as text; with its id where the text alone is ambiguous (a partial UTF-8 byte decodes to U+FFFD)."""
     text = tok.decode([token_id])
