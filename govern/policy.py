@@ -40,7 +40,7 @@ class Gate(BaseModel):
     op: Comparator | None = Field(None, description="absolute gate: comparison the candidate's value must satisfy")
     threshold: float | None = Field(None, allow_inf_nan=False, description="absolute gate: finite threshold")
     compare: Literal["non_inferior"] | None = Field(None, description="relative gate against production")
-    margin: float | None = Field(None, gt=0, allow_inf_nan=False,
+    margin: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
                                  description="relative gate: tolerated loss in score units, > 0 (with 0, a candidate "
                                              "equal to production can never be shown non-inferior)")
     when_missing: Literal["fail", "skip"] = Field(
@@ -73,6 +73,9 @@ class Gate(BaseModel):
         else:
             if self.compare is None or self.margin is None:
                 raise ValueError("a relative gate needs both compare: non_inferior and margin")
+            if METRICS[self.metric].kind == "rate" and self.margin >= 1:
+                raise ValueError(f"{self.metric} is a rate in [0, 1]: a margin of {self.margin:g} lets any candidate pass; "
+                                 "use a margin below 1")
             if not METRICS[self.metric].paired:
                 paired = ", ".join(k for k, v in METRICS.items() if v.paired)
                 raise ValueError(f"{self.metric} has no per-item scores; relative gates work on {paired}")
