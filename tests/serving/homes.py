@@ -1,0 +1,66 @@
+"""Homes with several promoted ROME edits on the tiny models, built once per module (each edit costs seconds)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import TEST_POLICY
+
+# (subject, target, layer): two edits stack on one module, the third sits on another (its rank is padded)
+EDITS = [("Zorblat", " Paris", 1), ("Quintor", " Rome", 1), ("Veltrax", " Lima", 2)]
+
+
+@dataclass
+class Edited:
+    gov: object
+    model: str
+    requests: list[str]
+    prompts: list[str]
+    tmp: Path
+
+
+def policy_for_layer(tmp: Path, layer: int) -> Path:
+    p = tmp / f"policy-layer{layer}.yaml"
+    p.write_text(TEST_POLICY.replace("rome: {stats_tokens: 2000,", f"rome: {{layer: {layer}, stats_tokens: 2000,"))
+    return p
+
+
+def apply_edits(gov, model: str, tmp: Path, edits=EDITS) -> Edited:
+    from govern.domain import parse_request
+    from govern.pipeline import run_pipeline
+
+    rids, prompts = [], []
+    for subject, target, layer in edits:
+        prompt = f"The capital of {subject} is"
+        [rid] = gov.submit([parse_request({"subject": subject, "prompt": prompt, "target": target, "model": model})], "alice")
+        code = run_pipeline(gov, policy_for_layer(tmp, layer), None, actor="pipeline", model=model, device="cpu",
+                            console=Console(file=io.StringIO(), width=200))
+        assert code == 0 and gov.get_request(rid).state == "promoted", gov.get_request(rid).error
+        rids.append(rid)
+        prompts.append(prompt)
+    return Edited(gov, model, rids, prompts, tmp)
+
+
+def _home_with(tmp_path_factory, name: str, model_dir: Path) -> Edited:
+    from govern.home import Home
+    from govern.service import Govern
+
+    tmp = tmp_path_factory.mktemp(f"serving-{name}")
+    gov = Govern(Home(tmp / "home"))
+    gov.add_model(name, str(model_dir), actor="admin", log=lambda _m: None)
+    return apply_edits(gov, name, tmp)
+
+
+@pytest.fixture(scope="module")
+def edited_llama(tmp_path_factory, tiny_llama_dir) -> Edited:
+    return _home_with(tmp_path_factory, "tiny", tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def edited_gpt2(tmp_path_factory, tiny_gpt2_dir) -> Edited:
+    return _home_with(tmp_path_factory, "gpt", tiny_gpt2_dir)
