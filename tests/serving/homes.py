@@ -64,3 +64,29 @@ def edited_llama(tmp_path_factory, tiny_llama_dir) -> Edited:
 @pytest.fixture(scope="module")
 def edited_gpt2(tmp_path_factory, tiny_gpt2_dir) -> Edited:
     return _home_with(tmp_path_factory, "gpt", tiny_gpt2_dir)
+
+
+BOOST_POLICY_METHODS = ("allowed_methods: {edit: [rome]}", "allowed_methods: {edit: [rome, rank_one_boost]}")
+
+
+def boost_policy(tmp: Path) -> Path:
+    import boost  # noqa: F401 - registers the test-only method rank_one_boost
+
+    p = tmp / "policy-boost.yaml"
+    p.write_text(TEST_POLICY.replace(*BOOST_POLICY_METHODS))
+    return p
+
+
+def boost_edit(gov, model: str, tmp: Path, subject: str, target: str, policy: Path | None = None) -> str:
+    """Submit and apply one `rank_one_boost` edit (it flips the tiny model's answer); returns the request id."""
+    from govern.domain import parse_request
+    from govern.pipeline import run_pipeline
+
+    policy = policy or boost_policy(tmp)
+    prompt = f"The capital of {subject} is"
+    [rid] = gov.submit([parse_request({"subject": subject, "prompt": prompt, "target": target, "model": model,
+                                       "method": "rank_one_boost"})], "alice")
+    code = run_pipeline(gov, policy, None, actor="pipeline", model=model, device="cpu",
+                        console=Console(file=io.StringIO(), width=200))
+    assert code == 0 and gov.get_request(rid).state == "promoted", gov.get_request(rid).error
+    return rid
