@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import boost  # noqa: F401 - registers the test-only method rank_one_boost
 import pytest
 from rich.console import Console
 
@@ -70,8 +71,6 @@ BOOST_POLICY_METHODS = ("allowed_methods: {edit: [rome]}", "allowed_methods: {ed
 
 
 def boost_policy(tmp: Path) -> Path:
-    import boost  # noqa: F401 - registers the test-only method rank_one_boost
-
     p = tmp / "policy-boost.yaml"
     p.write_text(TEST_POLICY.replace(*BOOST_POLICY_METHODS))
     return p
