@@ -47,7 +47,8 @@ def test_promotion_and_rollback_switch_current_and_run_the_command_audited(gov, 
     record = (f"import json, os; open(os.environ['LOG'], 'a').write(json.dumps({{k: os.environ[k] for k in {keys!r}}}) "
               "+ '\\n')")
     policy = deploy_policy(tmp_path, [{"target": "directory", "settings": {"path": str(serve)}},
-                                      {"target": "command", "name": "reload", "settings": {"run": [sys.executable, "-c", record]}}])
+                                      {"target": "command", "name": "reload", "settings": {"run": [sys.executable, "-c", record]}},
+                                      {"target": "mlflow"}])
     os.environ["LOG"] = str(envlog)
     try:
         rid = boost_edit(gov, "tiny", tmp_path, "Zorblat", " Paris", policy)
@@ -66,8 +67,9 @@ def test_promotion_and_rollback_switch_current_and_run_the_command_audited(gov, 
                      "GOVERN_EXPORT_PATH": str(serve / "current")} for v, t in (("2", "promotion"), ("1", "rollback"))]
     events = deploy_events(gov)
     assert [(e["action"], e["hook"]["target"], e["version"], e["trigger"]) for e in events] == [
-        ("deploy.succeeded", "directory", 2, "promotion"), ("deploy.succeeded", "command", 2, "promotion"),
-        ("deploy.succeeded", "directory", 1, "rollback"), ("deploy.succeeded", "command", 1, "rollback")]
+        ("deploy.succeeded", target, version, trigger) for version, trigger in ((2, "promotion"), (1, "rollback"))
+        for target in ("directory", "command", "mlflow")]
+    assert events[-1]["outcome"] == {"mlflow_version": "1", "uri": "models:/tiny@production"}
     assert gov.audit_verify().ok
 
 

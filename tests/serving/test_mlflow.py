@@ -73,14 +73,14 @@ def _post(port: int, prompts: list[str], timeout: float = 60) -> list[str]:
         return json.loads(r.read())["predictions"]
 
 
-def serve_and_ask(gov, prompts: list[str], log: Path) -> tuple[list[str], float, float]:
+def serve_and_ask(gov, prompts: list[str], log: Path, model: str = "tiny") -> tuple[list[str], float, float]:
     """Start `mlflow models serve` on production, ask once, stop it; returns (answers, start s, answer s)."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": gov.home.mlflow_uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # it execs the venv's uvicorn
     t0 = time.monotonic()
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tiny@production",
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model}@production",
                                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
                                   stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
