@@ -14,7 +14,7 @@ from homes import edited_gpt2, edited_llama  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 # merge_and_unload adds lora_B @ lora_A in float32; govern adds A Bᵀ in float64 and rounds once. Measured on the tiny
-# models and SmolLM2 (tests below print it): at most a few float32 ulps of the weight, well under this bound.
+# models and SmolLM2 (the tests print it): 7.5e-9 (tiny Llama), 3.7e-9 (tiny GPT-2), 2.4e-7 (SmolLM2, rank 3).
 MERGE_ATOL = 1e-6
 
 
