@@ -149,7 +149,10 @@ def staged_dir(out: Path, *, replace: bool = False) -> Iterator[Path]:
             out.rename(old)
         tmp.rename(out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

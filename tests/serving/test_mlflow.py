@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from homes import boost_edit
+from homes import boost_edit, boost_policy
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of Zorblat is"
@@ -134,3 +134,26 @@ def test_mlflow_models_serve_answers_with_the_promoted_edit_then_the_original_af
     with capsys.disabled():
         print(f"\nmlflow models serve (tiny): ready in {start_s:.1f}s / {start2_s:.1f}s, "
               f"first answer in {answer_s:.2f}s / {answer2_s:.2f}s")
+
+
+def test_a_version_built_by_a_rollback_job_is_a_pyfunc_model_once_it_is_production(gov, tmp_path):
+    from govern.worker import Worker
+
+    # the boost edits are not local (they disturb the probes): the rollback canary checks the kept edit only
+    policy = boost_policy(tmp_path)
+    policy.write_text(policy.read_text().replace("canary:\n", "canary:\n  rollback_gates:\n"
+                                                 "    - {metric: kept_efficacy, op: '>=', threshold: 1.0}\n", 1))
+    first = boost_edit(gov, "tiny", tmp_path, "Zorblat", " Paris", policy)
+    boost_edit(gov, "tiny", tmp_path, "Quintor", " Rome", policy)
+    res = gov.rollback(first, "bob", "the one under the newer change")
+    assert res.job_id is not None  # production without it is built and canaried by a job
+    Worker(gov, "tiny").run_until_idle({first})
+    assert gov.get_request(first).state == "rolled_back", gov.rollback_result(first)
+
+    prod = gov.version("tiny")
+    assert prod.number == 4 and len(prod.changes) == 1
+    with gov.store.read() as s:
+        mlflow_version = gov.store.get_version(s, "tiny", 4).mlflow_version
+    assert mlflow_version and gov.registry.aliases("tiny")["production"] == mlflow_version
+    prompt = "The capital of Quintor is"
+    assert _load(gov, "models:/tiny@production").predict([prompt]) == [gov.ask("tiny", prompt, 24)[1]]
