@@ -17,6 +17,7 @@ of its output in the audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,10 +87,8 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout_s: float, cwd: str
         out, _ = proc.communicate(timeout=timeout_s)
         return proc.returncode, out or ""
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it exited between the timeout and the kill
             os.killpg(proc.pid, signal.SIGKILL)  # the command's own group: it and whatever it started
-        except ProcessLookupError:
-            pass  # it exited between the timeout and the kill
         out, _ = proc.communicate()
         return None, out or ""
 

@@ -37,7 +37,7 @@ class RankOneBoost:
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for fact in payload:
             seen: list[torch.Tensor] = []
-            handle = module.register_forward_hook(lambda _m, args, _o: seen.append(args[0][0, -1].detach()))
+            handle = module.register_forward_hook(lambda _m, args, _o, seen=seen: seen.append(args[0][0, -1].detach()))
             try:
                 with torch.no_grad():
                     model(**tokenizer(fact.prompt, return_tensors="pt"))

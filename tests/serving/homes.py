@@ -1,4 +1,4 @@
-"""Homes with several promoted ROME edits on the tiny models, built once per module (each edit costs seconds)."""
+"""Helpers for the serving tests: homes with promoted ROME edits, and `rank_one_boost` edits that flip a tiny model's answer."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boost  # noqa: F401 - registers the test-only method rank_one_boost
-import pytest
-from rich.console import Console
-
 from conftest import TEST_POLICY
+from rich.console import Console
 
 # (subject, target, layer): two edits stack on one module, the third sits on another (its rank is padded)
 EDITS = [("Zorblat", " Paris", 1), ("Quintor", " Rome", 1), ("Veltrax", " Lima", 2)]
@@ -47,7 +45,8 @@ def apply_edits(gov, model: str, tmp: Path, edits=EDITS) -> Edited:
     return Edited(gov, model, rids, prompts, tmp)
 
 
-def _home_with(tmp_path_factory, name: str, model_dir: Path) -> Edited:
+def edited_home(tmp_path_factory, name: str, model_dir: Path) -> Edited:
+    """A fresh home with `model_dir` registered as `name` and the three ROME edits of `EDITS` promoted."""
     from govern.home import Home
     from govern.service import Govern
 
@@ -55,17 +54,6 @@ def _home_with(tmp_path_factory, name: str, model_dir: Path) -> Edited:
     gov = Govern(Home(tmp / "home"))
     gov.add_model(name, str(model_dir), actor="admin", log=lambda _m: None)
     return apply_edits(gov, name, tmp)
-
-
-@pytest.fixture(scope="module")
-def edited_llama(tmp_path_factory, tiny_llama_dir) -> Edited:
-    return _home_with(tmp_path_factory, "tiny", tiny_llama_dir)
-
-
-@pytest.fixture(scope="module")
-def edited_gpt2(tmp_path_factory, tiny_gpt2_dir) -> Edited:
-    return _home_with(tmp_path_factory, "gpt", tiny_gpt2_dir)
-
 
 BOOST_POLICY_METHODS = ("allowed_methods: {edit: [rome]}", "allowed_methods: {edit: [rome, rank_one_boost]}")
 

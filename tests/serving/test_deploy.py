@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import TEST_POLICY
 from homes import BOOST_POLICY_METHODS, boost_edit
 from rich.console import Console
-
-from conftest import TEST_POLICY
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from homes import edited_gpt2, edited_llama  # noqa: F401 - fixtures
+from homes import Edited, edited_home
 
 REPO = Path(__file__).resolve().parents[2]
 # merge_and_unload adds lora_B @ lora_A in float32; govern adds A Bᵀ in float64 and rounds once. Measured on the tiny
@@ -23,6 +23,16 @@ def greedy_ids(model, tok, prompt: str, n: int = 6) -> list[int]:
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
     return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module")
+def edited_llama(tmp_path_factory, tiny_llama_dir) -> Edited:
+    return edited_home(tmp_path_factory, "tiny", tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def edited_gpt2(tmp_path_factory, tiny_gpt2_dir) -> Edited:
+    return edited_home(tmp_path_factory, "gpt", tiny_gpt2_dir)
 
 
 def govern_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
