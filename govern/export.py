@@ -101,10 +101,13 @@ class VerifyResult:
 
 # -- writing -------------------------------------------------------------------------------
 def export_version(ref: VersionRef, model: str, fmt: str, out: str | Path, *, force: bool = False,
-                   host: ModelHost | None = None, stage: Stage | None = None) -> ExportManifest:
+                   host: ModelHost | None = None, stage: Stage | None = None, empty_adapter: bool = False) -> ExportManifest:
     """Write `ref` of `model` to `out` in format `fmt` (see the module docstring); returns its manifest.
 
     Refuses an existing non-empty `out` unless `force` (then it is replaced whole).
+    ``peft`` of the base version (no change) is refused, unless `empty_adapter`: then the
+    export holds only its manifest (``changes: []``), which a deploy target hands on as
+    "serve the base without an adapter".
     A change file that does not match its recorded digest, and a version whose
     materialised weights differ from its manifest, are refused (IntegrityError
     or ChangeIntegrityError); nothing is left at `out` then.
@@ -119,7 +122,7 @@ def export_version(ref: VersionRef, model: str, fmt: str, out: str | Path, *, fo
         if fmt == "hf":
             write_hf(ref, tmp, host or ModelHost(), stage)
         else:
-            write_peft(ref, tmp, stage)
+            write_peft(ref, tmp, stage, empty=empty_adapter)
         manifest = write_manifest(tmp, ref, model, fmt)  # type: ignore[arg-type]
         stage("manifest")
     stage("renamed")
@@ -176,14 +179,16 @@ def write_hf(ref: VersionRef, dest: Path, host: ModelHost, stage: Stage) -> None
     stage("tokenizer")
 
 
-def write_peft(ref: VersionRef, dest: Path, stage: Stage) -> None:
-    """The low-rank changes of `ref` as one PEFT LoRA adapter over its base, into `dest`."""
+def write_peft(ref: VersionRef, dest: Path, stage: Stage, *, empty: bool = False) -> None:
+    """The low-rank changes of `ref` as one PEFT LoRA adapter over its base, into `dest` (nothing for the base with `empty`)."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
     changes = [(r, _load_change(r)) for r in ref.changes]
     layouts = module_layouts(Path(ref.base.path), [n for _, ch in changes for n in ch.touched()])
     factors = lora_factors(changes, layouts)
+    if not factors and empty:
+        return
     if not factors:
         raise InputError("this version has no change to put in an adapter (it is the base checkpoint); "
                          "serve the base itself, or use --format hf")

@@ -11,7 +11,9 @@ renamed (`govern.export.staged_dir`); only then is a new symlink made beside
 at any point leaves ``current`` pointing at the complete export it pointed at
 before, or at the new complete one — never at a half-written directory. An
 existing ``versions/<n>`` that verifies and holds the same changes is reused (a
-rollback to a version delivered before costs one rename).
+rollback to a version delivered before costs one rename). With ``format: peft``
+the base version (no change) is an export holding only its manifest
+(``changes: []``): serve the base without an adapter.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class DirectoryTarget:
             reused = same and verify_export(dest).ok
         if not reused:
             export_version(ref, delivery.model, self.config.format, dest, force=True, host=delivery.host(),
-                           stage=delivery.stage)
+                           stage=delivery.stage, empty_adapter=True)
         delivery.stage("exported")
         switch_current(root, dest)
         delivery.stage("linked")

@@ -72,6 +72,19 @@ def test_promotion_and_rollback_switch_current_and_run_the_command_audited(gov, 
     assert gov.audit_verify().ok
 
 
+def test_a_peft_directory_holds_the_adapter_and_the_base_as_an_empty_export(gov, tmp_path):
+    from govern.export import read_manifest
+
+    serve = tmp_path / "serve"
+    policy = deploy_policy(tmp_path, [{"target": "directory", "settings": {"path": str(serve), "format": "peft"}}])
+    rid = boost_edit(gov, "tiny", tmp_path, "Zorblat", " Paris", policy)
+    assert current_version(serve) == 2 and (serve / "current" / "adapter_config.json").is_file()
+    gov.rollback(rid, "bob", "deploy test: undo")
+    assert current_version(serve) == 1 and read_manifest(serve / "current").changes == []
+    assert sorted(p.name for p in (serve / "current").iterdir()) == ["govern-export.json"]  # the base: no adapter
+    assert [e["action"] for e in deploy_events(gov)] == ["deploy.succeeded", "deploy.succeeded"]
+
+
 def test_a_failing_command_leaves_production_and_current_consistent_and_monitor_retries_it(gov, tmp_path):
     from govern.monitor import check_model
     from govern.policy import load_policy
