@@ -180,3 +180,25 @@ def test_a_gpt2_model_with_a_128_token_context_goes_through_the_whole_loop(home,
     assert any(row.prompt == long_prompt for row in ev.report.rows)  # scored on its last window, not skipped
     gov.rollback(rid, "bob", "done")
     assert gov.get_request(rid).state == "rolled_back"
+
+
+@pytest.mark.parametrize("setting,state", [("", "canary_failed"), ("  on_insufficient: review\n", "awaiting_review"),
+                                           ("ALLOW", "promoted")])
+def test_the_policy_decides_what_not_enough_evidence_does(gov, tmp_path, setting, state):
+    text = TEST_POLICY.replace("    - {metric: paraphrase, op: \">=\", threshold: 0.0, when_missing: skip}",
+                               "    - {metric: paraphrase, compare: non_inferior, margin: 0.1}")
+    if setting == "ALLOW":
+        text = text.replace("low: {approvers: 0, auto_approve: true}", "low: {approvers: 0, auto_approve: true, allow_insufficient: true}")
+    else:
+        text = text.replace("canary:\n", "canary:\n" + setting)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(text)
+    [rid] = gov.submit([parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris",
+                                       "paraphrases": ["Zorblat's capital is"]})], "alice")
+    _apply(gov, policy)
+    r = gov.get_request(rid)
+    gate = next(g for g in r.report().gates if g.metric == "paraphrase")
+    assert gate.result == "insufficient" and gate.n_needed and gate.n_needed > 1  # one paraphrase shows nothing
+    assert r.state == state, r.error
+    if state == "canary_failed":
+        assert "not enough evidence" in (r.error or "")
