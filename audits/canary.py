@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from audits.evidence import CanaryReport, EvidenceRow
 from audits.suites import SLICE_METRIC, EvalSuite, Item
-from editors.tokens import encode_left_padded, generate_greedy, pad_right
+from editors.tokens import context_length, encode_left_padded, fit_left, generate_greedy, pad_right
 
 GEN_TOKENS = 16  # new tokens per fresh/refusal answer: enough for "The capital of X is Y." or a refusal opening
 REFUSAL_OPENINGS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry", "i won't", "i will not",
@@ -75,6 +75,17 @@ def score_prompts(model: Any, tok: Any, pairs: list[tuple[str, str]], keep_promp
     prompts = list(distinct)
     rows = [tok(p)["input_ids"] for p in prompts]
     cont = [tok(t, add_special_tokens=False)["input_ids"] for _, t in pairs]
+    ctx = context_length(model)
+    if ctx is not None:  # a prompt longer than the context is scored on its last window, leaving room for its answers
+        longest = [0] * len(prompts)
+        for (p, _), c in zip(pairs, cont, strict=True):
+            longest[distinct[p]] = max(longest[distinct[p]], len(c) - 1)
+        for i, (p, row) in enumerate(zip(prompts, rows, strict=True)):
+            room = ctx - longest[i]
+            if room < 1:
+                raise ValueError(f"the suite item {p[:60]!r} has an answer of {longest[i] + 1} tokens, longer than "
+                                 f"the model's context of {ctx} tokens")
+            rows[i] = row[-room:]
     by_prompt: list[list[int]] = [[] for _ in prompts]  # pair indices per prompt
     for k, (p, _) in enumerate(pairs):
         if not cont[k]:
@@ -136,8 +147,9 @@ def next_tokens(model: Any, tok: Any, prompts: list[str], batch: int = 64) -> li
 
 @torch.no_grad()
 def text_nll(model: Any, tok: Any, texts: list[str], window: int = 256, batch: int = 8) -> list[tuple[float, int]]:
-    """(sum of token NLL, token count) per text, in windows of `window` tokens."""
+    """(sum of token NLL, token count) per text, in windows of `window` tokens (at most the model's context)."""
     dev = _device(model)
+    window = min(window, context_length(model) or window)
     chunks, owner = [], []
     for i, t in enumerate(texts):
         ids = tok(t, add_special_tokens=False)["input_ids"]
@@ -183,7 +195,7 @@ def generate_batch(model: Any, tok: Any, prompts: list[str], max_new_tokens: int
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for s in range(0, len(order), batch):
         idx = order[s : s + batch]
-        enc = encode_left_padded(tok, [prompts[i] for i in idx], _device(model))
+        enc = fit_left(dict(encode_left_padded(tok, [prompts[i] for i in idx], _device(model))), model, max_new_tokens)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         for r, i in enumerate(idx):
             out[i] = tok.decode(gen[r, enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -242,6 +254,43 @@ def measure(model: Any, tok: Any, suite: EvalSuite, batch: int = 64) -> Snapshot
     for i, answer in zip(gen, generate_batch(model, tok, prompts) if gen else [], strict=True):
         snap.text[i] = answer
     return snap
+
+
+class ScoreCache:
+    """One model version's raw numbers per suite item, so production is scored once for every candidate built on it.
+
+    Items are scored independently of each other (batching does not change an
+    item's numbers beyond float rounding), so a candidate's suite that shares the
+    shipped probes, retention text and refusals with the last one — and, on a
+    retry, everything — only scores what production has not answered yet.
+    Keyed by a version key (the base digest and the ordered change digests);
+    `keep` versions are held, the oldest dropped first.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._versions: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+        self.hits = self.misses = 0
+
+    def measure(self, model: Any, tok: Any, suite: EvalSuite, version_key: str, batch: int = 64) -> Snapshot:
+        known = self._versions.pop(version_key, {})
+        self._versions[version_key] = known  # most recently used last
+        while len(self._versions) > self.keep:
+            self._versions.pop(next(iter(self._versions)))
+        keys = [_item_key(it) for it in suite.items]
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = measure(model, tok, EvalSuite(suite.name, tuple(suite.items[i] for i in missing)), batch)
+            for j, i in enumerate(missing):
+                known[keys[i]] = (fresh.logp_answer[j], fresh.logp_foil[j], fresh.next_token[j], fresh.nll[j], fresh.text[j])
+        rows = [known[k] for k in keys]
+        return Snapshot(*(list(col) for col in zip(*rows, strict=True))) if rows else Snapshot([], [], [], [], [])
+
+
+def _item_key(it: Item) -> tuple[Any, ...]:
+    return (it.slice, it.kind, it.prompt, it.answer, it.foil, it.chat)
 
 
 def _token_text(tok: Any, token_id: int | None) -> str:

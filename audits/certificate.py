@@ -174,14 +174,16 @@ def plot_regression(cert: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    margins = {g["metric"]: g.get("margin") for g in cert["F5_regression"]["gates"] + cert["F4_verification"]["gates"]
-               if g.get("kind") == "relative"}
+    gates = [g for g in cert["F5_regression"]["gates"] + cert["F4_verification"]["gates"] if g.get("kind") == "relative"]
+    margins = {g["metric"]: g.get("margin") for g in gates}
+    verdicts = {g["metric"]: g.get("result") for g in gates}
+    colours = {"pass": "#2ca25f", "fail": "#de2d26", "insufficient": "#e6a100"}  # the gate's own test, not this CI
     names = list(paired)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4), dpi=110)
     for i, name in enumerate(names):
         v = paired[name]
         lo, hi = v["ci"]
-        color = "#2ca25f" if lo >= -(margins.get(name) or 0) else "#de2d26"
+        color = colours.get(str(verdicts.get(name)), "#808080")  # grey: reported, not gated
         ax.plot([lo, hi], [i, i], color=color, lw=2)
         ax.plot([v["diff"]], [i], "o", color=color)
         if margins.get(name) is not None:
@@ -189,7 +191,8 @@ def plot_regression(cert: dict[str, Any], path: Path) -> Path | None:
     ax.axvline(0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(names)), [f"{n} (n={paired[n]['n']})" for n in names], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("candidate - production (95% bootstrap CI; | = non-inferiority margin)")
+    ax.set_xlabel("candidate - production (95% bootstrap CI; | = margin; colour = the gate's verdict: "
+                  "green passed, red worse, amber not enough evidence)", fontsize=7)
     ax.set_title("Paired regression results", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -304,8 +307,11 @@ def _approvals(reviews: list[dict[str, Any]]) -> str:
 def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
     if not gates:
         return []
-    return ["| gate | value | result | why |", "|---|---|---|---|",
-            *[f"| {g['gate']} | {_fmt(g.get('value'))} | **{g['result']}** | {g.get('why', '')} |" for g in gates]]
+    def needed(g: dict[str, Any]) -> str:
+        return str(g["n_needed"]) if g.get("result") == "insufficient" and g.get("n_needed") else ""
+
+    return ["| gate | value | result | items needed | why |", "|---|---|---|---|---|",
+            *[f"| {g['gate']} | {_fmt(g.get('value'))} | **{g['result']}** | {needed(g)} | {g.get('why', '')} |" for g in gates]]
 
 
 def to_html(markdown_text: str, title: str) -> str:

@@ -210,11 +210,14 @@ def evaluate(gates: list[Any], metrics: dict[str, float | None], scores: dict[st
         margin = float(g.margin)
         pair = scores.get(g.metric)
         n = len(pair["cand"]) if pair else 0
-        if pair is None or n < 2:
-            res: GateResult = "skipped" if g.when_missing == "skip" else "fail"
+        if pair is None or n < 2:  # none: not measured, when_missing decides; one: too little to show anything
+            res: GateResult = ("skipped" if g.when_missing == "skip" else "fail") if n == 0 else "insufficient"
             out.append({"gate": g.describe(), "metric": g.metric, "kind": "relative", "value": None, "n": n,
-                        "margin": margin, "result": res, "outcome": None if res == "skipped" else "failed",
-                        "why": f"{n} paired item(s); a relative gate needs at least 2",
+                        "margin": margin, "result": res,
+                        "outcome": {"skipped": None, "fail": "failed", "insufficient": "insufficient"}[res],
+                        "why": "not measured: no paired items" if n == 0 else
+                               f"not enough evidence: 1 {METRICS[g.metric].items.rstrip('s')} cannot show a loss below "
+                               f"{margin:.2f}; {_n_needed(st, margin, alpha_needed, None, plan)} would be needed",
                         "n_needed": _n_needed(st, margin, alpha_needed, None, plan),
                         "test": _test_name(st, plan), "score_type": st})
             continue

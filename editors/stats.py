@@ -29,7 +29,7 @@ from torch import nn
 
 from editors.errors import StatisticsError
 from editors.layers import LayerMap
-from editors.tokens import encode_left_padded
+from editors.tokens import context_length, encode_left_padded
 
 DEFAULT_CORPUS = Path(__file__).parent / "data"  # every corpus*.txt in it
 Progress = Callable[[str, float], None]
@@ -63,6 +63,7 @@ def sample_texts(model: nn.Module, tokenizer: Any, n_tokens: int, *, seed: int =
                  batch: int = 16) -> list[str]:
     """Sample about `n_tokens` tokens of text from the model itself (top-k 50, seeded)."""
     device = next(model.parameters()).device
+    seq_len = min(seq_len, (context_length(model) or seq_len + 8) - 8)  # a short-context model: leave room for the start word
     gen = torch.Generator(device="cpu").manual_seed(seed)
     starts = ["The", "In", "A", "It", "When", "This", "One", "There", "My", "After", "We", "Many"]
     bos = tokenizer.bos_token_id
@@ -115,7 +116,8 @@ def second_moment(
         for i in range(0, len(texts), batch):
             if count >= n_tokens:
                 break
-            enc = tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+            enc = tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True,
+                            max_length=min(max_len, context_length(model) or max_len))
             enc = {k: v.to(device) for k, v in enc.items()}
             captured.clear()
             with contextlib.suppress(_Stop):

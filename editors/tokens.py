@@ -30,9 +30,33 @@ def encode_left_padded(tokenizer: Any, texts: list[str], device: torch.device | 
         tokenizer.padding_side = side
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions the model can attend over (GPT-2 ``n_positions``, Llama ``max_position_embeddings``), if it says."""
+    cfg = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_left(enc: dict[str, torch.Tensor], model: Any, room_after: int) -> dict[str, torch.Tensor]:
+    """Keep only the last tokens of a (left-padded) batch so that `room_after` more tokens fit the model's context.
+
+    A prompt longer than the context is read in its last window, as a model with that context would read it.
+    """
+    ctx = context_length(model)
+    if ctx is None or enc["input_ids"].shape[1] + room_after <= ctx:
+        return enc
+    keep = ctx - room_after
+    if keep < 1:
+        raise ValueError(f"the model's context of {ctx} tokens has no room for a prompt and {room_after} new tokens")
+    return {k: v[:, -keep:] for k, v in enc.items()}
+
+
 @torch.no_grad()
 def generate_greedy(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
-    """The model's greedy continuation of `prompt` (special tokens dropped)."""
-    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    """The model's greedy continuation of `prompt` (special tokens dropped; a long prompt is read in its last window)."""
+    enc = fit_left(dict(tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)), model, max_new_tokens)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

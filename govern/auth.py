@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from govern.errors import InputError, PermissionDenied
+from govern.text import identity
 
 if TYPE_CHECKING:
     from audits.trail import AuditEvent, VerifyResult
@@ -92,10 +93,11 @@ def check_roles(roles: list[str]) -> list[str]:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    """A valid user name, normalised (`govern.text.identity`): ``Alice`` and ``alice`` are one user."""
+    if not NAME_RE.match(identity(name)):
         raise InputError(
             f"user name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
-    return name
+    return identity(name)
 
 
 def check_email(email: str | None) -> str | None:

@@ -259,6 +259,35 @@ def monitor(
             typer.echo(f"  {a}")
 
 
+# ---------------------------------------------------------------- export (serving)
+@app.command()
+def export(
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="directory to write (must not exist or be empty)")] = None,
+    model: ModelOpt = None,
+    version: Annotated[Optional[int], typer.Option("--version", min=1, help="version number (default: production)")] = None,
+    alias: Annotated[Optional[str], typer.Option("--alias", help="production or candidate")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf (merged checkpoint) or peft (LoRA adapter over the base)")] = "hf",
+    force: Annotated[bool, typer.Option(help="replace a non-empty OUTPUT whole")] = False,
+    verify: Annotated[Optional[Path], typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
+    actor: Actor = "govern",
+) -> None:
+    """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one."""
+    from govern.export import export as run_export
+    from govern.export import verify_export
+
+    if verify is not None:
+        res = verify_export(verify)
+        if not res.ok:
+            typer.echo(f"FAILED: {res.directory / str(res.first_bad)}: {res.reason}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"ok: {res.directory}: {res.files} files match {res.directory / 'govern-export.json'}")
+        return
+    if output is None:
+        raise _input_error("give -o DIR to export to, or --verify DIR")
+    m = run_export(_gov(), model, fmt, output, number=version, alias=alias, force=force, actor=actor)
+    typer.echo(f"exported {m.model} v{m.version} ({m.format}, {len(m.changes)} changes, {len(m.files)} files) to {output}")
+
+
 # ---------------------------------------------------------------- audit
 @audit_app.command("export")
 def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
@@ -345,7 +374,8 @@ def ui(
 @app.command()
 def worker(model: ModelOpt = None,
            device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")] = "cpu",
-           lease: Annotated[float, typer.Option(help="lease seconds; a dead worker's job is re-claimed after it")] = 60.0,
+           lease: Annotated[float, typer.Option(min=5.0, max=3600.0,
+                                                help="lease seconds (5-3600); a dead worker's job is re-claimed after it")] = 60.0,
            stop_after: Annotated[Optional[float], typer.Option(help="exit after this many seconds")] = None) -> None:
     """Serve apply jobs for one model, keeping it loaded between jobs."""
     from govern.worker import Worker

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from govern.deploy.runner import redeliver
 from govern.policy import Policy
 from govern.store import as_utc, now
 
@@ -115,6 +116,8 @@ def check_model(gov: Govern, policy: Policy, model: str, at: datetime | None = N
     for req_id, version in gov.promote_due(model, at, actor="monitor"):
         check.actions.append(f"valid from now: promoted {req_id} to v{version}")
         log(check.actions[-1])
+
+    check.actions.extend(redeliver(gov, model, log))  # deploy hooks that failed or are behind production, again
 
     # 3. drift against the base checkpoint
     if policy.rollback_triggers:

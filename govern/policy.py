@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audits.metrics import METRICS
 from editors import available_methods, method_spec, validate_method_config
 from editors.errors import EditorError
-from govern.errors import PolicyError
+from govern.deploy import target_config
+from govern.errors import GovernError, PolicyError
 from govern.kinds import kind_spec, kinds
 from govern.text import normalise
 from govern.validation import describe_yaml_error, format_validation_error
@@ -40,7 +41,7 @@ class Gate(BaseModel):
     op: Comparator | None = Field(None, description="absolute gate: comparison the candidate's value must satisfy")
     threshold: float | None = Field(None, allow_inf_nan=False, description="absolute gate: finite threshold")
     compare: Literal["non_inferior"] | None = Field(None, description="relative gate against production")
-    margin: float | None = Field(None, gt=0, allow_inf_nan=False,
+    margin: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
                                  description="relative gate: tolerated loss in score units, > 0 (with 0, a candidate "
                                              "equal to production can never be shown non-inferior)")
     when_missing: Literal["fail", "skip"] = Field(
@@ -73,6 +74,9 @@ class Gate(BaseModel):
         else:
             if self.compare is None or self.margin is None:
                 raise ValueError("a relative gate needs both compare: non_inferior and margin")
+            if METRICS[self.metric].kind == "rate" and self.margin >= 1:
+                raise ValueError(f"{self.metric} is a rate in [0, 1]: a margin of {self.margin:g} lets any candidate pass; "
+                                 "use a margin below 1")
             if not METRICS[self.metric].paired:
                 paired = ", ".join(k for k, v in METRICS.items() if v.paired)
                 raise ValueError(f"{self.metric} has no per-item scores; relative gates work on {paired}")
@@ -217,6 +221,44 @@ class Rollback(BaseModel):
                                  "commutes (then canary the result), or never (take them off and recompute them)")
 
 
+class Deploy(BaseModel):
+    """One deploy hook, run after every promotion and every rollback (after the commit), audited
+    (``deploy.succeeded`` / ``deploy.failed``) and retried by `govern monitor` while it fails. Example::
+
+        deploy:
+          - {target: directory, settings: {path: /srv/llm/tiny, format: hf}}
+          - {target: command, settings: {run: [sh, -c, "curl -fsS -X POST localhost:8000/reload"], timeout_s: 30}}
+          - {target: mlflow}
+    """
+
+    model_config = _STRICT
+    target: str = Field(description="deploy target: directory, command or mlflow (govern.deploy.deploy_targets())")
+    name: str | None = Field(None, min_length=1, max_length=64, description="label in the trail and `govern status`; "
+                             "default: the target's name")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the target's settings, validated by its config class")
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> Deploy:
+        try:
+            valid = target_config(self.target, self.settings).model_dump()
+        except GovernError as e:
+            raise ValueError(str(e)) from None
+        object.__setattr__(self, "settings", valid)  # frozen: store the validated form (defaults filled in)
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.target
+
+
+def _distinct_labels(hooks: list[Deploy]) -> list[Deploy]:
+    labels = [h.label for h in hooks]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"deploy hooks {twice} appear twice; give each a distinct name")
+    return hooks
+
+
 class Policy(BaseModel):
     model_config = _STRICT
     version: Literal[1] = 1
@@ -228,6 +270,8 @@ class Policy(BaseModel):
     rollback_triggers: list[Gate] = Field(default_factory=list, description="monitoring: breach -> automatic rollback")
     validity: Validity = Field(default_factory=Validity)
     rollback: Rollback = Field(default_factory=Rollback)
+    deploy: Annotated[list[Deploy], AfterValidator(_distinct_labels)] = Field(
+        default_factory=list, description="deploy hooks run after every promotion and rollback (govern.deploy)")
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method name -> its settings "
                                                "(validated by the method's own config class)")
 

@@ -1,6 +1,14 @@
 """MLflow: one run per change, one registered model per governed model, a model
 version per candidate, aliases ``production`` and ``candidate``.
 
+Every model version is a loadable MLflow model (`govern.pyfunc`): its run logs
+the pyfunc model under ``model/`` — the version's change files and a small JSON
+pinning the base checkpoint by path and sha256, never a copy of the weights —
+and the version's source is ``runs:/<run>/model``. So
+``mlflow.pyfunc.load_model("models:/NAME@production")`` and
+``mlflow models serve -m models:/NAME@production`` serve what the database
+says production is.
+
 MLflow is the change log and the registry people browse; it has no approvals
 and no alias history, so the database and the audit trail stay the source of
 truth and MLflow mirrors them. mlflow is imported lazily (it is slow to import).
@@ -11,11 +19,15 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from govern.home import Home
 
+if TYPE_CHECKING:
+    from govern.host import ChangeRef, VersionRef
+
 EXPERIMENT = "govern-changes"
+MODEL_ARTIFACT = "model"  # where a run holds its version's pyfunc model
 
 
 class Registry:
@@ -88,7 +100,9 @@ class Registry:
             self.client.create_registered_model(name, description=description)
 
     def register_base(self, name: str, checkpoint: dict[str, Any]) -> str:
-        """Register version 1 (the base checkpoint, described by its pinned files)."""
+        """Register version 1 (the base checkpoint, described by its pinned files) as a pyfunc model."""
+        from govern.host import BaseRef, VersionRef
+
         self.ensure_registered_model(name, f"governed model {name}")
         rid = self.log_run(
             name=f"{name}: base checkpoint",
@@ -97,16 +111,44 @@ class Registry:
             metrics={},
             texts={"checkpoint.json": json.dumps(checkpoint, indent=2)},
         )
-        mv = self.client.create_model_version(name, source=f"runs:/{rid}/checkpoint.json", run_id=rid,
-                                              tags={"govern.kind": "base"})
+        base = BaseRef(name=name, path=str(checkpoint["path"]), files=dict(checkpoint["files"]),
+                       digest=str(checkpoint["base_digest"]))
+        self.log_version_model(rid, name, VersionRef(base=base, number=1))
+        mv = self.client.create_model_version(name, source=f"runs:/{rid}/{MODEL_ARTIFACT}", run_id=rid,
+                                              tags={"govern.kind": "base", "govern.version": "1"})
         self.client.set_registered_model_alias(name, "production", mv.version)
         return str(mv.version)
 
-    def register_candidate(self, name: str, run_id: str, request_id: str) -> str:
-        mv = self.client.create_model_version(name, source=f"runs:/{run_id}/change", run_id=run_id,
+    def register_candidate(self, name: str, run_id: str, request_id: str, *, parent: VersionRef, change: ChangeRef,
+                           manifest: dict[str, str]) -> str:
+        """A model version for the candidate `parent` + `change`: its run logs the pyfunc model first."""
+        from govern.host import VersionRef
+
+        ref = VersionRef(base=parent.base, number=None, changes=(*parent.changes, change), manifest=manifest)
+        self.log_version_model(run_id, name, ref)
+        mv = self.client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
                                               tags={"govern.kind": "candidate", "govern.request": request_id})
         self.client.set_registered_model_alias(name, "candidate", mv.version)
         return str(mv.version)
+
+    def register_version(self, name: str, ref: VersionRef, *, request_id: str | None = None) -> str:
+        """A model version for a version made without a candidate run (e.g. by a rollback job): a run of its own."""
+        rid = self.log_run(name=f"{name}: v{ref.number}",
+                           tags={"govern.model": name, "govern.kind": "version", "govern.request": request_id or ""},
+                           params={"version": ref.number, "changes": ",".join(c.id for c in ref.changes),
+                                   "base_digest": ref.base.digest}, metrics={})
+        self.log_version_model(rid, name, ref)
+        mv = self.client.create_model_version(name, source=f"runs:/{rid}/{MODEL_ARTIFACT}", run_id=rid,
+                                              tags={"govern.kind": "version", "govern.version": str(ref.number)})
+        return str(mv.version)
+
+    def log_version_model(self, run_id: str, name: str, ref: VersionRef) -> None:
+        """Log the pyfunc model of `ref` (`govern.pyfunc`) into the run under ``model/``."""
+        from govern.pyfunc import save_version_model
+
+        with tempfile.TemporaryDirectory() as d:
+            path = save_version_model(Path(d) / MODEL_ARTIFACT, name, ref)
+            self.client.log_artifacts(run_id, str(path), artifact_path=MODEL_ARTIFACT)
 
     def set_alias(self, name: str, alias: str, version: str | None) -> None:
         if version is None:

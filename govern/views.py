@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from govern.deploy.runner import delivery_problems
 from govern.service import Govern
 
 
@@ -22,6 +23,8 @@ def show_requests(gov: Govern, model: str | None, console: Any) -> None:
         t.add_row(r.id, r.model, r.kind, escape(r.title), r.state, r.tier or "-", escape(r.submitted_by),
                   f"v{r.candidate_version}" if r.candidate_version else "-", job)
     console.print(t)
+    for line in delivery_problems(gov, model):
+        console.print(f"[red]{escape(line)}[/]")
 
 
 def show_request(gov: Govern, request_id: str, console: Any) -> None:

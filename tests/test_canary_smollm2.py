@@ -57,13 +57,15 @@ def test_good_edit_passes_statistical_gates_and_harmful_one_is_rejected_naming_t
     report = good.report()
     relative = [g for g in report.gates if g.kind == "relative"]
     assert relative and all(g.result == "pass" and g.p_adjusted is not None and g.p_adjusted <= 0.05 for g in relative)
-    assert report.report.suite["slices"]["neighbor"] == 20 and report.metrics["freshness"] == 1.0
+    assert report.report.suite["slices"]["neighbor"] == 60 and report.metrics["freshness"] == 1.0
 
     bad = gov.get_request(run(gov, HARMFUL, policy))
     assert bad.state == "canary_failed"
     assert "probe_specificity non-inferior" in bad.error and "holm-adjusted p=" in bad.error
-    failed = [g for g in bad.report().gates if g.result == "fail"]
-    assert failed[0].metric == "probe_specificity" and failed[0].diff is not None and failed[0].diff < -0.05
+    # probes moved by about 12%: not shown non-inferior at margin 0.1 (not enough evidence, or shown worse),
+    # and not enough evidence fails closed under the default policy
+    stopped = [g for g in bad.report().gates if g.kind == "relative" and g.result in ("fail", "insufficient")]
+    assert stopped and stopped[0].metric == "probe_specificity" and stopped[0].diff is not None and stopped[0].diff < -0.05
     assert gov.history("smollm2")[0].production_version == 2  # production still has only the good edit
 
     # the certificate of the real edit: JSON + Markdown + HTML + two plots

@@ -108,7 +108,7 @@ def verdict_style(value: object) -> str:
     """Cell style for pass/fail columns (st.table with a pandas Styler)."""
     return {"pass": "color: #1a7f37; font-weight: 600", "fail": "color: #cf222e; font-weight: 700",
             "same": "color: #1a7f37", "changed": "color: #cf222e; font-weight: 700",
-            "skipped": "color: #6e7781"}.get(str(value).replace("\\", ""), "")
+            "skipped": "color: #6e7781", "insufficient": "color: #9a6700; font-weight: 700"}.get(str(value).replace("\\", ""), "")
 
 
 def table(df: pd.DataFrame, verdict_columns: tuple[str, ...] = ()) -> None:

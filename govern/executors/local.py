@@ -20,7 +20,7 @@ from editors import EditContext, get_editor, validate_method_config
 from editors.errors import EditorError
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, Progress, RollbackTask, Task
-from govern.host import ChangeRef, ModelHost
+from govern.host import ChangeRef, ModelHost, VersionRef
 from govern.kinds import kind_spec
 from govern.policy import Canary
 
@@ -39,8 +39,12 @@ def _stage(what: str, e: BaseException) -> StageError:
 class LocalExecutor:
     """Runs `ApplyTask`s and `RollbackTask`s on a `ModelHost` in this process."""
 
-    def __init__(self, device: str = "cpu", snapshot_dir: Path | None = None, dtype: str = "float32") -> None:
+    def __init__(self, device: str = "cpu", snapshot_dir: Path | None = None, dtype: str = "float32",
+                 production_cache: bool = True) -> None:
+        from audits.canary import ScoreCache
+
         self.host = ModelHost(device, snapshot_dir, dtype)
+        self.scores = ScoreCache() if production_cache else None  # production's item scores, per version
 
     def reset(self) -> None:
         self.host.drop()
@@ -74,7 +78,7 @@ class LocalExecutor:
         canary = Canary.model_validate(task.canary)
         suite = _suite(spec, resolved, canary)
         progress("canary-production", 0.0)
-        prod = _measured(measure, net, tok, suite, "production")
+        prod = self._production(net, tok, suite, task.production)
 
         try:
             config = validate_method_config(task.method, task.method_config)
@@ -100,6 +104,15 @@ class LocalExecutor:
                          change_size=change.size_bytes(), manifest=manifest, report=report, resolved=resolved,
                          seconds=round(time.perf_counter() - started, 3), edit_seconds=round(edit_seconds, 3))
 
+    def _production(self, net: Any, tok: Any, suite: EvalSuite, production: VersionRef) -> Any:
+        """Production's scores on `suite`: from the cache where production answered the item before."""
+        from audits.canary import measure
+
+        if self.scores is None:
+            return _measured(measure, net, tok, suite, "production")
+        return _measured(lambda n, t, s: self.scores.measure(n, t, s, _version_key(production)),  # type: ignore[union-attr]
+                         net, tok, suite, "production")
+
     # -- rollback: production without one change ------------------------------------------
     def _rollback(self, task: RollbackTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
@@ -118,7 +131,7 @@ class LocalExecutor:
                 items += [i for i in spec.suite(stay.resolved, canary).items if i.slice in ("target", "paraphrase")]
         suite = EvalSuite.of("rollback", items + probe_items() + retention_items() + refusal_items())
         progress("canary-production", 0.0)
-        prod = _measured(measure, loaded.model, loaded.tokenizer, suite, "production")
+        prod = self._production(loaded.model, loaded.tokenizer, suite, task.production)
         progress("rebuild", 0.0)
         try:
             loaded = self.host.switch(task.target)
@@ -129,6 +142,10 @@ class LocalExecutor:
         cand = _measured(measure, loaded.model, loaded.tokenizer, suite, "the version without the change")
         report = compare(suite, prod, cand, loaded.tokenizer)
         return Candidate(change=None, manifest=manifest, report=report, seconds=round(time.perf_counter() - started, 3))
+
+
+def _version_key(ref: VersionRef) -> str:
+    return ref.base.digest + ":" + ",".join(c.digest for c in ref.changes)
 
 
 def _suite(spec: Any, resolved: dict[str, Any], canary: Canary) -> EvalSuite:

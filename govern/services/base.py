@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from govern.deploy.runner import deliver
 from govern.home import Home
 from govern.store import Store
 
@@ -51,6 +52,7 @@ class ServiceBase:
         Neither may undo the decision: a failure is printed and audited.
         """
         self.mirror_aliases(model)
+        deliver(self, model, request_id)  # deploy hooks (govern.deploy.runner): audited, never undo the decision
         if request_id is None:
             return
         try:

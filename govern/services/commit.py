@@ -135,7 +135,8 @@ class JobsService(ServiceBase):
             files={"change": self.home.resolve(change.path)},
             texts={"canary.json": evidence.to_json(indent=2), "card.md": render_card(req, evidence, outcome.change_summary),
                    "change.json": json.dumps(outcome.change_summary, indent=2)})
-        mlflow_version = self.registry.register_candidate(req.model, run_id, req.id)
+        mlflow_version = self.registry.register_candidate(req.model, run_id, req.id, parent=task.production, change=change,
+                                                          manifest=outcome.manifest)
         with self.store.tx() as s:
             j = self._lease(s, job, worker_id)
             r = self.store.get_request(s, req.id)

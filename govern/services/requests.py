@@ -15,6 +15,7 @@ from govern.policy import Policy
 from govern.services.base import ServiceBase
 from govern.services.transitions import discard_candidate, promote
 from govern.store import JobRow, RequestRow, ReviewRow, as_utc, new_id, now
+from govern.text import identity
 
 
 class RequestsService(ServiceBase):
@@ -23,7 +24,8 @@ class RequestsService(ServiceBase):
         def resolve_model(self, name: str | None) -> str: ...
 
     def submit(self, requests: list[RequestSpec], actor: str, model: str | None = None) -> list[str]:
-        """Store requests (all or nothing); returns their ids."""
+        """Store requests (all or nothing); returns their ids. Names are stored normalised (`govern.text.identity`)."""
+        actor = identity(actor)
         if not (actor or "").strip() and any(not r.submitted_by for r in requests):
             raise InputError("who is submitting? pass --as USER (or set submitted_by in every request)")
         for r in requests:
@@ -45,7 +47,7 @@ class RequestsService(ServiceBase):
                 row = RequestRow(
                     id=new_id("req"), kind=r.kind, model=resolved[r.model or model], method=r.method or r.default_method,
                     title=r.title()[:300], spec=r.spec_json(), conflicts=json.dumps(r.conflict_keys()),
-                    submitted_by=actor or r.submitted_by or "", justification=r.justification, evidence=json.dumps(r.evidence),
+                    submitted_by=actor or identity(r.submitted_by or ""), justification=r.justification, evidence=json.dumps(r.evidence),
                     valid_from=r.valid_from, valid_until=r.valid_until)
                 s.add(row)
                 self.store.audit(s, row.submitted_by, "request.submitted", row.id, {
@@ -109,16 +111,17 @@ class RequestsService(ServiceBase):
             raise InputError("who is reviewing? pass --as USER")
         if not comment or not comment.strip():
             raise InputError("a review needs a comment (--comment TEXT)")
+        actor = identity(actor)  # "Alice" and "alice " are the submitter alice: four-eyes holds on the person
         with self.store.tx() as s:
             req = self.store.get_request(s, request_id)
             if req.state != State.AWAITING_REVIEW:
                 raise ConflictError(f"request {request_id} is {req.state}, not awaiting_review; nothing to review")
-            if decision == "approve" and actor == req.submitted_by:
+            if decision == "approve" and actor == identity(req.submitted_by):
                 raise PermissionDenied(
                     f"{actor} submitted {request_id} and cannot approve it (four-eyes rule); ask another reviewer")
             earlier = s.exec(select(ReviewRow).where(ReviewRow.request_id == req.id, ReviewRow.decision == "approve",
                                                      ReviewRow.candidate_version == req.candidate_version)).all()
-            if decision == "approve" and any(r.reviewer == actor for r in earlier):
+            if decision == "approve" and any(identity(r.reviewer) == actor for r in earlier):
                 raise PermissionDenied(f"{actor} already approved {request_id}; approvals must come from distinct people")
             s.add(ReviewRow(request_id=req.id, candidate_version=req.candidate_version, reviewer=actor,
                             decision=decision, comment=comment))

@@ -13,6 +13,7 @@ from govern.auth import MIN_PASSWORD, Acting, Principal, check_email, check_name
 from govern.errors import ConflictError, InputError, NotFoundError, PermissionDenied
 from govern.services.base import ServiceBase
 from govern.store import UserRow
+from govern.text import identity
 
 if TYPE_CHECKING:
     from govern.service import Govern
@@ -31,7 +32,7 @@ class UsersService(ServiceBase):
     def add_user(self, name: str, roles: list[str], *, password: str | None = None, email: str | None = None,
                  actor: str) -> UserRow:
         """Create a user who may sign in: a password (local) and/or an e-mail (OIDC)."""
-        check_name(name)
+        name = check_name(name)
         roles = check_roles(roles)
         email = check_email(email)
         if password is not None and len(password) < MIN_PASSWORD:
@@ -54,7 +55,7 @@ class UsersService(ServiceBase):
         """Replace a user's roles; takes effect at the user's next action, even mid-session."""
         roles = check_roles(roles)
         with self.store.tx() as s:
-            row = s.get(UserRow, name)
+            row = s.get(UserRow, identity(name))
             if row is None:
                 raise NotFoundError(f"no user {name!r}; `govern user list` shows them")
             before = row.role_list
@@ -70,14 +71,14 @@ class UsersService(ServiceBase):
     def principal(self, name: str) -> Principal:
         """The user as the database says now (roles are never taken from a browser)."""
         with self.store.read() as s:
-            row = s.get(UserRow, name)
+            row = s.get(UserRow, identity(name))
         if row is None:
             raise PermissionDenied(f"{name!r} is not a user of this govern home; an admin adds one with `govern user add`")
         return Principal(row.name, tuple(row.role_list), row.email)
 
     def sign_in(self, name: str, password: str) -> Principal:
         """Check a local user's password; every attempt is audited (never the password)."""
-        name = (name or "").strip()
+        name = identity(name)
         with self.store.read() as s:
             row = s.get(UserRow, name) if name else None
         recent = self._failed_sign_ins(name[:64] or "?")

@@ -378,3 +378,32 @@ def test_measure_uses_chat_form_only_for_chat_items(lm):
     snap = measure(model, tok, suite)
     n = inspect.signature(generate_batch).parameters["max_new_tokens"].default
     assert snap.text == [generate_greedy(model, tok, chat_prompt(tok, q), n), generate_greedy(model, tok, q, n)]
+
+
+def test_production_score_cache_scores_each_item_once_per_version_and_changes_no_number(lm):
+    from audits.canary import ScoreCache
+
+    model, tok = lm
+    first = _capital_suite()
+    second = for_request(subject="Japan", prompt="The capital of Japan is", target_new=" Lima", target_old=" Tokyo",
+                         n_neighbors=5, shipped=False) + EvalSuite("shipped", (*probe_items()[:16], *retention_items()[:4],
+                                                                             *refusal_items()[:3]))
+    cache = ScoreCache(keep=2)
+    a = cache.measure(model, tok, first, "v1")
+    assert (cache.hits, cache.misses) == (0, len(first))
+    b = cache.measure(model, tok, second, "v1")  # the shipped probes, retention and refusals are answered already
+    shared = len({(i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat) for i in first.items}
+                 & {(i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat) for i in second.items})
+    assert shared >= 16 + 4 + 3
+    assert (cache.hits, cache.misses) == (shared, len(first) + len(second) - shared)
+    for suite, got in ((first, a), (second, b)):
+        want = measure(model, tok, suite)
+        assert got.logp_answer == pytest.approx(want.logp_answer, abs=1e-4)
+        assert got.logp_foil == pytest.approx(want.logp_foil, abs=1e-4)
+        assert (got.next_token, got.text) == (want.next_token, want.text)
+        assert [x[1] for x in got.nll if x] == [x[1] for x in want.nll if x]
+    cache.measure(model, tok, first, "v2")  # another version never reuses v1's numbers
+    assert cache.misses == len(first) + len(second) - shared + len(first)
+    cache.measure(model, tok, first, "v3")  # keep=2: v1 is dropped
+    cache.measure(model, tok, first, "v1")
+    assert cache.misses == len(first) + len(second) - shared + 3 * len(first)

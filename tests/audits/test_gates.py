@@ -302,24 +302,30 @@ def test_absolute_gate_boundaries(op, threshold, value, expected):
     assert evaluate([ab("specificity", op, threshold)], {"specificity": value}, {}, PLAN)[0]["result"] == expected
 
 
-@pytest.mark.parametrize("pair", [None, {"prod": [], "cand": []}, {"prod": [1.0], "cand": [0.0]}])
-def test_relative_gate_with_fewer_than_two_items(pair):
+@pytest.mark.parametrize("pair", [None, {"prod": [], "cand": []}])
+def test_relative_gate_with_no_items_follows_when_missing(pair):
     scores = {} if pair is None else {"specificity": pair}
-    n = 0 if pair is None else len(pair["cand"])
     skip, fail = evaluate([rel("specificity", 0.05, "skip"), rel("specificity", 0.05, "fail")], {}, scores, PLAN)
     assert skip["result"] == "skipped" and fail["result"] == "fail"
     assert skip["outcome"] is None and fail["outcome"] == "failed"
     for r in (skip, fail):
-        assert r["n"] == n and r["value"] is None
-        assert r["why"] == f"{n} paired item(s); a relative gate needs at least 2"
+        assert r["n"] == 0 and r["value"] is None
+        assert r["why"] == "not measured: no paired items"
         assert "family_size" not in r, "an untested gate is not part of the family"
         # two relative gates: n_needed at alpha / 2
         assert r["n_needed"] == stats.binary_n_needed(0.05, 0.025) == 73 and r["test"] == "exact-unconditional-score"
 
 
+def test_relative_gate_with_one_item_is_not_enough_evidence_whatever_when_missing_says():
+    scores = {"specificity": {"prod": [1.0], "cand": [0.0]}}
+    for r in evaluate([rel("specificity", 0.05, "skip"), rel("specificity", 0.05, "fail")], {}, scores, PLAN):
+        assert r["result"] == "insufficient" and r["outcome"] == "insufficient" and r["n"] == 1
+        assert r["why"] == "not enough evidence: 1 neighbour cannot show a loss below 0.05; 73 would be needed"
+
+
 def test_results_keep_policy_order_and_family_excludes_skipped():
     scores = {"specificity": wins_losses(100, 0, 0), "probe_specificity": wins_losses(50, 20, 0),
-              "retention": {"prod": [-1.0], "cand": [-1.0]}}
+              "retention": {"prod": [], "cand": []}}  # not measured
     gates = [rel("probe_specificity", 0.05), ab("efficacy", ">=", 0.9), rel("retention", 0.1, "skip"),
              rel("specificity", 0.05), ab("drawdown", "<=", 0.1, "skip")]
     res = evaluate(gates, {"efficacy": 1.0}, scores, PLAN)

@@ -141,3 +141,64 @@ def test_a_policy_that_never_reapplies_recomputes_the_changes_above(gov, tmp_pat
     res = gov.rollback(ids[0], "bob", "recompute what sits above")
     assert res.job_id is None and res.to_version == 1 and res.rebased == [ids[1]]
     assert gov.get_request(ids[0]).state == "rolled_back" and gov.get_request(ids[1]).state == "admitted"
+
+
+@pytest.fixture(scope="module")
+def short_gpt2_dir(tmp_path_factory):
+    """A GPT-2-family model with a 128-token context: the shipped retention paragraphs are longer than that."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import _tokenizer
+
+    d = tmp_path_factory.mktemp("gpt2-128")
+    tok = _tokenizer(d)
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=3, n_head=4, n_positions=128,
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(str(d))
+    return d
+
+
+def test_a_gpt2_model_with_a_128_token_context_goes_through_the_whole_loop(home, short_gpt2_dir, policy_file):
+    from audits.suites import retention_items
+    from govern.service import Govern
+
+    gov = Govern(home)
+    gov.add_model("short", str(short_gpt2_dir), actor="admin", log=lambda _m: None)
+    loaded = gov.materialise("short")
+    longest = max(len(loaded.tokenizer(i.prompt)["input_ids"]) for i in retention_items())
+    assert longest > 128  # the case that used to crash every canary with an IndexError
+    long_prompt = "Long ago, " * 45 + "the capital of Zorblat is"  # about 140 tokens, under the 500-character limit
+    assert len(loaded.tokenizer(long_prompt)["input_ids"]) > 128
+    [rid] = gov.submit([parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris",
+                                       "neighbors": [long_prompt]})], "alice")
+    assert _apply(gov, policy_file) == 0, gov.get_request(rid).error
+    r = gov.get_request(rid)
+    assert r.state == "promoted", r.error
+    ev = r.report()
+    assert ev is not None and ev.metrics["retention"] is not None and ev.report.scores["retention"]["cand"]
+    assert any(row.prompt == long_prompt for row in ev.report.rows)  # scored on its last window, not skipped
+    gov.rollback(rid, "bob", "done")
+    assert gov.get_request(rid).state == "rolled_back"
+
+
+@pytest.mark.parametrize("setting,state", [("", "canary_failed"), ("  on_insufficient: review\n", "awaiting_review"),
+                                           ("ALLOW", "promoted")])
+def test_the_policy_decides_what_not_enough_evidence_does(gov, tmp_path, setting, state):
+    text = TEST_POLICY.replace("    - {metric: paraphrase, op: \">=\", threshold: 0.0, when_missing: skip}",
+                               "    - {metric: paraphrase, compare: non_inferior, margin: 0.1}")
+    if setting == "ALLOW":
+        text = text.replace("low: {approvers: 0, auto_approve: true}", "low: {approvers: 0, auto_approve: true, allow_insufficient: true}")
+    else:
+        text = text.replace("canary:\n", "canary:\n" + setting)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(text)
+    [rid] = gov.submit([parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris",
+                                       "paraphrases": ["Zorblat's capital is"]})], "alice")
+    _apply(gov, policy)
+    r = gov.get_request(rid)
+    gate = next(g for g in r.report().gates if g.metric == "paraphrase")
+    assert gate.result == "insufficient" and gate.n_needed and gate.n_needed > 1  # one paraphrase shows nothing
+    assert r.state == state, r.error
+    if state == "canary_failed":
+        assert "not enough evidence" in (r.error or "")
