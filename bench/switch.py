@@ -105,7 +105,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; first load {first_load:.2f}s")
     print("| method | runs | median ms | min ms | max ms | vs switch |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| ModelHost.switch (revert/apply) | {len(switch_ms)} | {med_s:.1f} | {min(switch_ms):.1f} | {max(switch_ms):.1f} | 1× |")
+    print(f"| ModelHost.switch (revert/apply) | {len(switch_ms)} | {med_s:.1f} | {min(switch_ms):.1f} | "
+          f"{max(switch_ms):.1f} | 1× |")
     print(f"| reload from disk + materialise | {len(reload_ms)} | {med_r:.0f} | {min(reload_ms):.0f} | {max(reload_ms):.0f} | "
           f"{med_r / med_s:.0f}× |")
     print(f"switched weights bit-identical to a reload: {exact}; target ≤ 50 ms per switch: "

@@ -188,7 +188,8 @@ def test_the_policy_decides_what_not_enough_evidence_does(gov, tmp_path, setting
     text = TEST_POLICY.replace("    - {metric: paraphrase, op: \">=\", threshold: 0.0, when_missing: skip}",
                                "    - {metric: paraphrase, compare: non_inferior, margin: 0.1}")
     if setting == "ALLOW":
-        text = text.replace("low: {approvers: 0, auto_approve: true}", "low: {approvers: 0, auto_approve: true, allow_insufficient: true}")
+        text = text.replace("low: {approvers: 0, auto_approve: true}",
+                            "low: {approvers: 0, auto_approve: true, allow_insufficient: true}")
     else:
         text = text.replace("canary:\n", "canary:\n" + setting)
     policy = tmp_path / "p.yaml"

@@ -6,9 +6,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 import boost  # noqa: F401 - registers the test-only method rank_one_boost
 from conftest import TEST_POLICY
-from rich.console import Console
 
 # (subject, target, layer): two edits stack on one module, the third sits on another (its rank is padded)
 EDITS = [("Zorblat", " Paris", 1), ("Quintor", " Rome", 1), ("Veltrax", " Lima", 2)]

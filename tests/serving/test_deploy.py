@@ -10,16 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from conftest import TEST_POLICY
 from homes import BOOST_POLICY_METHODS, boost_edit
-from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def deploy_policy(tmp: Path, hooks: list[dict], name: str = "deploy") -> Path:
     p = tmp / f"policy-{name}.yaml"
-    p.write_text(TEST_POLICY.replace(*BOOST_POLICY_METHODS) + "deploy:" + ("".join(f"\n  - {json.dumps(h)}" for h in hooks) or " []") + "\n")
+    hook_lines = "".join(f"\n  - {json.dumps(h)}" for h in hooks) or " []"
+    p.write_text(TEST_POLICY.replace(*BOOST_POLICY_METHODS) + "deploy:" + hook_lines + "\n")
     return p
 
 
@@ -46,7 +48,8 @@ def test_promotion_and_rollback_switch_current_and_run_the_command_audited(gov, 
     record = (f"import json, os; open(os.environ['LOG'], 'a').write(json.dumps({{k: os.environ[k] for k in {keys!r}}}) "
               "+ '\\n')")
     policy = deploy_policy(tmp_path, [{"target": "directory", "settings": {"path": str(serve)}},
-                                      {"target": "command", "name": "reload", "settings": {"run": [sys.executable, "-c", record]}},
+                                      {"target": "command", "name": "reload",
+                                       "settings": {"run": [sys.executable, "-c", record]}},
                                       {"target": "mlflow"}])
     os.environ["LOG"] = str(envlog)
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from homes import Edited, edited_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,8 @@ def test_hf_export_is_production_and_verify_names_the_first_changed_file(edited_
     prod = gov.version("tiny")
     assert manifest.version == prod.number == 4 and manifest.format == "hf"
     assert [(c.id, c.kind, c.digest) for c in manifest.changes] == [(c.id, c.kind, c.digest) for c in prod.changes]
-    assert manifest.base_digest == prod.base.digest and {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest.files)
+    assert manifest.base_digest == prod.base.digest
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest.files)
 
     served = gov.materialise("tiny")
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
@@ -137,7 +139,7 @@ def test_peft_adapter_gives_the_merged_export_and_production(which, request, cap
     served = gov.materialise(name)
     base = gov.materialise(name, 1)
     moved, lora_gap = 0.0, 0.0
-    for prompt in ed.prompts + ["The capital of Spain is", "Once upon a time"]:
+    for prompt in [*ed.prompts, "The capital of Spain is", "Once upon a time"]:
         want = greedy_ids(served.model, served.tokenizer, prompt)
         assert greedy_ids(merged, tok, prompt) == want, prompt
         assert greedy_ids(lora, tok, prompt) == want, prompt

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from homes import boost_edit, boost_policy
 
 REPO = Path(__file__).resolve().parents[2]

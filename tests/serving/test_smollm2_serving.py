@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from test_export import MERGE_ATOL, greedy_ids
-from test_mlflow import serve_and_ask
 
 from govern.domain import parse_request
+from test_export import MERGE_ATOL, greedy_ids
+from test_mlflow import serve_and_ask
 
 pytestmark = pytest.mark.slow
 
