@@ -123,7 +123,7 @@ def export_version(ref: VersionRef, model: str, fmt: str, out: str | Path, *, fo
             write_hf(ref, tmp, host or ModelHost(), stage)
         else:
             write_peft(ref, tmp, stage, empty=empty_adapter)
-        manifest = write_manifest(tmp, ref, model, fmt)  # type: ignore[arg-type]
+        manifest = write_manifest(tmp, ref, model, fmt)  # type: ignore[arg-type]  # one of FORMATS, checked above
         stage("manifest")
     stage("renamed")
     return manifest

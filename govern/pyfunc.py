@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel  # mlflow.pyfunc is a lazy loader to mypy: name the class directly
 from pydantic import BaseModel, ConfigDict
 
 from govern.host import BaseRef, ChangeRef, ModelHost, VersionRef
@@ -64,7 +65,7 @@ class VersionSpec(BaseModel):
                                         for c in self.changes))
 
 
-class GovernModel(mlflow.pyfunc.PythonModel):
+class GovernModel(PythonModel):
     """Base (pinned) + changes (artifacts), materialised once in `load_context`; greedy generation in `predict`."""
 
     def load_context(self, context: Any) -> None:

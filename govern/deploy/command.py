@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from govern.deploy.base import Delivery, Outcome, TargetSpec, register_target
 from govern.errors import GovernError
+from govern.export import export_version, verify_export
 
 OUTPUT_TAIL = 2000  # characters of the command's output kept in the trail
 
@@ -41,7 +42,8 @@ class CommandConfig(BaseModel):
     run: list[str] = Field(min_length=1, description="argument list, e.g. [sh, -c, 'curl -X POST localhost:8000/reload']")
     timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False, description="kill the command after this long")
     export: Literal["none", "hf", "peft"] = Field("none", description="export the version first and pass its path")
-    export_dir: str | None = Field(None, description="where that export goes (<export_dir>/<n>); default: the home's exports/<model>/")
+    export_dir: str | None = Field(
+        None, description="where that export goes (<export_dir>/<n>); default: the home's exports/<model>/")
     cwd: str | None = Field(None, description="working directory; default: the current one")
 
 
@@ -65,10 +67,9 @@ class CommandTarget:
                        export_path=path if self.config.export != "none" else None)
 
     def _export(self, delivery: Delivery) -> str:
-        from govern.export import export_version, verify_export
-
         fmt = self.config.export
-        root = Path(self.config.export_dir).expanduser() if self.config.export_dir else delivery.gov.home.root / "exports" / delivery.model
+        default = delivery.gov.home.root / "exports" / delivery.model
+        root = Path(self.config.export_dir).expanduser() if self.config.export_dir else default
         dest = root / f"{delivery.version.number}-{fmt}"
         if not (dest.is_dir() and (dest / "govern-export.json").is_file() and verify_export(dest).ok):
             export_version(delivery.version, delivery.model, fmt, dest, force=True, host=delivery.host(), stage=delivery.stage)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from govern.deploy.base import Delivery, Outcome, TargetSpec, register_target
 from govern.errors import ConflictError, GovernError
+from govern.export import export_version, read_manifest, verify_export
 
 
 class DirectoryConfig(BaseModel):
@@ -40,8 +41,6 @@ class DirectoryTarget:
         self.config = config
 
     def deliver(self, delivery: Delivery) -> Outcome:
-        from govern.export import export_version, read_manifest, verify_export
-
         root = Path(self.config.path).expanduser()
         ref = delivery.version
         dest = root / "versions" / str(ref.number)

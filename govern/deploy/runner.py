@@ -5,7 +5,7 @@ database commit; nothing it does can undo the decision:
 
 1. the registry: production gets a pyfunc model version if it has none (a
    version built by a rollback job) and the aliases are mirrored again
-   (`ensure_registered`); a failure is printed and audited;
+   (`govern.deploy.registry.ensure_registered`); a failure is printed and audited;
 2. the hooks — those of the policy that admitted the request of the decision
    (``deploy:``; a rollback with no request uses the hooks last run for the
    model) — each run in order, unless its last run already delivered this very
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 
 from govern.deploy.base import Delivery, Stage, build_target
+from govern.deploy.registry import ensure_registered
 from govern.errors import GovernError
 from govern.policy import Deploy, Policy
 from govern.store import AuditRow, RequestRow
@@ -86,7 +87,7 @@ def redeliver(gov: ServiceBase, model: str, log: Callable[[str], None] = lambda 
 
 def delivery_problems(gov: ServiceBase, model: str | None = None) -> list[str]:
     """One line per hook whose latest run failed (for `govern status`)."""
-    names = [model] if model else [m.name for m in gov.list_models()]  # type: ignore[attr-defined]
+    names = [model] if model else [m.name for m in gov.list_models()]  # type: ignore[attr-defined]  # gov is the whole Govern
     lines = []
     for name in names:
         for label, ev in latest_runs(gov, name).items():
@@ -110,25 +111,6 @@ def latest_runs(gov: ServiceBase, model: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ensure_registered(gov: ServiceBase, model: str) -> str:
-    """Production's MLflow model version (registered now if it has none), with the aliases mirrored."""
-    with gov.store.read() as s:
-        m = gov.store.get_model(s, model)
-        row = gov.store.get_version(s, model, m.production_version or 1)
-        existing, request_id = row.mlflow_version, row.request_id
-    if existing:
-        return existing
-    ref = gov.version(model, row.number)  # type: ignore[attr-defined]
-    mv = gov.registry.register_version(model, ref, request_id=request_id)
-    with gov.store.tx() as s:
-        v = gov.store.get_version(s, model, row.number)
-        v.mlflow_version = mv
-        s.add(v)
-        gov.store.audit(s, "govern", "version.registered", model, {"version": row.number, "mlflow_version": mv})
-    gov.mirror_aliases(model)
-    return mv
-
-
 # -- internals -------------------------------------------------------------------------------------
 def _decision(gov: ServiceBase, model: str, request_id: str | None) -> tuple[str | None, list[Deploy]]:
     """(trigger, hooks) of the decision just committed; no trigger when production did not move."""
@@ -147,9 +129,9 @@ def _production(gov: ServiceBase, model: str) -> int | None:
 
 
 def _run(gov: ServiceBase, model: str, hooks: list[Deploy], trigger: str, stage: Stage | None) -> list[HookRun]:
-    ref = gov.version(model)  # type: ignore[attr-defined]
+    ref = gov.version(model)  # type: ignore[attr-defined]  # gov is the whole Govern (VersionsService)
     last = latest_runs(gov, model)
-    delivery = Delivery(model=model, version=ref, alias=ALIAS, trigger=trigger, host=gov.host, gov=gov,  # type: ignore[attr-defined]
+    delivery = Delivery(model=model, version=ref, alias=ALIAS, trigger=trigger, host=gov.host, gov=gov,  # type: ignore[attr-defined]  # Govern's host
                         stage=stage or (lambda _s: None))
     runs = []
     for hook in hooks:
@@ -180,4 +162,4 @@ def _warn(gov: ServiceBase, model: str, what: str, error: str) -> None:
     gov.note("govern", FAILED, model, {"registry": what, "error": error})
 
 
-__all__ = ["HookRun", "delivery_problems", "deliver", "ensure_registered", "latest_runs", "redeliver"]
+__all__ = ["HookRun", "deliver", "delivery_problems", "ensure_registered", "latest_runs", "redeliver"]

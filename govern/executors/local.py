@@ -110,7 +110,7 @@ class LocalExecutor:
 
         if self.scores is None:
             return _measured(measure, net, tok, suite, "production")
-        return _measured(lambda n, t, s: self.scores.measure(n, t, s, _version_key(production)),  # type: ignore[union-attr]
+        return _measured(lambda n, t, s: self.scores.measure(n, t, s, _version_key(production)),
                          net, tok, suite, "production")
 
     # -- rollback: production without one change ------------------------------------------

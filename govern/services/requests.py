@@ -47,7 +47,8 @@ class RequestsService(ServiceBase):
                 row = RequestRow(
                     id=new_id("req"), kind=r.kind, model=resolved[r.model or model], method=r.method or r.default_method,
                     title=r.title()[:300], spec=r.spec_json(), conflicts=json.dumps(r.conflict_keys()),
-                    submitted_by=actor or identity(r.submitted_by or ""), justification=r.justification, evidence=json.dumps(r.evidence),
+                    submitted_by=actor or identity(r.submitted_by or ""), justification=r.justification,
+                    evidence=json.dumps(r.evidence),
                     valid_from=r.valid_from, valid_until=r.valid_until)
                 s.add(row)
                 self.store.audit(s, row.submitted_by, "request.submitted", row.id, {

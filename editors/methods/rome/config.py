@@ -22,11 +22,14 @@ class ROMEConfig(BaseModel):
     prefix_tokens: int = Field(8, ge=1, le=64, description="length of each generated prefix, in tokens")
     steps: int = Field(30, ge=1, le=500, description="maximum optimisation steps for the value vector")
     lr: float = Field(0.5, gt=0, le=10, description="Adam learning rate for the value vector")
-    kl_factor: float = Field(0.0625, ge=0, le=100, allow_inf_nan=False, description="weight of the KL term that keeps '<subject> is a' unchanged")
+    kl_factor: float = Field(0.0625, ge=0, le=100, allow_inf_nan=False,
+                             description="weight of the KL term that keeps '<subject> is a' unchanged")
     # 0.25 / 5 (rather than 0.5 / 4): on SmolLM2 paraphrase 90% vs 72.5%, specificity 97% vs 100% (bench/README)
     weight_decay: float = Field(0.25, ge=0, le=100, allow_inf_nan=False, description="penalty on |delta|^2 / |v|^2")
-    clamp_norm_factor: float = Field(5.0, gt=0, le=1000, allow_inf_nan=False, description="|delta| is kept below this multiple of |v|")
-    early_stop_nll: float = Field(0.05, ge=0, le=100, allow_inf_nan=False, description="stop once the mean target NLL is below this")
+    clamp_norm_factor: float = Field(5.0, gt=0, le=1000, allow_inf_nan=False,
+                                     description="|delta| is kept below this multiple of |v|")
+    early_stop_nll: float = Field(0.05, ge=0, le=100, allow_inf_nan=False,
+                                  description="stop once the mean target NLL is below this")
     covariance: Literal["second_moment", "identity"] = Field(
         "second_moment", description="'identity' skips the statistics (worse locality); only where the policy allows it"
     )
