@@ -1,21 +1,29 @@
 """`govern`: the command line. Every command calls `govern.service.Govern`.
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands
-that need them, so `govern --help` answers at once. Any `GovernError` (and a
+that need them, and so is the service layer (sqlmodel and pydantic: half a
+second), so `govern --help` answers at once. Any `GovernError` (and a
 user-caused editor error) is printed as one line, ``error: ...``, exit code 2.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from govern.service import Govern
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Govern what your deployed language model knows: submit, admit, edit, canary, approve, promote, roll back, audit.")
+                  help="Govern what your deployed language model knows: "
+                       "submit, admit, edit, canary, approve, promote, roll back, audit.")
 model_app = typer.Typer(no_args_is_help=True, help="Register and list governed models.")
 review_app = typer.Typer(no_args_is_help=True, help="Approve or reject a request awaiting review.")
 audit_app = typer.Typer(no_args_is_help=True, help="Export and verify the tamper-evident audit trail.")
@@ -28,16 +36,16 @@ app.add_typer(submit_app, name="submit")
 app.add_typer(user_app, name="user")
 
 Actor = Annotated[str, typer.Option("--as", help="who is acting (recorded in the audit trail)")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
 
 
-def _gov():  # noqa: ANN202
+def _gov() -> Govern:
     from govern.service import Govern
 
     return Govern()
 
 
-def _console():  # noqa: ANN202
+def _console() -> Console:
     from rich.console import Console
 
     console = Console()
@@ -49,7 +57,7 @@ def _console():  # noqa: ANN202
 # ---------------------------------------------------------------- models
 @model_app.command("add")
 def model_add(name: str, path: str, actor: Actor = "admin",
-              gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside PATH")] = None) -> None:
+              gguf_file: Annotated[str | None, typer.Option(help="GGUF file name inside PATH")] = None) -> None:
     """Register a transformers causal LM from a local directory (or a hub id where reachable)."""
     row = _gov().add_model(name, path, actor=actor, gguf_file=gguf_file)
     typer.echo(f"registered {row.name} ({row.family}) v1 = production, base sha256 {row.base_digest[:12]}")
@@ -66,8 +74,8 @@ def model_list() -> None:
 # ---------------------------------------------------------------- submit
 @submit_app.callback(invoke_without_command=True)
 def submit(ctx: typer.Context,
-           file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSONL or YAML file of requests")] = None,
-           actor: Annotated[Optional[str], typer.Option("--as", help="who submits")] = None,
+           file: Annotated[Path | None, typer.Option("--file", "-f", help="JSONL or YAML file of requests")] = None,
+           actor: Annotated[str | None, typer.Option("--as", help="who submits")] = None,
            model: ModelOpt = None) -> None:
     """Submit requests from a file: `govern submit --file requests.jsonl --as alice`."""
     if ctx.invoked_subcommand is not None:
@@ -90,11 +98,11 @@ def submit_edit(
     target: Annotated[str, typer.Option(help="the new answer, e.g. ' Rome'")],
     actor: Actor,
     model: ModelOpt = None,
-    target_old: Annotated[Optional[str], typer.Option(help="the answer being replaced (default: the model's)")] = None,
-    paraphrase: Annotated[Optional[list[str]], typer.Option(help="a rephrased prompt (repeatable)")] = None,
-    neighbor: Annotated[Optional[list[str]], typer.Option(help="an unrelated prompt that must not change (repeatable)")] = None,
+    target_old: Annotated[str | None, typer.Option(help="the answer being replaced (default: the model's)")] = None,
+    paraphrase: Annotated[list[str] | None, typer.Option(help="a rephrased prompt (repeatable)")] = None,
+    neighbor: Annotated[list[str] | None, typer.Option(help="an unrelated prompt that must not change (repeatable)")] = None,
     method: Annotated[str, typer.Option(help="update method")] = "rome",
-    justification: Annotated[Optional[str], typer.Option(help="why this change")] = None,
+    justification: Annotated[str | None, typer.Option(help="why this change")] = None,
 ) -> None:
     """Submit one fact edit."""
     from govern.domain import parse_request
@@ -110,7 +118,7 @@ def submit_edit(
 @app.command()
 def apply(
     policy: Annotated[Path, typer.Option(help="policy YAML, e.g. policies/default.yaml")],
-    file: Annotated[Optional[Path], typer.Argument(help="optional JSONL/YAML file of requests to submit first")] = None,
+    file: Annotated[Path | None, typer.Argument(help="optional JSONL/YAML file of requests to submit first")] = None,
     actor: Annotated[str, typer.Option("--as", help="submitter for FILE's requests")] = "pipeline",
     model: ModelOpt = None,
     device: Annotated[str, typer.Option(help="torch device for an in-process worker")] = "cpu",
@@ -139,7 +147,7 @@ def review_reject(request_id: str, actor: Actor, comment: Annotated[str, typer.O
 
 # ---------------------------------------------------------------- views
 @app.command()
-def status(request_id: Annotated[Optional[str], typer.Argument()] = None, model: ModelOpt = None) -> None:
+def status(request_id: Annotated[str | None, typer.Argument()] = None, model: ModelOpt = None) -> None:
     """Show all requests, or one request with its canary, reviews and events."""
     from govern.views import show_request, show_requests
 
@@ -198,20 +206,19 @@ def rollback(target: Annotated[str, typer.Argument(help="request id or version n
                + (f" (request {res.request_id} rolled back)" if res.request_id else "")
                + (f"; re-queued {', '.join(res.rebased)}" if res.rebased else ""))
     for t in res.tensors:
-        typer.echo(f"  {t['name']}: sha256 {t['sha256_now'][:16]} == before-change {t['sha256_before_change'][:16]}: {t['equal']}")
+        typer.echo(f"  {t['name']}: sha256 {t['sha256_now'][:16]} == before-change {t['sha256_before_change'][:16]}: "
+                   f"{t['equal']}")
 
 
 # ---------------------------------------------------------------- certificate and monitoring
 @app.command()
 def certificate(
-    request_id: Annotated[Optional[str], typer.Argument(help="request id")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="folder for certificate.json/.md/.html and plots")] = None,
-    verify: Annotated[Optional[Path], typer.Option(help="check a certificate.json's digest instead")] = None,
+    request_id: Annotated[str | None, typer.Argument(help="request id")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for certificate.json/.md/.html and plots")] = None,
+    verify: Annotated[Path | None, typer.Option(help="check a certificate.json's digest instead")] = None,
 ) -> None:
     """Write a change's certificate (F1-F7: evidence, window, method, verification, regression, rollback point, audit)."""
     if verify is not None:
-        import json
-
         from audits.certificate import verify_digest
         from govern.errors import InputError
 
@@ -236,7 +243,7 @@ def certificate(
 @app.command()
 def monitor(
     policy: Annotated[Path, typer.Option(help="policy whose rollback_triggers apply")] = Path("policies/default.yaml"),
-    every: Annotated[Optional[str], typer.Option(help="repeat every DURATION (30s, 10m, 1h); default: check once")] = None,
+    every: Annotated[str | None, typer.Option(help="repeat every DURATION (30s, 10m, 1h); default: check once")] = None,
     model: ModelOpt = None,
 ) -> None:
     """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones."""
@@ -262,13 +269,13 @@ def monitor(
 # ---------------------------------------------------------------- export (serving)
 @app.command()
 def export(
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="directory to write (must not exist or be empty)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="directory to write (must not exist or be empty)")] = None,
     model: ModelOpt = None,
-    version: Annotated[Optional[int], typer.Option("--version", min=1, help="version number (default: production)")] = None,
-    alias: Annotated[Optional[str], typer.Option("--alias", help="production or candidate")] = None,
+    version: Annotated[int | None, typer.Option("--version", min=1, help="version number (default: production)")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="production or candidate")] = None,
     fmt: Annotated[str, typer.Option("--format", help="hf (merged checkpoint) or peft (LoRA adapter over the base)")] = "hf",
     force: Annotated[bool, typer.Option(help="replace a non-empty OUTPUT whole")] = False,
-    verify: Annotated[Optional[Path], typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
+    verify: Annotated[Path | None, typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
     actor: Actor = "govern",
 ) -> None:
     """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one."""
@@ -292,7 +299,7 @@ def export(
 @audit_app.command("export")
 def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
                  fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
-                 since: Annotated[Optional[str], typer.Option(help="only events at or after this date (ISO 8601)")] = None) -> None:
+                 since: Annotated[str | None, typer.Option(help="only events at or after this date (ISO 8601)")] = None) -> None:
     """Export the audit trail (with a sealed footer) to a file."""
     start = None
     if since:
@@ -301,15 +308,15 @@ def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="fi
         except ValueError:
             raise _input_error(f"--since {since!r} is not a date; use e.g. 2026-11-23 or 2026-11-23T10:00:00+00:00") from None
         if start.tzinfo is None:
-            from datetime import UTC
-
             start = start.replace(tzinfo=UTC)
     n = _gov().audit_export(output, fmt, start)
     typer.echo(f"exported {n} events to {output}")
 
 
 @audit_app.command("verify")
-def audit_verify(file: Annotated[Optional[Path], typer.Argument(help="export file; default: the live database trail")] = None) -> None:
+def audit_verify(
+    file: Annotated[Path | None, typer.Argument(help="export file; default: the live database trail")] = None,
+) -> None:
     """Verify the hash chain; names the first bad event. Exit 1 when it fails."""
     res = _gov().audit_verify(file)
     if res.ok:
@@ -324,8 +331,9 @@ def audit_verify(file: Annotated[Optional[Path], typer.Argument(help="export fil
 def user_add(
     name: str,
     role: Annotated[list[str], typer.Option("--role", "-r", help="requester, reviewer, approver, auditor or admin (repeatable)")],
-    email: Annotated[Optional[str], typer.Option(help="e-mail an OIDC sign-in maps to this user")] = None,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from the first line of stdin")] = False,
+    email: Annotated[str | None, typer.Option(help="e-mail an OIDC sign-in maps to this user")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="read the password from the first line of stdin")] = False,
     actor: Annotated[str, typer.Option("--as", help="who creates the user (audited)")] = "admin",
 ) -> None:
     """Create a user: a password for local sign-in (prompted, or --password-stdin) and/or --email for OIDC."""
@@ -360,7 +368,8 @@ def user_list() -> None:
 def ui(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
-    policy: Annotated[Path, typer.Option(help="admission policy for requests submitted in the UI")] = Path("policies/default.yaml"),
+    policy: Annotated[Path, typer.Option(
+        help="admission policy for requests submitted in the UI")] = Path("policies/default.yaml"),
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run a background `govern worker` per model")] = True,
     device: Annotated[str, typer.Option(help="torch device for the background worker")] = "cpu",
 ) -> None:
@@ -374,9 +383,9 @@ def ui(
 @app.command()
 def worker(model: ModelOpt = None,
            device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")] = "cpu",
-           lease: Annotated[float, typer.Option(min=5.0, max=3600.0,
-                                                help="lease seconds (5-3600); a dead worker's job is re-claimed after it")] = 60.0,
-           stop_after: Annotated[Optional[float], typer.Option(help="exit after this many seconds")] = None) -> None:
+           lease: Annotated[float, typer.Option(
+               min=5.0, max=3600.0, help="lease seconds (5-3600); a dead worker's job is re-claimed after it")] = 60.0,
+           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None) -> None:
     """Serve apply jobs for one model, keeping it loaded between jobs."""
     from govern.worker import Worker
 

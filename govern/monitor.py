@@ -21,20 +21,25 @@ trigger results, so "nothing happened" is on the record too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from audits.suites import EvalSuite, probe_items, refusal_items, retention_items
 from govern.deploy.runner import redeliver
+from govern.errors import GovernError, InputError
 from govern.policy import Policy
 from govern.store import as_utc, now
 
 if TYPE_CHECKING:
     from audits.canary import Snapshot
-    from audits.suites import EvalSuite
     from govern.service import Govern
+
+Log = Callable[[str], None]
 
 MAX_ROLLBACKS_PER_CHECK = 5
 
@@ -58,8 +63,6 @@ class Check:
 
 
 def monitor_suite() -> EvalSuite:
-    from audits.suites import EvalSuite, probe_items, refusal_items, retention_items
-
     return EvalSuite("monitor", tuple(probe_items() + retention_items() + refusal_items()))
 
 
@@ -68,7 +71,7 @@ def _snapshot_to_json(snap: Snapshot) -> str:
 
 
 def _snapshot_from_json(text: str) -> Snapshot:
-    from audits.canary import Snapshot
+    from audits.canary import Snapshot  # torch
 
     d = json.loads(text)
     d["nll"] = [tuple(x) if x is not None else None for x in d["nll"]]
@@ -77,9 +80,7 @@ def _snapshot_from_json(text: str) -> Snapshot:
 
 def baseline(gov: Govern, model: str, suite: EvalSuite) -> Snapshot:
     """The base checkpoint's scores on `suite`, computed once per base digest and suite."""
-    import hashlib
-
-    from audits.canary import measure
+    from audits.canary import measure  # torch
 
     with gov.store.read() as s:
         m = gov.store.get_model(s, model)
@@ -97,11 +98,11 @@ def baseline(gov: Govern, model: str, suite: EvalSuite) -> Snapshot:
 
 
 def check_model(gov: Govern, policy: Policy, model: str, at: datetime | None = None,
-                log=lambda msg: None) -> Check:  # noqa: ANN001
+                log: Log = lambda msg: None) -> Check:
     """One monitoring pass over `model` (see the module docstring)."""
     at = as_utc(at or now())
     with gov.store.read() as s:
-        before = gov.store.get_model(s, model).production_version
+        before = gov.store.get_model(s, model).production_version or 1
     check = Check(model=model, at=at.isoformat(), production_before=before, production_after=before)
 
     # 1. expiry, newest version first so a cascade re-queues as little as possible
@@ -123,13 +124,13 @@ def check_model(gov: Govern, policy: Policy, model: str, at: datetime | None = N
     if policy.rollback_triggers:
         _drift(gov, policy, model, check, log)
     with gov.store.read() as s:
-        check.production_after = gov.store.get_model(s, model).production_version
+        check.production_after = gov.store.get_model(s, model).production_version or 1
     return check
 
 
-def _drift(gov: Govern, policy: Policy, model: str, check: Check, log) -> None:  # noqa: ANN001
-    from audits.canary import compare, measure
-    from audits.gates import evaluate, failed
+def _drift(gov: Govern, policy: Policy, model: str, check: Check, log: Log) -> None:
+    from audits.canary import compare, measure  # torch
+    from audits.gates import evaluate, failed  # scipy
 
     suite = monitor_suite()
     base = baseline(gov, model, suite)
@@ -137,7 +138,7 @@ def _drift(gov: Govern, policy: Policy, model: str, check: Check, log) -> None: 
     for _ in range(MAX_ROLLBACKS_PER_CHECK + 1):
         with gov.store.read() as s:
             m = gov.store.get_model(s, model)
-            version = gov.store.get_version(s, model, m.production_version)
+            version = gov.store.get_version(s, model, m.production_version or 1)
         loaded = gov.materialise(model)
         report = compare(suite, base, measure(loaded.model, loaded.tokenizer, suite), loaded.tokenizer)
         results = evaluate(list(policy.rollback_triggers), report.metrics, report.scores, plan)
@@ -158,8 +159,6 @@ def _drift(gov: Govern, policy: Policy, model: str, check: Check, log) -> None: 
 
 def parse_every(text: str) -> float:
     """'90s', '10m', '1h' or plain seconds → seconds (at least 1)."""
-    from govern.errors import InputError
-
     t = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
     try:
@@ -171,10 +170,8 @@ def parse_every(text: str) -> float:
     return value
 
 
-def run(gov: Govern, policy: Policy, models: list[str], every: float | None, log=print) -> list[Check]:  # noqa: ANN001
+def run(gov: Govern, policy: Policy, models: list[str], every: float | None, log: Log = print) -> list[Check]:
     """Check every model once, or forever every `every` seconds (Ctrl-C stops)."""
-    from govern.errors import GovernError
-
     checks: list[Check] = []
     while True:
         for m in models:

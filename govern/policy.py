@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audits.metrics import METRICS
+from audits.metrics import METRICS, score_type
+from audits.suites import SLICE_METRIC, SuiteError, load_suite, probe_items, refusal_items, retention_items
 from editors import available_methods, method_spec, validate_method_config
 from editors.errors import EditorError
 from govern.deploy import target_config
@@ -21,6 +22,9 @@ from govern.errors import GovernError, PolicyError
 from govern.kinds import kind_spec, kinds
 from govern.text import normalise
 from govern.validation import describe_yaml_error, format_validation_error
+
+if TYPE_CHECKING:
+    from audits.gates import TestPlan
 
 Comparator = Literal[">=", ">", "<=", "<"]
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -57,7 +61,8 @@ class Gate(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> Gate:
-        absolute, relative = self.op is not None or self.threshold is not None, self.compare is not None or self.margin is not None
+        absolute = self.op is not None or self.threshold is not None
+        relative = self.compare is not None or self.margin is not None
         if absolute and relative:
             raise ValueError("a gate is either absolute (op, threshold) or relative (compare, margin), not both")
         if not absolute and not relative:
@@ -199,12 +204,13 @@ class Canary(BaseModel):
                             "it to human review even in an auto-approving tier")
     resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples / permutations")
     seed: int = Field(0, ge=0, description="fixed seed: the same evidence gives the same decision")
-    generate: bool = Field(True, description="add paraphrases, neighbours and a freshness question from audits/data/relations.yaml")
+    generate: bool = Field(
+        True, description="add paraphrases, neighbours and a freshness question from audits/data/relations.yaml")
     neighbors: int = Field(20, ge=0, le=500, description="generated neighbours per request")
     suites: list[str] = Field(default_factory=list, description="extra suite files (YAML/JSONL), relative to the policy file")
 
-    def plan(self):  # noqa: ANN201
-        from audits.gates import TestPlan
+    def plan(self) -> TestPlan:
+        from audits.gates import TestPlan  # scipy, through audits.stats
 
         return TestPlan(alpha=self.alpha, correction=self.correction, test=self.test, resamples=self.resamples, seed=self.seed)
 
@@ -293,7 +299,8 @@ class Policy(BaseModel):
     @model_validator(mode="after")
     def _identity_allowed(self) -> Policy:
         for name in self.methods:
-            if getattr(self.method_config(name), "covariance", None) == "identity" and not self.admission.allow_identity_covariance:
+            uses_identity = getattr(self.method_config(name), "covariance", None) == "identity"
+            if uses_identity and not self.admission.allow_identity_covariance:
                 raise ValueError(f"methods.{name}.covariance is 'identity' but admission.allow_identity_covariance is false")
         return self
 
@@ -338,8 +345,6 @@ def load_policy(path: str | Path) -> Policy:
 
 def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
     """Make suite paths absolute (the policy travels as JSON to the worker) and check they load."""
-    from audits.suites import SuiteError, load_suite
-
     base = policy_path.parent
     paths = []
     for i, name in enumerate(policy.canary.suites):
@@ -355,9 +360,7 @@ def _resolve_suites(policy: Policy, policy_path: Path) -> Policy:
 def _check_showable(policy: Policy, path: Path) -> None:
     """Refuse gates whose margin the suites cannot show: a binary non-inferiority gate needs at least
     `audits.stats.binary_n_needed(margin, alpha / k)` items (k relative gates in the family) even when nothing changes."""
-    from audits.metrics import METRICS, score_type
-    from audits.stats import MIN_CONTINUOUS_N, binary_n_needed
-    from audits.suites import SLICE_METRIC, load_suite, probe_items, refusal_items, retention_items
+    from audits.stats import MIN_CONTINUOUS_N, binary_n_needed  # scipy
 
     shipped = {"probe_specificity": len(probe_items()), "refusal": len(refusal_items()), "retention": len(retention_items())}
     extra: dict[str, int] = {}

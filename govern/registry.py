@@ -17,14 +17,14 @@ truth and MLflow mirrors them. mlflow is imported lazily (it is slow to import).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from govern.home import Home
-
-if TYPE_CHECKING:
-    from govern.host import ChangeRef, VersionRef
+from govern.host import BaseRef, ChangeRef, VersionRef
 
 EXPERIMENT = "govern-changes"
 MODEL_ARTIFACT = "model"  # where a run holds its version's pyfunc model
@@ -32,9 +32,6 @@ MODEL_ARTIFACT = "model"  # where a run holds its version's pyfunc model
 
 class Registry:
     def __init__(self, home: Home) -> None:
-        import logging
-        import os
-
         os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -101,8 +98,6 @@ class Registry:
 
     def register_base(self, name: str, checkpoint: dict[str, Any]) -> str:
         """Register version 1 (the base checkpoint, described by its pinned files) as a pyfunc model."""
-        from govern.host import BaseRef, VersionRef
-
         self.ensure_registered_model(name, f"governed model {name}")
         rid = self.log_run(
             name=f"{name}: base checkpoint",
@@ -122,8 +117,6 @@ class Registry:
     def register_candidate(self, name: str, run_id: str, request_id: str, *, parent: VersionRef, change: ChangeRef,
                            manifest: dict[str, str]) -> str:
         """A model version for the candidate `parent` + `change`: its run logs the pyfunc model first."""
-        from govern.host import VersionRef
-
         ref = VersionRef(base=parent.base, number=None, changes=(*parent.changes, change), manifest=manifest)
         self.log_version_model(run_id, name, ref)
         mv = self.client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.markup import escape
+from rich.table import Table
 
 from govern.deploy.runner import delivery_problems
 from govern.service import Govern
 
 
 def show_requests(gov: Govern, model: str | None, console: Any) -> None:
-    from rich.table import Table
-
     t = Table(title="requests")
     for c in ("id", "model", "kind", "change", "state", "tier", "submitted by", "version", "job"):
         t.add_column(c)
@@ -28,8 +27,6 @@ def show_requests(gov: Govern, model: str | None, console: Any) -> None:
 
 
 def show_request(gov: Govern, request_id: str, console: Any) -> None:
-    from rich.table import Table
-
     r = gov.get_request(request_id)
     console.print(f"[bold]{r.id}[/] {r.state}  model={r.model} kind={r.kind} method={escape(r.method)} "
                   f"tier={r.tier or '-'} by {escape(r.submitted_by)}")
@@ -62,8 +59,6 @@ def show_request(gov: Govern, request_id: str, console: Any) -> None:
 
 
 def show_history(gov: Govern, model: str | None, console: Any) -> None:
-    from rich.table import Table
-
     m, versions = gov.history(model)
     t = Table(title=f"{m.name} versions (base sha256 {m.base_digest[:12]})")
     for c in ("version", "parent", "status", "alias", "changes", "what", "request", "mlflow"):

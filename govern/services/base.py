@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from govern.deploy.runner import deliver
 from govern.home import Home
+from govern.registry import Registry
 from govern.store import Store
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from govern.registry import Registry
 
 
 class ServiceBase:
@@ -27,8 +26,6 @@ class ServiceBase:
     def registry(self) -> Registry:
         """MLflow, built on first use: importing mlflow is slow."""
         if self._registry is None:
-            from govern.registry import Registry
-
             self._registry = Registry(self.home)
         return self._registry
 
@@ -63,4 +60,5 @@ class ServiceBase:
 
     if TYPE_CHECKING:  # provided by govern.services.certificates
 
-        def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *, log: bool = True) -> dict[str, Path]: ...
+        def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *,
+                              log: bool = True) -> dict[str, Path]: ...

@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from audits.evidence import Evidence, GateResult
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, RestoredChange, RollbackTask, Task
-from govern.host import VersionRef
+from govern.host import BaseRef, ChangeRef, VersionRef
 from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus
 from govern.policy import Policy
 from govern.services.base import ServiceBase
+from govern.services.cards import render_card
 from govern.services.transitions import discard_candidate, move_production, promote
 from govern.store import ChangeRow, JobRow, RequestRow, VersionRow, as_utc, new_id, now
-
-if TYPE_CHECKING:
-    from govern.host import BaseRef, ChangeRef
 
 
 class LeaseLost(GovernError):
@@ -94,7 +92,7 @@ class JobsService(ServiceBase):
 
     def _evidence(self, policy: Policy, outcome: Candidate, kind: str, tier: str | None = None) -> Evidence:
         """Gates over the outcome's report. `passed`: no gate failed, and none lacks evidence unless `tier` allows it."""
-        from audits.gates import evaluate, paired_summary
+        from audits.gates import evaluate, paired_summary  # scipy
 
         report = outcome.report
         plan = policy.canary.plan()
@@ -108,8 +106,6 @@ class JobsService(ServiceBase):
                         kind="rollback" if kind == "rollback" else "change")
 
     def _commit_apply(self, job: JobRow, worker_id: str, task: ApplyTask, outcome: Candidate) -> State:
-        from govern.services.cards import render_card
-
         with self.store.read() as s:
             req = self.store.get_request(s, job.request_id)
         policy = Policy.model_validate_json(req.policy or "{}")
@@ -240,7 +236,7 @@ class JobsService(ServiceBase):
         """The last rollback job of a request: state, error and evidence."""
         with self.store.read() as s:
             j = s.exec(select(JobRow).where(JobRow.request_id == request_id, JobRow.kind == JobKind.ROLLBACK.value)
-                       .order_by(JobRow.id.desc())).first()  # type: ignore[union-attr]
+                       .order_by(col(JobRow.id).desc())).first()
         if j is None:
             return None
         return {"job": j.id, "state": j.state, "error": j.error,
