@@ -97,7 +97,7 @@ def main() -> None:
 
         host.switch(v2)
         fresh = ModelHost().switch(v2)
-        exact = all(torch.equal(p, q) for p, q in zip(host.loaded.model.state_dict().values(),  # type: ignore[union-attr]
+        exact = all(torch.equal(p, q) for p, q in zip(host.loaded.model.state_dict().values(),  # type: ignore[union-attr]  # switch() just loaded it
                                                        fresh.model.state_dict().values(), strict=True))
 
     med_s, med_r = statistics.median(switch_ms), statistics.median(reload_ms)
