@@ -130,7 +130,7 @@ def test_correct_dispatch():
     # BH thresholds 0.00625, 0.0125, 0.01875, 0.025: 0.005 and 0.01 pass, 0.03 and 0.04 fail
     assert correct(P4, "bh", alpha=0.025) == [True, False, False, True]
     with pytest.raises(ValueError, match="method must be"):
-        correct(P4, "bonferroni")  # type: ignore[arg-type]
+        correct(P4, "bonferroni")  # type: ignore[arg-type]  # wrong on purpose: the check under test
 
 
 @pytest.mark.parametrize(
@@ -546,9 +546,9 @@ def test_binary_scores_must_be_0_or_1_and_score_type_is_required():
     with pytest.raises(ValueError, match="declare the metric 'continuous'".replace("d", "D", 1)):
         non_inferiority([2.0, 1.0], [1.0, 1.0], margin=0.1, score_type="binary")
     with pytest.raises(ValueError, match="score_type must be one of"):
-        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1, score_type="auto")  # type: ignore[arg-type]
+        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1, score_type="auto")  # type: ignore[arg-type]  # wrong on purpose: the check under test
     with pytest.raises(TypeError):
-        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1)  # type: ignore[call-arg]
+        non_inferiority([1.0, 1.0], [1.0, 1.0], margin=0.1)  # type: ignore[call-arg]  # score_type left out on purpose
     with pytest.raises(ValueError, match="margin must be < 1"):
         non_inferiority([1.0, 1.0], [1.0, 1.0], margin=1.0, score_type="binary")
 
@@ -620,14 +620,14 @@ def test_alternative_margin_method_errors():
     prod, cand = np.zeros(20), np.ones(20)
     for fn in (paired_bootstrap, paired_permutation):
         with pytest.raises(ValueError, match="alternative"):
-            fn(prod, cand, alternative="two_sided")  # type: ignore[arg-type]
+            fn(prod, cand, alternative="two_sided")  # type: ignore[arg-type]  # wrong on purpose: the check under test
     for st in ("binary", "continuous"):
         with pytest.raises(ValueError, match="margin must be >= 0"):
             non_inferiority(prod, cand, margin=-0.02, score_type=st)
         with pytest.raises(ValueError, match="margin"):
             non_inferiority(prod, cand, margin=float("nan"), score_type=st)
         with pytest.raises(ValueError, match="method"):
-            non_inferiority(prod, cand, margin=0.02, score_type=st, method="t-test")  # type: ignore[arg-type]
+            non_inferiority(prod, cand, margin=0.02, score_type=st, method="t-test")  # type: ignore[arg-type]  # wrong on purpose: the check under test
         with pytest.raises(ValueError, match="min_n"):
             non_inferiority(prod, cand, margin=0.02, score_type=st, min_n=1)
 
@@ -650,7 +650,7 @@ def test_determinism():
 def test_result_is_frozen():
     r = paired_bootstrap([0.0, 1.0, 1.0], [1.0, 1.0, 1.0], n_resamples=100)
     with pytest.raises(AttributeError):
-        r.p_value = 0.0  # type: ignore[misc]
+        r.p_value = 0.0  # type: ignore[misc]  # frozen: the assignment must fail
 
 
 def test_memory_bounded_for_1000_items_10k_resamples():

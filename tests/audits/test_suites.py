@@ -372,5 +372,5 @@ def test_missing_and_non_utf8_files(tmp_path):
 
 def test_item_check_directly():
     with pytest.raises(SuiteError, match=r"^here: unknown kind 'x'"):
-        Item("probe", "x", "p").check("here")  # type: ignore[arg-type]
+        Item("probe", "x", "p").check("here")  # type: ignore[arg-type]  # wrong on purpose: the check under test
     assert Item("probe", "keeps", "p").check("here") == Item("probe", "keeps", "p")

@@ -294,7 +294,7 @@ def test_partial_export(tmp_path: Path, chain: list[AuditEvent], fmt: str) -> No
 
 def test_unknown_format_rejected(tmp_path: Path, chain: list[AuditEvent]) -> None:
     with pytest.raises(ValueError, match="unknown export format"):
-        export_events(chain, tmp_path / "x.xml", "xml")  # type: ignore[arg-type]
+        export_events(chain, tmp_path / "x.xml", "xml")  # type: ignore[arg-type]  # wrong on purpose: the check under test
 
 
 # --------------------------------------------------------------------------- tampering with export files

@@ -126,4 +126,4 @@ def test_unknown_methods_and_bad_settings_say_what_to_do():
     with pytest.raises(ValueError, match="request_kinds"):
         MethodSpec(name="x", request_kinds=(), config=ScaleConfig, load=ScaleEditor)
     with pytest.raises(TypeError, match="pydantic"):
-        MethodSpec(name="x", request_kinds=("edit",), config=dict, load=ScaleEditor)  # type: ignore[arg-type]
+        MethodSpec(name="x", request_kinds=("edit",), config=dict, load=ScaleEditor)  # type: ignore[arg-type]  # wrong on purpose: the check under test

@@ -101,7 +101,7 @@ def test_rome_takes_exactly_one_fact_and_its_own_config(tiny_llama, tmp_path):
     with pytest.raises(EditSpecError, match="ROME edits one fact per request; this request has 2 — use a batch method"):
         get_editor("rome").compute(model, tok, [EDIT, other], _ctx(tmp_path))
     with pytest.raises(EditSpecError, match="validate_method_config"):
-        get_editor("rome").compute(model, tok, [EDIT], EditContext(cache_dir=tmp_path, model_digest="x", config={"steps": 5}))  # type: ignore[arg-type]
+        get_editor("rome").compute(model, tok, [EDIT], EditContext(cache_dir=tmp_path, model_digest="x", config={"steps": 5}))  # type: ignore[arg-type]  # a raw dict on purpose
 
 
 def test_identity_covariance_is_recorded(tiny_llama, tmp_path):

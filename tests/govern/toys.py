@@ -83,7 +83,7 @@ class ToyBoost:
         bias = torch.zeros(model.get_output_embeddings().weight.shape[0])
         for fact in payload:
             for token in set(tokenizer(fact.target_new, add_special_tokens=False)["input_ids"]):
-                bias[token] = cfg.boost  # type: ignore[attr-defined]
+                bias[token] = cfg.boost  # type: ignore[attr-defined]  # ctx.config is this method's validated config
         return LogitHook("toy_boost", bias, {"facts": len(payload)})
 
 

@@ -46,7 +46,7 @@ class RankOneBoost:
             k = seen[0].double()  # (in,)
             target = tokenizer(fact.target_new, add_special_tokens=False)["input_ids"][0]
             e = model.get_output_embeddings().weight[target].detach().double()  # (out,)
-            u = ctx.config.boost * e / e.norm()  # type: ignore[attr-defined]
+            u = ctx.config.boost * e / e.norm()  # type: ignore[attr-defined]  # ctx.config is BoostConfig
             a, b = lm.storage_factors(u[:, None], (k / (k @ k))[:, None])  # (out, 1), (in, 1) in storage layout
             name = lm.weight_name(layer)
             if name in factors:
