@@ -4,6 +4,9 @@ Heavy libraries (torch, transformers, mlflow) are imported inside the commands
 that need them, and so is the service layer (sqlmodel and pydantic: half a
 second), so `govern --help` answers at once. Any `GovernError` (and a
 user-caused editor error) is printed as one line, ``error: ...``, exit code 2.
+
+One module of about 400 lines on purpose: each command is a thin typer wrapper
+over one `Govern` call, and the whole command table reads in one place.
 """
 
 from __future__ import annotations
