@@ -387,7 +387,7 @@ def ui(
 def worker(model: ModelOpt = None,
            device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")] = "cpu",
            lease: Annotated[float, typer.Option(
-               min=5.0, max=3600.0, help="lease seconds (5-3600); a dead worker's job is re-claimed after it")] = 60.0,
+               min=1.0, max=3600.0, help="lease seconds (1-3600); a dead worker's job is re-claimed after it")] = 60.0,
            stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None) -> None:
     """Serve apply jobs for one model, keeping it loaded between jobs."""
     from govern.worker import Worker

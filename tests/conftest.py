@@ -60,18 +60,22 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt2_dir(tmp_path_factory) -> Path:
+def build_gpt2(d: Path, *, n_positions: int = 512, n_layer: int = 4, seed: int = 0) -> Path:
+    """A seeded, random GPT-2 with the test tokenizer, saved to `d` (a real transformers checkpoint)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    d = tmp_path_factory.mktemp("tiny-gpt2")
     tok = _tokenizer(d)
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=4, n_head=4, n_positions=512,
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=n_layer, n_head=4, n_positions=n_positions,
                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    return build_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def load_dir(d: Path):

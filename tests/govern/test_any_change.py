@@ -146,17 +146,9 @@ def test_a_policy_that_never_reapplies_recomputes_the_changes_above(gov, tmp_pat
 @pytest.fixture(scope="module")
 def short_gpt2_dir(tmp_path_factory):
     """A GPT-2-family model with a 128-token context: the shipped retention paragraphs are longer than that."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest import build_gpt2
 
-    from conftest import _tokenizer
-
-    d = tmp_path_factory.mktemp("gpt2-128")
-    tok = _tokenizer(d)
-    torch.manual_seed(1)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=3, n_head=4, n_positions=128,
-                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(str(d))
-    return d
+    return build_gpt2(tmp_path_factory.mktemp("gpt2-128"), n_positions=128, n_layer=3, seed=1)
 
 
 def test_a_gpt2_model_with_a_128_token_context_goes_through_the_whole_loop(home, short_gpt2_dir, policy_file):
