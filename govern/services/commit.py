@@ -42,9 +42,9 @@ class JobsService(ServiceBase):
         """What an executor needs to run `job`, as plain data (or why it cannot run)."""
         with self.store.read() as s:
             req = self.store.get_request(s, job.request_id)
-            policy = Policy.model_validate_json(req.policy or "{}") if req.policy else None
-            if policy is None:
+            if not req.policy:
                 return Failure(message=f"request {req.id} has no admitting policy")
+            policy = Policy.model_validate_json(req.policy)
             production = self.version_ref(s, req.model)
             if job.kind == JobKind.ROLLBACK:
                 return self._rollback_task(s, job, req, policy, production)
