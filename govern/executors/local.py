@@ -58,17 +58,20 @@ class LocalExecutor:
             self.host.drop()
             return Failure(message=str(e))
 
+    def _load_production(self, production: VersionRef, progress: Progress) -> Any:
+        progress("load", 0.0)
+        try:
+            return self.host.switch(production)
+        except Exception as e:  # turned into the request's error message
+            raise _stage(f"loading {production.base.name} v{production.number}", e) from e
+
     # -- apply: production + the request's change -----------------------------------------
     def _apply(self, task: ApplyTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
         from editors.changes import tensor_sha256
 
         started = time.perf_counter()
-        progress("load", 0.0)
-        try:
-            loaded = self.host.switch(task.production)
-        except Exception as e:  # turned into the request's error message
-            raise _stage(f"loading {task.production.base.name} v{task.production.number}", e) from e
+        loaded = self._load_production(task.production, progress)
         net, tok = loaded.model, loaded.tokenizer
         spec = kind_spec(task.request_kind).model_validate_json(task.spec)
         try:
@@ -118,11 +121,7 @@ class LocalExecutor:
         from audits.canary import compare, measure
 
         started = time.perf_counter()
-        progress("load", 0.0)
-        try:
-            loaded = self.host.switch(task.production)
-        except Exception as e:  # turned into the request's error message
-            raise _stage(f"loading {task.production.base.name} v{task.production.number}", e) from e
+        loaded = self._load_production(task.production, progress)
         canary = Canary.model_validate(task.canary)
         items = []
         for stay in task.stays:  # the changes that remain must still do what they did
