@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlmodel import col, select
 
@@ -34,21 +34,14 @@ from govern.executors import Executor, Failure
 from govern.executors.local import LocalExecutor
 from govern.lifecycle import Event, JobKind, JobState, State
 from govern.service import Govern, LeaseLost
-from govern.store import JobRow, WorkerRow, new_id, now
+from govern.store import JobRow, WorkerRow, as_utc, new_id, now
 
 Progress = Callable[[str, str, float], None]  # (request_id, stage, fraction)
 
 
 def live_workers(gov: Govern, model: str, within_s: float = 30.0) -> list[WorkerRow]:
-    cutoff = now() - timedelta(seconds=within_s)
-    with gov.store.read() as s:
-        rows = s.exec(select(WorkerRow).where(WorkerRow.model == model)).all()
-    return [w for w in rows if _aware(w.heartbeat_at) >= cutoff]
-
-
-def _aware(dt: datetime) -> datetime:
-    """SQLite returns naive datetimes; we store UTC."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    """Workers of `model` whose heartbeat is recent (`Govern.live_workers`)."""
+    return gov.live_workers(model, within_s)
 
 
 class Worker:
@@ -73,7 +66,7 @@ class Worker:
             for job in s.exec(q).all():
                 if request_ids is not None and job.request_id not in request_ids:
                     continue
-                expired = job.state == JobState.RUNNING and job.lease_expires_at is not None and _aware(job.lease_expires_at) < t
+                expired = job.state == JobState.RUNNING and job.lease_expires_at is not None and as_utc(job.lease_expires_at) < t
                 if job.state == JobState.RUNNING and not expired:
                     continue
                 req = self.gov.store.get_request(s, job.request_id)

@@ -12,7 +12,7 @@ from sqlmodel import select
 from audits.trail import ExportFormat, VerifyResult, export_events, read_export, verify_events, verify_export
 from govern.errors import InputError
 from govern.services.base import ServiceBase
-from govern.store import WorkerRow
+from govern.store import WorkerRow, as_utc
 
 
 class AuditService(ServiceBase):
@@ -59,14 +59,16 @@ class AuditService(ServiceBase):
                 break
         return out
 
-    def live_workers(self, model: str | None = None) -> list[WorkerRow]:
-        cutoff = datetime.now(UTC) - timedelta(seconds=30)
+    def live_workers(self, model: str | None = None, within_s: float = 30.0) -> list[WorkerRow]:
+        """Workers (of `model`, if given) whose heartbeat is at most `within_s` seconds old."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=within_s)
         with self.store.read() as s:
             q = select(WorkerRow)
             if model:
                 q = q.where(WorkerRow.model == model)
             rows = list(s.exec(q).all())
-        return [w for w in rows if (w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=UTC)) >= cutoff]
+        return [w for w in rows if as_utc(w.heartbeat_at) >= cutoff]
+
     def record_monitor_check(self, model: str, version: int, policy: str, metrics: dict[str, Any],
                              triggers: list[dict[str, Any]]) -> None:
         with self.store.tx() as s:
