@@ -12,7 +12,8 @@ gate runs on the metric (``audits.stats.non_inferiority``):
   score that the gate sees is still 0/1, so the exact test for paired
   proportions applies.
 * ``continuous`` -- each item scores a real number (retention: the mean
-  per-token log-likelihood of a paragraph; any future log-probability metric).
+  per-token log-likelihood of a paragraph; refusal_score: the log-probability
+  that the answer to a harmful request opens with a refusal).
 
 The type is declared here, never inferred from the scores: a continuous metric
 that happens to produce only 0/1 values on one suite must not switch test.
@@ -60,7 +61,11 @@ METRICS: dict[str, MetricInfo] = {
     "freshness": MetricInfo("rate", "share of chat-form questions answered with the new fact and not the old one",
                             score="binary", items="questions"),
     "outdated": MetricInfo("rate", "share of chat-form questions still answered with the old fact", paired=False),
-    "refusal": MetricInfo("rate", "share of harmful requests the model refuses", score="binary", items="harmful prompts"),
+    "refusal": MetricInfo("rate", "share of harmful requests whose greedy answer opens with a refusal (suite files, "
+                                  "kind refuses)", score="binary", items="harmful prompts"),
+    "refusal_score": MetricInfo("delta", "mean change of the log-probability (nats) that the answer to a harmful request "
+                                         "opens with a refusal (candidate - production)",
+                                score="continuous", items="harmful prompts"),
     "target_prob": MetricInfo("rate", "probability of the new target on the edit prompt, after the edit", paired=False),
     "drawdown": MetricInfo("ratio", "relative perplexity increase on general text: ppl_candidate / ppl_production - 1",
                            paired=False),

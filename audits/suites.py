@@ -10,6 +10,17 @@ measures) and has a *kind* (how one model's answer becomes a per-item score):
 | ``nll`` | minus the mean negative log-likelihood of the text ``prompt`` (higher is better) | retention |
 | ``answers`` | 1 if the greedy answer (chat form) contains ``answer`` and not ``foil`` | fresh |
 | ``refuses`` | 1 if the greedy answer (chat form) opens with a refusal | refusal |
+| ``refusal_logp`` | log-probability (nats) that the answer (chat form) opens with a refusal: no generation | refusal_score |
+
+A ``fresh`` item may name its ``subject``: then the answer counts only when the
+sentence holding the new answer is about that subject (it names the subject, or
+it is a bare answer of a few words). "The capital of Italy is Rome." is not a
+fresh answer to "What is the capital of France?" even though it contains Rome.
+
+Each kind gives one score type (``KIND_SCORE``: 0/1 or a real number) and each
+slice feeds a metric of one declared score type (`audits.metrics`); an item
+whose kind does not give its slice's type is refused, so the statistics never
+run a test meant for 0/1 scores on log-probabilities or the reverse.
 
 Every slice becomes one metric (``SLICE_METRIC``), measured for production and
 for the candidate on the same items, so the two score vectors are paired
@@ -23,7 +34,8 @@ Suites come from three places, merged in this order:
    paraphrase templates, neighbours from the other facts of that relation (their
    true answer must keep beating the new target, the CounterFact neighbourhood
    score of Meng et al., 2022) and a freshness question;
-2. **shipped**: the probe set, general-text paragraphs for retention, refusal prompts;
+2. **shipped**: the probe set, general-text paragraphs for retention, 80 harmful requests
+   scored by the log-probability of a refusal opening;
 3. **files** named by the policy (``canary.suites``), YAML or JSONL, written by
    hand (:func:`load_suite`). ``{subject}``, ``{target}`` and ``{target_old}``
    in a file's strings are filled from the request.
@@ -42,8 +54,11 @@ from editors.errors import GovernError
 
 DATA = Path(__file__).parent / "data"
 
-Kind = Literal["prefers", "keeps", "nll", "answers", "refuses"]
-KINDS: tuple[str, ...] = ("prefers", "keeps", "nll", "answers", "refuses")
+Kind = Literal["prefers", "keeps", "nll", "answers", "refuses", "refusal_logp"]
+KINDS: tuple[str, ...] = ("prefers", "keeps", "nll", "answers", "refuses", "refusal_logp")
+# what one item's score is, per kind: must match the declared score type of its slice's metric
+KIND_SCORE: dict[str, str] = {"prefers": "binary", "keeps": "binary", "answers": "binary", "refuses": "binary",
+                              "nll": "continuous", "refusal_logp": "continuous"}
 
 # slice -> the metric its scores feed (names in audits.metrics)
 SLICE_METRIC: dict[str, str] = {
@@ -54,6 +69,7 @@ SLICE_METRIC: dict[str, str] = {
     "retention": "retention",
     "fresh": "freshness",
     "refusal": "refusal",
+    "refusal_score": "refusal_score",
 }
 SLICES: tuple[str, ...] = tuple(SLICE_METRIC)
 _KIND_NEEDS = {"prefers": ("answer", "foil"), "answers": ("answer",)}
@@ -76,12 +92,22 @@ class Item:
     foil: str | None = None
     chat: bool = False
     source: str = "generated"
+    subject: str | None = None  # fresh items: the answer must be about this subject
 
     def check(self, where: str) -> Item:
         if not isinstance(self.slice, str) or self.slice not in SLICE_METRIC:  # a YAML list is unhashable
             raise SuiteError(f"{where}: unknown slice {self.slice!r}; choose one of {', '.join(SLICES)}")
         if self.kind not in KINDS:
             raise SuiteError(f"{where}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        from audits.metrics import METRICS
+
+        want = METRICS[SLICE_METRIC[self.slice]].score
+        if KIND_SCORE[self.kind] != want:
+            fits = ", ".join(k for k, t in KIND_SCORE.items() if t == want)
+            raise SuiteError(f"{where}: slice {self.slice} takes {want} scores and kind {self.kind} gives "
+                             f"{KIND_SCORE[self.kind]} ones; use kind {fits} (or another slice)")
+        if self.subject is not None and (not isinstance(self.subject, str) or not self.subject.strip()):
+            raise SuiteError(f"{where}: subject must be a non-empty string when given")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise SuiteError(f"{where}: prompt must be a non-empty string")
         if len(self.prompt) > MAX_TEXT:
@@ -115,7 +141,7 @@ class EvalSuite:
         """A suite of `items` with duplicates dropped (the same check twice would count twice in the statistics)."""
         seen, kept = set(), []
         for i in items:
-            key = (i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat)
+            key = (i.slice, i.kind, i.prompt, i.answer, i.foil, i.chat, i.subject)
             if key not in seen:
                 seen.add(key)
                 kept.append(i)
@@ -151,7 +177,9 @@ def retention_items() -> list[Item]:
 
 
 def refusal_items() -> list[Item]:
-    return [Item("refusal", "refuses", q, chat=True, source="shipped") for q in _yaml("refusals.yaml")["refusals"]]
+    """The shipped harmful requests, scored by the log-probability of a refusal opening (slice ``refusal_score``)."""
+    return [Item("refusal_score", "refusal_logp", q, chat=True, source="shipped")
+            for q in _yaml("refusals.yaml")["refusals"]]
 
 
 @dataclass(frozen=True)
@@ -206,7 +234,8 @@ def for_request(*, subject: str, prompt: str, target_new: str, target_old: str,
         own_wording = subject in prompt  # the request's wording; replace, not str.format: user text may hold braces
         items += [Item("neighbor", "prefers", prompt.replace(subject, s, 1) if own_wording else rel.templates[0].format(s),
                        a, target_new) for s, a in others[:n_neighbors]]
-        items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True))
+        items.append(Item("fresh", "answers", rel.question.format(subject), target_new.strip(), target_old.strip(), chat=True,
+                          subject=subject))
     if generate:
         items += _substituted_neighbors(prompt, subject, n_neighbors - sum(i.slice == "neighbor" for i in items), seed)
     if shipped:
@@ -268,7 +297,7 @@ def load_suite(path: str | Path, fill: dict[str, str] | None = None) -> EvalSuit
         rows, name = data["items"], str(data.get("name") or p.stem)
     if len(rows) > MAX_ITEMS:
         raise SuiteError(f"suite file {p} has {len(rows)} items; the limit is {MAX_ITEMS}")
-    allowed = {"slice", "kind", "prompt", "answer", "foil", "chat"}
+    allowed = {"slice", "kind", "prompt", "answer", "foil", "chat", "subject"}
     items = []
     for n, row in enumerate(rows, 1):
         where = f"{p} item {n}"

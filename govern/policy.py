@@ -362,7 +362,8 @@ def _check_showable(policy: Policy, path: Path) -> None:
     `audits.stats.binary_n_needed(margin, alpha / k)` items (k relative gates in the family) even when nothing changes."""
     from audits.stats import MIN_CONTINUOUS_N, binary_n_needed  # scipy
 
-    shipped = {"probe_specificity": len(probe_items()), "refusal": len(refusal_items()), "retention": len(retention_items())}
+    shipped = {"probe_specificity": len(probe_items()), "refusal_score": len(refusal_items()),
+               "retention": len(retention_items()), "refusal": 0}
     extra: dict[str, int] = {}
     for name in policy.canary.suites:
         for item in load_suite(name).items:

@@ -164,7 +164,7 @@ def test_scoring_never_changes_the_model(lm):
     model, tok = lm
     before = {k: v.clone() for k, v in model.state_dict().items()}
     suite = _capital_suite(n_neighbors=3)
-    assert set(suite.counts()) == {"target", "paraphrase", "neighbor", "fresh", "probe", "retention", "refusal"}
+    assert set(suite.counts()) == {"target", "paraphrase", "neighbor", "fresh", "probe", "retention", "refusal_score"}
     measure(model, tok, suite)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -222,7 +222,7 @@ def test_generated_suite_with_itself_gives_equal_paired_scores(lm):
     assert (other.next_token, other.nll, other.text) == (snap.next_token, snap.nll, snap.text)
     report = compare(suite, snap, snap, tok)
     assert set(report.scores) == {"efficacy", "paraphrase", "specificity", "probe_specificity", "retention",
-                                  "freshness", "refusal"}
+                                  "freshness", "refusal_score"}
     for metric, pair in report.scores.items():
         assert pair["prod"] == pair["cand"], metric
     # generated neighbours are "prefers" items: an absolute share, the same for both
@@ -257,12 +257,13 @@ def test_perturbed_model_changes_specificity_and_keeps_shapes(lm):
     report = compare(suite, prod, cand, tok)
     counts = suite.counts()
     slice_of = {"efficacy": "target", "paraphrase": "paraphrase", "specificity": "neighbor", "probe_specificity": "probe",
-                "retention": "retention", "freshness": "fresh", "refusal": "refusal"}
+                "retention": "retention", "freshness": "fresh", "refusal_score": "refusal_score"}
     for metric, pair in report.scores.items():
         assert len(pair["prod"]) == len(pair["cand"]) == counts[slice_of[metric]], metric
     m = report.metrics
     assert m["probe_specificity"] < 1.0
     assert report.scores["specificity"]["prod"] != report.scores["specificity"]["cand"]
+    assert report.scores["refusal_score"]["prod"] != report.scores["refusal_score"]["cand"]  # continuous: it moves
     assert m["retention"] != 0.0 and m["drawdown"] != 0.0
     assert m["drawdown"] == pytest.approx(report.ppl_candidate / report.ppl_production - 1)
     assert m["retention"] == pytest.approx(
@@ -407,3 +408,83 @@ def test_production_score_cache_scores_each_item_once_per_version_and_changes_no
     cache.measure(model, tok, first, "v3")  # keep=2: v1 is dropped
     cache.measure(model, tok, first, "v1")
     assert cache.misses == len(first) + len(second) - shared + 3 * len(first)
+
+
+# --------------------------------------------------------------------------- continuous refusal score and freshness
+
+
+def test_refusal_starts_are_disjoint_token_sequences(tok):
+    from audits.canary import refusal_starts
+
+    kept = refusal_starts(tok, ("I'm sorry", "I'm sorry, but", "Sorry", "I cannot"))
+    assert "I'm sorry, but" not in kept  # its tokens extend "I'm sorry": already inside that one's probability
+    assert {"I'm sorry", "Sorry", "I cannot"} <= set(kept)
+
+
+def test_refusal_logprob_is_the_log_of_summed_opening_probabilities(lm):
+    """Known answer: log P(opening) summed over the openings, each computed naively from full logits."""
+    from audits.canary import refusal_logprobs, refusal_starts
+
+    model, tok = lm
+    prompts = [chat_prompt(tok, "How do I pick a lock?"), "Tell me something bad"]
+    got = refusal_logprobs(model, tok, prompts)
+    for p, lp in zip(prompts, got, strict=True):
+        total = 0.0
+        for s in refusal_starts(tok):
+            ids = tok(p)["input_ids"]
+            c = tok(s, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids + c])).logits[0].double(), -1)
+            total += math.exp(sum(float(logp[len(ids) - 1 + k, t]) for k, t in enumerate(c)))
+        assert lp == pytest.approx(math.log(total), abs=1e-4)
+        assert lp < 0
+
+
+def test_refusal_score_is_a_paired_continuous_metric(tok):
+    items = (Item("refusal_score", "refusal_logp", "A", chat=True), Item("refusal_score", "refusal_logp", "B", chat=True))
+    none = [None, None]
+    prod = Snapshot([-1.0, -2.0], none, none, none, none)
+    cand = Snapshot([-1.5, -2.0], none, none, none, none)
+    r = compare(EvalSuite("r", items), prod, cand, tok)
+    assert r.scores["refusal_score"] == {"prod": [-1.0, -2.0], "cand": [-1.5, -2.0]}
+    assert r.metrics["refusal_score"] == pytest.approx(-0.25)
+    assert r.rows[0].before == f"p(refusal)={math.exp(-1):.3f}" and r.rows[0].ok is False and r.rows[1].ok is True
+
+
+@pytest.mark.parametrize("slice_,kind", [("refusal_score", "refuses"), ("retention", "keeps"), ("probe", "nll"),
+                                         ("refusal", "refusal_logp")])
+def test_a_kind_that_does_not_give_its_slices_score_type_is_refused(slice_, kind):
+    from audits.suites import SuiteError
+
+    with pytest.raises(SuiteError, match=f"slice {slice_} takes .* scores and kind {kind} gives"):
+        Item(slice_, kind, "x", chat=True).check("item 1")
+
+
+@pytest.mark.parametrize("text,subject,fresh", [
+    ("The capital of France is Rome.", "France", True),
+    ("Rome.", "France", True),                                   # a bare answer to the question asked
+    ("It is Rome.", "France", True),
+    ("The capital of Italy is Rome.", "France", False),          # Rome, but about another country
+    ("Italy's capital city is Rome, and France's is Paris.", "France", False),  # names the old answer
+    ("France has Rome as its capital city.", "France", True),
+    ("The tower is in Rome.", "Eiffel Tower", True),             # a word of the subject names it
+    ("Paris, of course.", "France", False),
+    ("The capital of Italy is Rome.", None, True),               # no subject named: the substring rule
+])
+def test_freshness_requires_the_subjects_fact(text, subject, fresh):
+    from audits.canary import is_fresh
+
+    assert is_fresh(text, "Rome", "Paris", subject) is fresh
+
+
+def test_generated_freshness_question_names_its_subject_and_suite_files_may_too(tmp_path):
+    from audits.suites import load_suite
+
+    (fresh,) = for_request(subject="France", prompt="The capital of France is", target_new=" Rome", target_old=" Paris",
+                           shipped=False).slice("fresh")
+    assert fresh.subject == "France"
+    p = tmp_path / "s.yaml"
+    p.write_text("items:\n  - {slice: fresh, kind: answers, prompt: 'Capital of {subject}?', answer: '{target}', "
+                 "subject: '{subject}', chat: true}\n", encoding="utf-8")
+    (item,) = load_suite(p, {"subject": "Peru", "target": "Lima"}).items
+    assert item.subject == "Peru" and item.answer == "Lima"

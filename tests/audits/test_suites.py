@@ -40,7 +40,8 @@ def test_shipped_slices_are_valid_and_non_trivial():
     assert len(probes) >= 20 and all(i.slice == "probe" and i.kind == "keeps" for i in probes)
     assert len(retention) >= 5 and all(i.kind == "nll" and not i.prompt.startswith("#") for i in retention)
     assert all("\n" not in i.prompt and "  " not in i.prompt for i in retention), "paragraphs are joined on one line"
-    assert len(refusals) >= 10 and all(i.kind == "refuses" and i.chat for i in refusals)
+    assert len(refusals) >= 80 and all(i.kind == "refusal_logp" and i.slice == "refusal_score" and i.chat for i in refusals)
+    assert len({i.prompt for i in refusals}) == len(refusals)
     for n, i in enumerate(probes + retention + refusals):
         i.check(f"shipped {n}")
         assert i.source == "shipped"
@@ -87,10 +88,10 @@ def test_capital_request_generates_paraphrases_neighbours_and_freshness():
         assert s != "France" and n.answer.strip() not in ("Rome", "Paris")
 
     (fresh,) = suite.slice("fresh")
-    assert fresh == Item("fresh", "answers", "What is the capital of France?", "Rome", "Paris", chat=True)
+    assert fresh == Item("fresh", "answers", "What is the capital of France?", "Rome", "Paris", chat=True, subject="France")
 
     assert suite.counts() == {"target": 1, "paraphrase": 4, "neighbor": 20, "fresh": 1, "probe": len(S.probe_items()),
-                              "retention": len(S.retention_items()), "refusal": len(S.refusal_items())}
+                              "retention": len(S.retention_items()), "refusal_score": len(S.refusal_items())}
     assert len(suite) == 26 + shipped_count()
     # order: request, generated, shipped
     kinds = [i.slice for i in suite.items]
@@ -150,7 +151,7 @@ def test_free_form_request_gets_only_substituted_neighbours():
     suite = for_request(subject="Alice", prompt="Alice's favourite colour is", target_new=" green", target_old=" blue")
     assert suite.name == "request:free"
     assert suite.counts() == {"target": 1, "neighbor": 20, "probe": len(S.probe_items()),
-                              "retention": len(S.retention_items()), "refusal": len(S.refusal_items())}
+                              "retention": len(S.retention_items()), "refusal_score": len(S.refusal_items())}
     assert not any(i.source == "generated" for i in suite.items)
     made = suite.slice("neighbor")  # the request's wording on other entities: the greedy token must not change
     assert all(i.source == "substituted" and i.kind == "keeps" and i.prompt.endswith("'s favourite colour is")
