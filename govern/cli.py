@@ -5,6 +5,11 @@ that need them, and so is the service layer (sqlmodel and pydantic: half a
 second), so `govern --help` answers at once. Any `GovernError` (and a
 user-caused editor error) is printed as one line, ``error: ...``, exit code 2.
 
+Commands that need a role get their actor from `_acting` (the identity block
+below): the user of the API token in ``$GOVERN_TOKEN`` or ``--token-file``,
+checked by `govern.auth.Acting` exactly as the UI checks a signed-in user;
+``--as NAME`` alone counts only in single-user mode (see `govern/auth.py`).
+
 One module of about 400 lines on purpose: each command is a thin typer wrapper
 over one `Govern` call, and the whole command table reads in one place.
 """
@@ -156,7 +161,7 @@ def submit(ctx: typer.Context,
            file: Annotated[Path | None, typer.Option("--file", "-f", help="JSONL or YAML file of requests")] = None,
            actor: Actor = None,
            model: ModelOpt = None) -> None:
-    """Submit requests from a file: `govern submit --file requests.jsonl --as alice`."""
+    """Submit requests from a file: `govern submit --file requests.jsonl` (as the user of $GOVERN_TOKEN)."""
     if ctx.invoked_subcommand is not None:
         return
     if file is None:

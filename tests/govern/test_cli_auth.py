@@ -215,3 +215,25 @@ def test_help_stays_instant_with_auth_commands():
                        cwd=Path(__file__).resolve().parents[2], env={**os.environ})
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_the_cli_acts_only_through_acting():
+    """Every call of a role-needing service method in govern/cli.py goes through `_acting(...)`, never straight to
+    `Govern` (the bootstrap of a home without users is the one named exception)."""
+    import ast
+
+    needs_role = {"submit", "admit", "review", "rollback", "add_user", "set_roles", "list_users", "add_model",
+                  "audit_export", "audit_verify", "audit_search", "create_token", "list_tokens", "revoke_token",
+                  "set_single_user"}
+    source = (Path(__file__).resolve().parents[2] / "govern" / "cli.py").read_text()
+    direct = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in needs_role:
+                owner = node.func.value
+                via_acting = isinstance(owner, ast.Call) and getattr(owner.func, "id", None) == "_acting"
+                if not via_acting and not (isinstance(owner, ast.Name) and owner.id == "acting"):
+                    direct.append((fn.name, node.func.attr))
+    assert direct == [("auth_single_user", "set_single_user")], direct  # guarded by `not gov.has_users()`

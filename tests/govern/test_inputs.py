@@ -198,3 +198,12 @@ def test_pickle_only_model_is_refused_and_nothing_is_written(gov, tiny_llama_dir
     res = cli(gov.home.root, "model", "add", "pickled", str(d), "--as", "admin")
     assert isinstance(res.exception, ModelError) and "safetensors" in str(res.exception)
     assert fingerprint(gov.home.root) == before
+
+
+def test_review_comments_and_rollback_reasons_refuse_control_characters(gov):
+    before = fingerprint(gov.home.root)
+    with pytest.raises(InputError, match=r"^review: comment: contains the control character U\+001B"):
+        gov.review("req-x", "approve", "bob", "looks fine\x1b[8m (hidden)")
+    with pytest.raises(InputError, match=r"^rollback: reason: contains a bidirectional-text control U\+202E"):
+        gov.rollback("req-x", "bob", "complaint \u202e24# tnialpmoc")
+    assert fingerprint(gov.home.root) == before
