@@ -5,6 +5,11 @@ that need them, and so is the service layer (sqlmodel and pydantic: half a
 second), so `govern --help` answers at once. Any `GovernError` (and a
 user-caused editor error) is printed as one line, ``error: ...``, exit code 2.
 
+Commands that need a role get their actor from `_acting` (the identity block
+below): the user of the API token in ``$GOVERN_TOKEN`` or ``--token-file``,
+checked by `govern.auth.Acting` exactly as the UI checks a signed-in user;
+``--as NAME`` alone counts only in single-user mode (see `govern/auth.py`).
+
 One module of about 400 lines on purpose: each command is a thin typer wrapper
 over one `Govern` call, and the whole command table reads in one place.
 """
@@ -12,8 +17,9 @@ over one `Govern` call, and the whole command table reads in one place.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +28,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from govern.auth import Acting, Permission
     from govern.service import Govern
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -32,13 +39,18 @@ review_app = typer.Typer(no_args_is_help=True, help="Approve or reject a request
 audit_app = typer.Typer(no_args_is_help=True, help="Export and verify the tamper-evident audit trail.")
 submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --file for many).")
 user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens: how the CLI knows who acts (admins create and revoke them).")
+auth_app = typer.Typer(no_args_is_help=True, help="Who acts on this home: the presented token, single-user mode.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
 app.add_typer(submit_app, name="submit")
 app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.add_typer(auth_app, name="auth")
 
-Actor = Annotated[str, typer.Option("--as", help="who is acting (recorded in the audit trail)")]
+Actor = Annotated[str | None, typer.Option(
+    "--as", help="who is acting: must name your token's user; without a token only in single-user mode")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
 
 
@@ -46,6 +58,71 @@ def _gov() -> Govern:
     from govern.service import Govern
 
     return Govern()
+
+
+# ---------------------------------------------------------------- identity (auth): who acts, for every command that needs a role
+_TOKEN_FILE: dict[str, Path | None] = {"path": None}
+
+
+@app.callback()
+def _root(token_file: Annotated[Path | None, typer.Option(
+        "--token-file", envvar="GOVERN_TOKEN_FILE",
+        help="file holding your API token (yours, mode 600); or put the token in $GOVERN_TOKEN")] = None) -> None:
+    """Govern what your deployed language model knows."""
+    _TOKEN_FILE["path"] = token_file
+
+
+def _presented_token() -> str | None:
+    """The API token of this call: ``$GOVERN_TOKEN``, else the token file (which must be private)."""
+    from govern.auth import read_token_file
+
+    env = os.environ.get("GOVERN_TOKEN", "").strip()
+    if env:
+        return env
+    path = _TOKEN_FILE["path"]
+    return read_token_file(path) if path else None
+
+
+def _acting(gov: Govern, permission: Permission, as_name: str | None, default: str | None = None) -> Acting:
+    """The user acting in this command, checked for `permission` by the same `Acting` as the UI.
+
+    A token names the user (``--as``, if given, must agree). Without a token, ``--as`` (or `default`) is taken
+    on trust only in single-user mode. A refused token and a missing role are audited.
+    """
+    from govern.auth import ROLES, Acting, Principal, check_name, denied
+    from govern.errors import PermissionDenied
+    from govern.text import identity
+
+    token = _presented_token()
+    if token is not None:
+        p = gov.authenticate_token(token)
+        if as_name and identity(as_name) != p.name:
+            raise _input_error(f"--as {as_name!r} does not match the token's user {p.name!r}; "
+                               "drop --as (the token says who you are)")
+        acting, method = Acting(gov, p.name), "token"
+    elif gov.single_user():
+        if not (as_name or default):
+            raise _input_error("who is acting? pass --as NAME (this home is in single-user mode)")
+        name = check_name(as_name or default or "")
+        acting, method = Acting(gov, name, Principal(name, ROLES, method="single_user")), "single_user"
+    elif not gov.has_users():
+        raise PermissionDenied("this home has no users yet: create the first admin with `govern user add NAME "
+                               "--role admin` (it prints their API token), or, for a one-person home, "
+                               "`govern auth single-user on`")
+    else:
+        raise PermissionDenied("who are you? put your API token in $GOVERN_TOKEN (or pass --token-file FILE); "
+                               "an admin creates one with `govern token create --user NAME`")
+    p = acting.principal
+    if not p.can(permission):
+        gov.note(p.name, "auth.denied", permission, {"roles": list(p.roles), "method": method})
+        raise denied(p, permission)
+    return acting
+
+
+def _print_token(token: str) -> None:
+    """The token on its own stdout line (for `> file`), the warning on stderr."""
+    typer.echo("API token (shown once; keep it where only you can read it: chmod 600):", err=True)
+    typer.echo(token)
 
 
 def _console() -> Console:
@@ -59,10 +136,14 @@ def _console() -> Console:
 
 # ---------------------------------------------------------------- models
 @model_app.command("add")
-def model_add(name: str, path: str, actor: Actor = "admin",
-              gguf_file: Annotated[str | None, typer.Option(help="GGUF file name inside PATH")] = None) -> None:
-    """Register a transformers causal LM from a local directory (or a hub id where reachable)."""
-    row = _gov().add_model(name, path, actor=actor, gguf_file=gguf_file)
+def model_add(name: str, path: str, actor: Actor = None,
+              gguf_file: Annotated[str | None, typer.Option(help="GGUF file name inside PATH")] = None,
+              allow_pickle: Annotated[bool, typer.Option(
+                  help="accept pickle weights (pytorch_model.bin), which can run code when loaded")] = False) -> None:
+    """Register a transformers causal LM from a local directory (or a hub id where reachable); admins only."""
+    gov = _gov()
+    row = _acting(gov, "manage_models", actor, "admin").add_model(name, path, gguf_file=gguf_file,
+                                                                  allow_pickle=allow_pickle)
     typer.echo(f"registered {row.name} ({row.family}) v1 = production, base sha256 {row.base_digest[:12]}")
 
 
@@ -78,9 +159,9 @@ def model_list() -> None:
 @submit_app.callback(invoke_without_command=True)
 def submit(ctx: typer.Context,
            file: Annotated[Path | None, typer.Option("--file", "-f", help="JSONL or YAML file of requests")] = None,
-           actor: Annotated[str | None, typer.Option("--as", help="who submits")] = None,
+           actor: Actor = None,
            model: ModelOpt = None) -> None:
-    """Submit requests from a file: `govern submit --file requests.jsonl --as alice`."""
+    """Submit requests from a file: `govern submit --file requests.jsonl` (as the user of $GOVERN_TOKEN)."""
     if ctx.invoked_subcommand is not None:
         return
     if file is None:
@@ -88,9 +169,8 @@ def submit(ctx: typer.Context,
     from govern.domain import load_request_file
 
     reqs = load_request_file(file)
-    if actor is None and any(r.submitted_by is None for r in reqs):
-        raise _input_error("who is submitting? pass --as USER (or set submitted_by in every request)")
-    for rid in _gov().submit(reqs, actor or "", model):
+    gov = _gov()
+    for rid in _acting(gov, "submit", actor).submit_requests(reqs, model):
         typer.echo(rid)
 
 
@@ -99,7 +179,7 @@ def submit_edit(
     subject: Annotated[str, typer.Option(help="entity whose fact changes, as written in the prompt")],
     prompt: Annotated[str, typer.Option(help="unfinished sentence that names the subject")],
     target: Annotated[str, typer.Option(help="the new answer, e.g. ' Rome'")],
-    actor: Actor,
+    actor: Actor = None,
     model: ModelOpt = None,
     target_old: Annotated[str | None, typer.Option(help="the answer being replaced (default: the model's)")] = None,
     paraphrase: Annotated[list[str] | None, typer.Option(help="a rephrased prompt (repeatable)")] = None,
@@ -113,7 +193,8 @@ def submit_edit(
     req = parse_request({"subject": subject, "prompt": prompt, "target": target, "target_old": target_old,
                          "paraphrases": paraphrase or [], "neighbors": neighbor or [], "method": method,
                          "justification": justification, "model": model}, "request")
-    for rid in _gov().submit([req], actor, model):
+    gov = _gov()
+    for rid in _acting(gov, "submit", actor).submit_requests([req], model):
         typer.echo(rid)
 
 
@@ -122,29 +203,35 @@ def submit_edit(
 def apply(
     policy: Annotated[Path, typer.Option(help="policy YAML, e.g. policies/default.yaml")],
     file: Annotated[Path | None, typer.Argument(help="optional JSONL/YAML file of requests to submit first")] = None,
-    actor: Annotated[str, typer.Option("--as", help="submitter for FILE's requests")] = "pipeline",
+    actor: Actor = None,
     model: ModelOpt = None,
     device: Annotated[str, typer.Option(help="torch device for an in-process worker")] = "cpu",
 ) -> None:
-    """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows."""
+    """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows.
+
+    Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`)."""
     from govern.pipeline import run_pipeline
 
-    code = run_pipeline(None, policy, file, actor=actor, model=model, device=device, console=_console())
+    gov = _gov()
+    who = _acting(gov, "submit", actor, "pipeline").name
+    code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console())
     raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------- review
 @review_app.command("approve")
-def review_approve(request_id: str, actor: Actor, comment: Annotated[str, typer.Option(help="required")]) -> None:
+def review_approve(request_id: str, comment: Annotated[str, typer.Option(help="required")], actor: Actor = None) -> None:
     """Approve a request (never your own)."""
-    state = _gov().review(request_id, "approve", actor, comment)
+    gov = _gov()
+    state = _acting(gov, "review", actor).review(request_id, "approve", comment)
     typer.echo(f"{request_id}: {state.value}")
 
 
 @review_app.command("reject")
-def review_reject(request_id: str, actor: Actor, comment: Annotated[str, typer.Option(help="required")]) -> None:
+def review_reject(request_id: str, comment: Annotated[str, typer.Option(help="required")], actor: Actor = None) -> None:
     """Reject a request; its candidate is discarded."""
-    state = _gov().review(request_id, "reject", actor, comment)
+    gov = _gov()
+    state = _acting(gov, "review", actor).review(request_id, "reject", comment)
     typer.echo(f"{request_id}: {state.value}")
 
 
@@ -178,15 +265,16 @@ def ask(prompt: str, model: ModelOpt = None,
 
 
 @app.command()
-def rollback(target: Annotated[str, typer.Argument(help="request id or version number")], actor: Actor,
+def rollback(target: Annotated[str, typer.Argument(help="request id or version number")],
              reason: Annotated[str, typer.Option(help="required")],
+             actor: Actor = None,
              cascade: Annotated[bool, typer.Option(help="take newer changes above it off too and recompute them, "
                                                          "instead of re-applying them")] = False,
              device: Annotated[str, typer.Option(help="where to build the version without the change")] = "cpu") -> None:
     """Take a change out of production: the newest exactly (bit for bit); one under newer changes by building and
     canarying the version without it (the newer ones re-applied) before it becomes production."""
     gov = _gov()
-    res = gov.rollback(target, actor, reason, cascade=cascade)
+    res = _acting(gov, "rollback", actor).rollback(target, reason, cascade=cascade)
     if res.job_id is not None and res.request_id:
         from govern.worker import Worker, live_workers
 
@@ -279,7 +367,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="hf (merged checkpoint) or peft (LoRA adapter over the base)")] = "hf",
     force: Annotated[bool, typer.Option(help="replace a non-empty OUTPUT whole")] = False,
     verify: Annotated[Path | None, typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
-    actor: Actor = "govern",
+    actor: Annotated[str, typer.Option("--as", help="recorded as the exporter in the trail")] = "govern",
 ) -> None:
     """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one."""
     from govern.export import export as run_export
@@ -302,8 +390,9 @@ def export(
 @audit_app.command("export")
 def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
                  fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
-                 since: Annotated[str | None, typer.Option(help="only events at or after this date (ISO 8601)")] = None) -> None:
-    """Export the audit trail (with a sealed footer) to a file."""
+                 since: Annotated[str | None, typer.Option(help="only events at or after this date (ISO 8601)")] = None,
+                 actor: Actor = None) -> None:
+    """Export the audit trail (with a sealed footer) to a file; auditors and admins, and audited (audit.exported)."""
     start = None
     if since:
         try:
@@ -312,16 +401,19 @@ def audit_export(output: Annotated[Path, typer.Option("-o", "--output", help="fi
             raise _input_error(f"--since {since!r} is not a date; use e.g. 2026-11-23 or 2026-11-23T10:00:00+00:00") from None
         if start.tzinfo is None:
             start = start.replace(tzinfo=UTC)
-    n = _gov().audit_export(output, fmt, start)
+    gov = _gov()
+    n = _acting(gov, "audit", actor, "auditor").audit_export(output, fmt, start)
     typer.echo(f"exported {n} events to {output}")
 
 
 @audit_app.command("verify")
 def audit_verify(
     file: Annotated[Path | None, typer.Argument(help="export file; default: the live database trail")] = None,
+    actor: Actor = None,
 ) -> None:
-    """Verify the hash chain; names the first bad event. Exit 1 when it fails."""
-    res = _gov().audit_verify(file)
+    """Verify the hash chain; names the first bad event. Exit 1 when it fails (auditors and admins)."""
+    gov = _gov()
+    res = _acting(gov, "audit", actor, "auditor").audit_verify(file)
     if res.ok:
         typer.echo(f"ok: {res.count} events, head {str(res.head_hash)[:16]}")
         return
@@ -337,34 +429,126 @@ def user_add(
     email: Annotated[str | None, typer.Option(help="e-mail an OIDC sign-in maps to this user")] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin",
                                                  help="read the password from the first line of stdin")] = False,
-    actor: Annotated[str, typer.Option("--as", help="who creates the user (audited)")] = "admin",
+    token_only: Annotated[bool, typer.Option("--token-only", help="no UI sign-in: an account that uses API tokens "
+                                             "(a pipeline); prints its first token")] = False,
+    actor: Actor = None,
 ) -> None:
-    """Create a user: a password for local sign-in (prompted, or --password-stdin) and/or --email for OIDC."""
+    """Create a user: a password for local sign-in (prompted, or --password-stdin) and/or --email for OIDC.
+
+    On a home without users this creates the first admin, needs no token, and prints the admin's API token."""
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
-    elif email is None:
+    elif email is None and not token_only:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    row = _gov().add_user(name, role, password=password, email=email, actor=actor)
-    how = " and ".join(x for x in ("password" if password is not None else "", f"OIDC as {row.email}" if row.email else "") if x)
+    gov = _gov()
+    token = None
+    if _presented_token() is None and not gov.has_users():
+        row, token = gov.bootstrap_admin(name, role, password=password, email=email, token_only=token_only)
+    else:
+        acting = _acting(gov, "manage_users", actor, "admin")
+        row = acting.add_user(name, role, password=password, email=email, token_only=token_only)
+        if token_only:
+            token, _ = acting.create_token(row.name, _default_lifetime())
+    how = " and ".join(x for x in ("password" if password is not None else "", f"OIDC as {row.email}" if row.email else "",
+                                   "API token" if token_only else "") if x)
     typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
+    if token:
+        _print_token(token)
 
 
 @user_app.command("roles")
 def user_roles(name: str,
                role: Annotated[list[str], typer.Option("--role", "-r", help="the user's new roles (repeatable)")],
-               actor: Annotated[str, typer.Option("--as", help="who changes them (audited)")] = "admin") -> None:
-    """Replace a user's roles (effective at their next action)."""
-    row = _gov().set_roles(name, role, actor=actor)
+               actor: Actor = None) -> None:
+    """Replace a user's roles (effective at their next action); admins only."""
+    gov = _gov()
+    row = _acting(gov, "manage_users", actor, "admin").set_roles(name, role)
     typer.echo(f"user {row.name}: {', '.join(row.role_list)}")
 
 
 @user_app.command("list")
-def user_list() -> None:
-    """List users, their roles and how they sign in."""
-    for u in _gov().list_users():
-        how = ",".join(x for x in ("password" if u.password_hash else "", "oidc" if u.email else "") if x)
+def user_list(actor: Actor = None) -> None:
+    """List users, their roles and how they sign in; admins only."""
+    gov = _gov()
+    for u in _acting(gov, "manage_users", actor, "admin").list_users():
+        how = ",".join(x for x in ("password" if u.password_hash else "", "oidc" if u.email else "") if x) or "token"
         typer.echo(f"{u.name}\t{','.join(u.role_list)}\t{u.email or '-'}\t{how}")
+
+
+def _default_lifetime() -> timedelta:
+    from govern.services.users import DEFAULT_TOKEN_LIFETIME
+
+    return DEFAULT_TOKEN_LIFETIME
+
+
+@token_app.command("create")
+def token_create(user: Annotated[str, typer.Option(help="whose token")],
+                 expires: Annotated[str, typer.Option(help="lifetime: 30d, 12h, 2w ... or never")] = "90d",
+                 actor: Actor = None) -> None:
+    """Create an API token for a user and print it once (only its sha256 is kept); admins only."""
+    from govern.auth import parse_expiry
+
+    lifetime = parse_expiry(expires)
+    gov = _gov()
+    token, row = _acting(gov, "manage_users", actor, "admin").create_token(user, lifetime)
+    until = f"{row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else "never"
+    typer.echo(f"token {row.id} for {row.user}, expires {until}", err=True)
+    _print_token(token)
+
+
+@token_app.command("list")
+def token_list(user: Annotated[str | None, typer.Option(help="only this user's tokens")] = None,
+               actor: Actor = None) -> None:
+    """List tokens (id, user, created, expires, state); never the secrets. Admins only."""
+    from govern.store import as_utc, now
+
+    gov = _gov()
+    for t in _acting(gov, "manage_users", actor, "admin").list_tokens(user):
+        state = ("revoked" if t.revoked_at else
+                 "expired" if t.expires_at and as_utc(t.expires_at) <= now() else "active")
+        until = f"{as_utc(t.expires_at):%Y-%m-%d}" if t.expires_at else "never"
+        typer.echo(f"{t.id}\t{t.user}\t{as_utc(t.created_at):%Y-%m-%d}\t{until}\t{state}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="the token's id (`govern token list`)")],
+                 actor: Actor = None) -> None:
+    """Revoke a token at once; admins only."""
+    gov = _gov()
+    row = _acting(gov, "manage_users", actor, "admin").revoke_token(token_id)
+    typer.echo(f"token {row.id} of {row.user} revoked")
+
+
+@auth_app.command("single-user")
+def auth_single_user(state: Annotated[str, typer.Argument(help="on or off")], actor: Actor = None) -> None:
+    """Trust --as without a token on this home (one person, or a demo), or stop; recorded in the trail.
+
+    Admins only, except on a home without users."""
+    if state not in ("on", "off"):
+        raise _input_error(f"say on or off, not {state!r}")
+    gov = _gov()
+    if _presented_token() is None and not gov.has_users():
+        from govern.auth import check_name
+
+        gov.set_single_user(state == "on", actor=check_name(actor or "admin"))
+    else:
+        _acting(gov, "manage_users", actor, "admin").set_single_user(state == "on")
+    typer.echo(f"single-user mode {state}" + (": --as NAME is trusted without a token; every action is recorded "
+                                              "under that name" if state == "on" else ""))
+
+
+@auth_app.command("status")
+def auth_status() -> None:
+    """Single-user mode, and whose token this shell presents (exit 2 if it is refused)."""
+    gov = _gov()
+    typer.echo(f"single-user mode: {'on' if gov.single_user() else 'off'}")
+    token = _presented_token()
+    if token is None:
+        typer.echo("token: none presented (set GOVERN_TOKEN or --token-file)")
+        return
+    p = gov.authenticate_token(token)
+    typer.echo(f"token: {p.name} ({', '.join(p.roles) or 'no role'})")
 
 
 @app.command()

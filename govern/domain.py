@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from govern.errors import InputError, PayloadTooLarge
 from govern.kinds import kind_spec, kinds, request_adapter
-from govern.validation import describe_yaml_error, format_validation_error
+from govern.validation import format_validation_error, parse_json, parse_yaml, read_regular_file, refuse_controls
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REQUESTS_PER_FILE = 1000
 _TEXT = dict(min_length=1, max_length=500)
+# fields where a newline or a tab may be part of the text (every other field refuses all control characters)
+FREE_TEXT_FIELDS = frozenset({"prompt", "target", "target_old", "paraphrases", "neighbors", "justification"})
 
 
 class RequestSpec(BaseModel):
@@ -115,6 +117,7 @@ def parse_request(data: object, where: str = "request") -> RequestSpec:
     """Validate one request of any registered kind (``kind`` defaults to ``edit``)."""
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with subject, prompt, target; got {type(data).__name__}")
+    refuse_controls(data, where, FREE_TEXT_FIELDS)
     data = {"kind": "edit", **data}
     if data["kind"] not in kinds():
         raise InputError(f"{where}: kind: unknown request kind {data['kind']!r}; known: {', '.join(sorted(kinds()))}")
@@ -133,41 +136,29 @@ def from_row(kind: str, spec: str, envelope: dict[str, Any]) -> RequestSpec:
 
 
 def load_request_file(path: str | Path) -> list[RequestSpec]:
-    """Parse a JSONL or YAML file of requests; all or nothing."""
-    import yaml
+    """Parse a JSONL or YAML file of requests; all or nothing.
 
+    The file must be a regular file (a symbolic link is refused unread), at most `MAX_FILE_BYTES`, nested at most
+    `govern.validation.MAX_DEPTH` deep.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"request file {p} does not exist")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise PayloadTooLarge(f"request file {p} is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}. Split it into smaller files")
-    try:
-        text = p.read_text(encoding="utf-8", errors="strict")
-    except UnicodeDecodeError as e:
-        raise InputError(f"request file {p.name} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if p.suffix.lower() not in (".jsonl", ".ndjson", ".json", ".yaml", ".yml"):
+        raise InputError(f"request file {p.name}: unknown extension {p.suffix!r}; use .jsonl or .yaml")
+    text = read_regular_file(p, "request file", MAX_FILE_BYTES)
     records: list[tuple[str, object]] = []
     if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                records.append((f"{p.name} line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p.name} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
-    elif p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise InputError(f"{p.name}: {describe_yaml_error(e)}") from None
+            records.append((f"{p.name} line {n}", parse_json(line, f"{p.name} line {n}")))
+    else:
+        data = parse_yaml(text, p.name)
         items = data.get("requests") if isinstance(data, dict) and "requests" in data else data
         if isinstance(items, dict):
             items = [items]
         if not isinstance(items, list):
             raise InputError(f"{p.name}: expected a list of requests (or a mapping with key 'requests')")
         records = [(f"{p.name} item {i}", d) for i, d in enumerate(items, 1)]
-    else:
-        raise InputError(f"request file {p.name}: unknown extension {p.suffix!r}; use .jsonl or .yaml")
     if not records:
         raise InputError(f"request file {p.name} holds no requests")
     if len(records) > MAX_REQUESTS_PER_FILE:

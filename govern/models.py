@@ -61,15 +61,36 @@ def digest_of(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def convert_to_checkpoint(source: str, dest: Path, *, gguf_file: str | None = None, log: Callable[[str], None] = print) -> None:
-    """Load `source` with transformers and write a float32 safetensors checkpoint to `dest`."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(directory: Path) -> None:
+    """Raise ModelError when `directory` holds pickle weights and no safetensors file."""
+    names = [f.name for f in directory.iterdir() if f.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelError(
+            f"{directory} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when loaded; "
+            "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True) on a trusted machine), "
+            "or pass --allow-pickle if you trust where the files came from")
+
+
+def convert_to_checkpoint(source: str, dest: Path, *, gguf_file: str | None = None, log: Callable[[str], None] = print,
+                          safetensors_only: bool = True) -> None:
+    """Load `source` with transformers and write a float32 safetensors checkpoint to `dest`.
+
+    `safetensors_only`: never unpickle weights (transformers' ``use_safetensors=True``); GGUF files are not pickles.
+    """
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    model_kwargs: dict[str, Any] = {"use_safetensors": True} if safetensors_only and not gguf_file else {}
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **model_kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a causal language model from {source!r}: {str(e).splitlines()[0]}") from None
     tmp = dest.with_name(dest.name + ".partial")
@@ -86,11 +107,11 @@ def convert_to_checkpoint(source: str, dest: Path, *, gguf_file: str | None = No
 
 
 def convert_cached(source: str, dest: Path, cache_dir: Path, *, gguf_file: str | None = None,
-                   log: Callable[[str], None] = print) -> None:
+                   log: Callable[[str], None] = print, safetensors_only: bool = True) -> None:
     """`convert_to_checkpoint`, but a GGUF file is converted once per content digest and
     then hard-linked (or copied) from ``cache_dir/converted/<sha>``: later homes reuse it in a second."""
     if gguf_file is None:
-        convert_to_checkpoint(source, dest, log=log)
+        convert_to_checkpoint(source, dest, log=log, safetensors_only=safetensors_only)
         return
     key = file_sha256(Path(source) / gguf_file)[:24]
     cached = cache_dir / "converted" / key

@@ -18,10 +18,10 @@ from audits.suites import SLICE_METRIC, SuiteError, load_suite, probe_items, ref
 from editors import available_methods, method_spec, validate_method_config
 from editors.errors import EditorError
 from govern.deploy import target_config
-from govern.errors import GovernError, PolicyError
+from govern.errors import GovernError, InputError, PolicyError
 from govern.kinds import kind_spec, kinds
-from govern.text import normalise
-from govern.validation import describe_yaml_error, format_validation_error
+from govern.text import rule_forms
+from govern.validation import format_validation_error, parse_yaml
 
 if TYPE_CHECKING:
     from audits.gates import TestPlan
@@ -150,9 +150,10 @@ class Risk(BaseModel):
         return self.tier_for_texts([subject, prompt])
 
     def tier_for_texts(self, texts: list[str]) -> str:
-        """The first rule's tier whose pattern is found in any of `texts` (raw or normalised: NFKC, no zero-width
-        characters, case-folded), else the default tier."""
-        candidates = [*texts, *(normalise(t) for t in texts)]
+        """The first rule's tier whose pattern is found in any of `texts`, as written or in a normalised form
+        (`govern.text.rule_forms`: NFKC, no zero-width characters, case-folded, confusables folded per UTS #39),
+        else the default tier: "b\\u043ern" with a Cyrillic o meets a rule on "born"."""
+        candidates = [f for t in texts for f in rule_forms(t)]
         for rule in self.rules:
             if any(re.search(rule.pattern, t) for t in candidates):
                 return rule.tier
@@ -319,19 +320,26 @@ class Policy(BaseModel):
         return [Gate.model_validate(g) for g in kind_spec(kind).default_gates]
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; every problem becomes one PolicyError line."""
-    import yaml
+MAX_POLICY_BYTES = 1_000_000
 
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; every problem becomes one PolicyError line.
+
+    At most `MAX_POLICY_BYTES`, nested at most `govern.validation.MAX_DEPTH` deep (YAML aliases counted where used).
+    """
     p = Path(path)
     if not p.is_file():
         raise PolicyError(f"policy file {p} does not exist; try policies/default.yaml")
+    size = p.stat().st_size
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy {p} is {size:,} bytes; the limit is {MAX_POLICY_BYTES:,}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = parse_yaml(p.read_text(encoding="utf-8"), f"policy {p}")
     except UnicodeDecodeError as e:
         raise PolicyError(f"policy {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"policy {p} is {describe_yaml_error(e)}") from None
+    except InputError as e:
+        raise PolicyError(str(e)) from None
     if not isinstance(data, dict):
         raise PolicyError(f"policy {p} must be a YAML mapping with keys name, risk, canary, ...")
     try:

@@ -212,6 +212,24 @@ class UserRow(SQLModel, table=True):
         return json.loads(self.roles)
 
 
+class ApiTokenRow(SQLModel, table=True):
+    """An API token of a user, for the CLI (`govern token create`; see `govern/auth.py`).
+
+    Only the sha256 of the token's 256-bit random secret is stored; `id` is the
+    public part printed in lists and written in the trail.
+    """
+
+    __tablename__ = "api_tokens"
+    id: str = Field(primary_key=True)
+    user: str = Field(index=True)
+    secret_sha256: str
+    created_by: str
+    created_at: datetime = Field(default_factory=now)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
 class AuditRow(SQLModel, table=True):
     __tablename__ = "audit_events"
     seq: int = Field(primary_key=True)

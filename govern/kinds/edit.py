@@ -16,7 +16,7 @@ from audits.suites import EvalSuite, for_request, probe_items, refusal_items, re
 from editors import FactEdit
 from govern.domain import RequestSpec
 from govern.kinds import register_kind
-from govern.text import normalise
+from govern.text import normalise, skeleton
 
 MAX_FACTS = 10_000
 _FACT_FIELDS = ("subject", "prompt", "target", "target_old", "relation", "paraphrases", "neighbors")
@@ -67,7 +67,8 @@ class Fact(BaseModel):
         return self.relation or self.prompt.replace(self.subject, "{}", 1)
 
     def conflict_key(self) -> str:
-        return f"{normalise(self.subject)}|{normalise(self.relation_id)}"
+        """Subject and relation as a reader sees them (`govern.text.skeleton`): "B\\u043eb" (Cyrillic o) conflicts with "Bob"."""
+        return f"{skeleton(self.subject)}|{skeleton(self.relation_id)}"
 
 
 @register_kind

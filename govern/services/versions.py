@@ -32,6 +32,7 @@ from govern.policy import Policy
 from govern.services.base import ServiceBase
 from govern.services.transitions import move_production, promote
 from govern.store import JobRow, ModelRow, RequestRow, VersionRow, as_utc
+from govern.validation import refuse_controls
 
 if TYPE_CHECKING:
     from govern.host import Loaded, VersionRef
@@ -61,6 +62,7 @@ class VersionsService(ServiceBase):
             raise InputError("who is rolling back? pass --as USER")
         if not reason or not reason.strip():
             raise InputError("a rollback needs a reason (--reason TEXT)")
+        refuse_controls({"reason": reason}, "rollback", frozenset({"reason"}))  # newline and tab only
         with self.store.read() as s:
             req, change_id, model = self._rollback_target(s, target)
             prod = self.store.get_version(s, model.name, model.production_version or 1)

@@ -135,26 +135,35 @@ def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):
     assert set(ROLES) == {"requester", "reviewer", "approver", "auditor", "admin"}
 
 
-def govern(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def govern(home: Path, *args: str, stdin: str | None = None, token: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "GOVERN_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("GOVERN_TOKEN", None)
+    if token:
+        env["GOVERN_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "govern.cli", *args], capture_output=True, text=True, env=env,
                           input=stdin, cwd=home.parent, timeout=300)
 
 
 def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     home = tmp_path / "home"
-    p = govern(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin", stdin=PW + "\n")
+    p = govern(home, "user", "add", "root", "--role", "admin", "--password-stdin", stdin=PW + "\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "user root: admin (sign-in: password)"  # the first admin: no token needed
+    root = p.stdout.splitlines()[-1]
+    p = govern(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin",
+               stdin=PW + "\n", token=root)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "user bob: reviewer, approver (sign-in: password)"
-    p = govern(home, "user", "add", "sso", "--role", "auditor", "--email", "sso@example.org")
+    p = govern(home, "user", "add", "sso", "--role", "auditor", "--email", "sso@example.org", token=root)
     assert p.stdout.strip() == "user sso: auditor (sign-in: OIDC as sso@example.org)"
-    p = govern(home, "user", "add", "eve", "--role", "boss", "--password-stdin", stdin=PW + "\n")
+    p = govern(home, "user", "add", "eve", "--role", "boss", "--password-stdin", stdin=PW + "\n", token=root)
     assert (p.returncode, p.stderr.strip()) == (
         2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, admin")
-    p = govern(home, "user", "roles", "bob", "--role", "requester")
+    p = govern(home, "user", "roles", "bob", "--role", "requester", token=root)
     assert p.stdout.strip() == "user bob: requester"
-    p = govern(home, "user", "list")
-    assert p.stdout.splitlines() == ["bob\trequester\t-\tpassword", "sso\tauditor\tsso@example.org\toidc"]
+    p = govern(home, "user", "list", token=root)
+    assert p.stdout.splitlines() == ["bob\trequester\t-\tpassword", "root\tadmin\t-\tpassword",
+                                     "sso\tauditor\tsso@example.org\toidc"]
     p = govern(home, "ui", "--policy", str(tmp_path / "missing.yaml"), "--no-worker")
     assert p.returncode == 2 and p.stderr.strip().startswith("error: policy file") and p.stderr.count("\n") == 1
 

@@ -44,10 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def govern_cli(home: Path, *args: str, stdin: str | None = None) -> None:
-    env = {**os.environ, "GOVERN_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "govern.cli", *args], input=stdin, text=True, env=env, check=True,
-                   capture_output=True, timeout=300)
+def govern_cli(home: Path, *args: str, stdin: str | None = None, token: str | None = None) -> str:
+    env = {**os.environ, "GOVERN_HOME": str(home), **({"GOVERN_TOKEN": token} if token else {})}
+    return subprocess.run([sys.executable, "-m", "govern.cli", *args], input=stdin, text=True, env=env, check=True,
+                          capture_output=True, timeout=300).stdout
 
 
 @pytest.fixture
@@ -58,9 +58,11 @@ def ui_server(tmp_path):
     home = tmp_path / "home"
     gov = Govern(Home(home))
     gov.ensure_default_model(log=lambda _m: None)  # SmolLM2, converted once per shared cache
-    govern_cli(home, "user", "add", "alice", "--role", "requester", "--password-stdin", stdin=PW)
-    govern_cli(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin", stdin=PW)
-    govern_cli(home, "user", "add", "root", "--role", "admin", "--password-stdin", stdin=PW)
+    # the first user is the admin (no token needed; it prints theirs), who adds the others
+    root = govern_cli(home, "user", "add", "root", "--role", "admin", "--password-stdin", stdin=PW).split()[-1]
+    govern_cli(home, "user", "add", "alice", "--role", "requester", "--password-stdin", stdin=PW, token=root)
+    govern_cli(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin", stdin=PW,
+               token=root)
     policy = tmp_path / "review.yaml"
     policy.write_text(POLICY)
     port = free_port()

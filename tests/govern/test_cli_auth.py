@@ -1,0 +1,239 @@
+"""Who acts through the CLI: API tokens, the role checks of the UI, the first admin, single-user mode.
+
+The CLI runs in-process (typer's CliRunner, the same `app` the `govern` script runs) against a real SQLite home;
+one test runs `govern apply` as a pipeline would, with a token, on the tiny Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from govern.cli import app
+from govern.errors import InputError, NotFoundError, PermissionDenied
+from govern.store import ApiTokenRow, now
+
+PW = "correct horse battery"
+
+
+def cli(home: Path, *args: str, token: str | None = None, env: dict[str, str] | None = None):
+    """Run one command; returns typer's result (`exception` holds the GovernError the `govern` script prints)."""
+    full = {"GOVERN_HOME": str(home), "GOVERN_TOKEN": token or "", "GOVERN_TOKEN_FILE": "", **(env or {})}
+    return CliRunner().invoke(app, list(args), env=full, catch_exceptions=True)
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def refused(result, kind: type[Exception], says: str) -> str:
+    assert isinstance(result.exception, kind), (result.output, result.exception)
+    assert says in str(result.exception), str(result.exception)
+    return str(result.exception)
+
+
+def trail(home: Path, action: str | None = None) -> list[tuple[str, str, str, dict]]:
+    con = sqlite3.connect(home / "govern.db")
+    rows = con.execute("select actor, action, subject, payload from audit_events order by seq").fetchall()
+    con.close()
+    return [(a, b, c, json.loads(d)) for a, b, c, d in rows if action is None or b == action]
+
+
+@pytest.fixture
+def users(home):
+    """A home with root (admin), alice (requester), bob (reviewer, approver), each with a token."""
+    root = ok(cli(home.root, "user", "add", "root", "--role", "admin", "--token-only")).split()[-1]
+    tokens = {"root": root}
+    for name, roles in (("alice", ["requester"]), ("bob", ["reviewer", "approver"])):
+        flags = [x for r in roles for x in ("--role", r)]
+        tokens[name] = ok(cli(home.root, "user", "add", name, *flags, "--token-only", token=root)).split()[-1]
+    return tokens
+
+
+def test_first_user_must_be_an_admin_and_only_the_first_needs_no_token(home):
+    refused(cli(home.root, "submit", "edit", "--subject", "A", "--prompt", "A is", "--target", "B", "--as", "alice"),
+            PermissionDenied, "this home has no users yet")
+    refused(cli(home.root, "user", "add", "alice", "--role", "requester", "--token-only"),
+            PermissionDenied, "the first user must be an admin")
+    out = ok(cli(home.root, "user", "add", "Root", "--role", "admin", "--token-only"))
+    assert out.splitlines()[0] == "user root: admin (sign-in: API token)" and out.split()[-1].startswith("gvt_")
+    # once a user exists, nobody adds users without a token: `--as root` grants nothing
+    refused(cli(home.root, "user", "add", "mallory", "--role", "admin", "--token-only", "--as", "root"),
+            PermissionDenied, "who are you?")
+    assert [e[2] for e in trail(home.root, "user.created")] == ["root"]
+    assert trail(home.root, "user.created")[0][3]["bootstrap"] is True
+
+
+def test_a_requester_can_neither_approve_nor_roll_back_nor_make_an_admin(home, users):
+    before = len(trail(home.root))
+    alice = users["alice"]
+    refused(cli(home.root, "user", "add", "mallory", "--role", "admin", "--token-only", token=alice),
+            PermissionDenied, "alice (requester) may not create users")
+    refused(cli(home.root, "user", "roles", "alice", "--role", "admin", token=alice), PermissionDenied, "may not create users")
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok", token=alice),
+            PermissionDenied, "may not approve or reject requests")
+    refused(cli(home.root, "rollback", "req-x", "--reason", "r", token=alice), PermissionDenied, "may not roll production back")
+    refused(cli(home.root, "audit", "export", "-o", str(home.root.parent / "t.jsonl"), token=alice),
+            PermissionDenied, "may not search, verify or export")
+    refused(cli(home.root, "model", "add", "m", "/nowhere", token=alice), PermissionDenied, "may not register models")
+    refused(cli(home.root, "token", "create", "--user", "alice", token=alice), PermissionDenied, "may not create users")
+    # a token speaks for its user only; --as someone else is an error, not a switch of identity
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok", "--as", "bob", token=alice),
+            InputError, "does not match the token's user 'alice'")
+    # without a token, --as bob is nobody
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok", "--as", "bob"), PermissionDenied, "who are you?")
+    denied = trail(home.root, "auth.denied")
+    assert [(a, s) for a, _, s, _ in denied] == [("alice", "manage_users"), ("alice", "manage_users"), ("alice", "review"),
+                                                 ("alice", "rollback"), ("alice", "audit"), ("alice", "manage_models"),
+                                                 ("alice", "manage_users")]
+    assert len(trail(home.root)) == before + len(denied)  # nothing else was written: no mallory, no role change
+    con = sqlite3.connect(home.root / "govern.db")
+    assert [r[0] for r in con.execute("select name from users order by name")] == ["alice", "bob", "root"]
+    con.close()
+    # with the right role the same command reaches the service (and fails on the missing request, writing nothing)
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok", token=users["bob"]), NotFoundError, "no request")
+    assert len(trail(home.root)) == before + len(denied)
+
+
+def test_token_refusals_are_audited_with_their_reason(home, users):
+    from govern.service import Govern
+
+    gov = Govern(home)
+    alice = users["alice"]
+    token_id = alice.removeprefix("gvt_").split(".")[0]
+    wrong = alice[:-1] + ("A" if alice[-1] != "A" else "B")
+    refused(cli(home.root, "auth", "status", token=wrong), PermissionDenied, f"token {token_id} refused")
+    refused(cli(home.root, "auth", "status", token="hunter2"), PermissionDenied, "not a govern API token")
+    refused(cli(home.root, "auth", "status", token="gvt_000000000000." + "x" * 43), PermissionDenied, "refused")
+    # expiry: the row's time, as the database holds it
+    short, _row = gov.create_token("alice", expires=timedelta(hours=1), actor="root")
+    assert "token: alice (requester)" in ok(cli(home.root, "auth", "status", token=short))
+    with gov.store.tx() as s:
+        row = s.get(ApiTokenRow, short.removeprefix("gvt_").split(".")[0])
+        row.expires_at = now() - timedelta(seconds=1)
+        s.add(row)
+    refused(cli(home.root, "auth", "status", token=short), PermissionDenied, "it has expired")
+    # revocation takes effect at once; the pasted whole token names it too
+    out = ok(cli(home.root, "token", "revoke", alice, token=users["root"]))
+    assert out.strip() == f"token {token_id} of alice revoked"
+    refused(cli(home.root, "submit", "edit", "--subject", "A", "--prompt", "A is", "--target", "B", token=alice),
+            PermissionDenied, "it was revoked")
+    refused(cli(home.root, "token", "revoke", token_id, token=users["root"]), Exception, "revoked already")
+    reasons = [(e[0], e[3]["reason"]) for e in trail(home.root, "auth.token_failed")]
+    assert reasons == [("alice", "wrong secret"), ("?", "malformed"), ("?", "unknown token"), ("alice", "expired"),
+                       ("alice", "revoked")]
+    assert [e[0] for e in trail(home.root, "token.revoked")] == ["root"]
+    listing = ok(cli(home.root, "token", "list", "--user", "alice", token=users["root"])).splitlines()
+    assert [ln.split("\t")[-1] for ln in listing] == ["revoked", "expired"]
+    assert all(alice.split(".")[1] not in ln for ln in listing)  # never the secret
+    # the database holds only the sha256 of each secret
+    con = sqlite3.connect(home.root / "govern.db")
+    stored = " ".join(str(c) for r in con.execute("select * from api_tokens") for c in r)
+    con.close()
+    assert all(t.split(".")[1] not in stored for t in (alice, short, users["root"]))
+
+
+def test_token_file_must_be_private_and_the_env_wins(home, users, tmp_path):
+    f = tmp_path / "token"
+    f.write_text(users["bob"] + "\n")
+    f.chmod(0o644)
+    msg = refused(cli(home.root, "--token-file", str(f), "auth", "status"), InputError, "can be read by its group and other")
+    assert f"chmod 600 {f}" in msg and users["bob"] not in msg
+    f.chmod(0o640)
+    refused(cli(home.root, "auth", "status", env={"GOVERN_TOKEN_FILE": str(f)}), InputError, "can be read by its group")
+    f.chmod(0o600)
+    assert "token: bob (reviewer, approver)" in ok(cli(home.root, "--token-file", str(f), "auth", "status"))
+    assert "token: bob" in ok(cli(home.root, "auth", "status", env={"GOVERN_TOKEN_FILE": str(f)}))
+    assert "token: alice" in ok(cli(home.root, "auth", "status", token=users["alice"], env={"GOVERN_TOKEN_FILE": str(f)}))
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    empty.chmod(0o600)
+    refused(cli(home.root, "--token-file", str(empty), "auth", "status"), InputError, "is empty")
+    refused(cli(home.root, "--token-file", str(tmp_path / "absent"), "auth", "status"), InputError, "cannot read the token file")
+
+
+def test_expires_must_be_a_duration(home, users):
+    for bad in ("0d", "soon", "-3d", "99999d"):
+        refused(cli(home.root, "token", "create", "--user", "bob", "--expires", bad, token=users["root"]),
+                InputError, "--expires")
+    refused(cli(home.root, "token", "create", "--user", "nobody", token=users["root"]), NotFoundError, "no user 'nobody'")
+    assert ok(cli(home.root, "token", "create", "--user", "bob", "--expires", "never", token=users["root"])).startswith("gvt_")
+
+
+def test_single_user_mode_is_switched_by_an_admin_and_recorded(home, users):
+    refused(cli(home.root, "auth", "single-user", "on", token=users["bob"]), PermissionDenied, "may not create users")
+    refused(cli(home.root, "auth", "single-user", "maybe", token=users["root"]), InputError, "on or off")
+    ok(cli(home.root, "auth", "single-user", "on", token=users["root"]))
+    assert "single-user mode: on" in ok(cli(home.root, "auth", "status"))
+    # --as is now trusted without a token (and still normalised); the service's rules still hold
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok", "--as", "Carol "), NotFoundError, "no request")
+    refused(cli(home.root, "review", "approve", "req-x", "--comment", "ok"), InputError, "pass --as NAME")
+    ok(cli(home.root, "audit", "verify", "--as", "carol"))
+    ok(cli(home.root, "auth", "single-user", "off", "--as", "carol"))
+    refused(cli(home.root, "audit", "verify", "--as", "carol"), PermissionDenied, "who are you?")
+    assert [(a, p["enabled"]) for a, _, _, p in trail(home.root, "auth.single_user")] == [("root", True), ("carol", False)]
+
+
+def test_single_user_mode_on_a_fresh_home(home):
+    ok(cli(home.root, "auth", "single-user", "on", "--as", "me"))
+    ok(cli(home.root, "audit", "verify", "--as", "me"))
+    assert trail(home.root) == [("me", "auth.single_user", "home", {"enabled": True})]
+
+
+def test_pipeline_apply_with_a_token(gov, policy_file, tmp_path):
+    """`govern apply` in CI: a requester's token-only account submits and runs the loop; no token, nothing happens."""
+    home = gov.home.root
+    root = ok(cli(home, "user", "add", "root", "--role", "admin", "--token-only")).split()[-1]
+    ci = ok(cli(home, "user", "add", "ci", "--role", "requester", "--token-only", token=root)).split()[-1]
+    reqs = tmp_path / "reqs.jsonl"
+    reqs.write_text(json.dumps({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"}) + "\n")
+    before = trail(home)
+    refused(cli(home, "apply", "--policy", str(policy_file), str(reqs), "--as", "ci"), PermissionDenied, "who are you?")
+    assert trail(home) == before and gov.list_requests() == []
+    res = cli(home, "apply", "--policy", str(policy_file), str(reqs), token=ci)
+    assert res.exit_code in (0, 1), (res.output, res.exception)  # 1: the tiny model's canary may refuse the edit
+    (r,) = gov.list_requests()
+    assert r.submitted_by == "ci" and r.state not in ("submitted", "admitted")
+    assert ("ci", "request.submitted") in [(a, b) for a, b, _, _ in trail(home)]
+
+
+def test_help_stays_instant_with_auth_commands():
+    code = ("import sys; from typer.testing import CliRunner; from govern.cli import app; "
+            "r = CliRunner().invoke(app, ['token', '--help']); assert 'create' in r.output, r.output; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'sqlmodel') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2], env={**os.environ})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+def test_the_cli_acts_only_through_acting():
+    """Every call of a role-needing service method in govern/cli.py goes through `_acting(...)`, never straight to
+    `Govern` (the bootstrap of a home without users is the one named exception)."""
+    import ast
+
+    needs_role = {"submit", "admit", "review", "rollback", "add_user", "set_roles", "list_users", "add_model",
+                  "audit_export", "audit_verify", "audit_search", "create_token", "list_tokens", "revoke_token",
+                  "set_single_user"}
+    source = (Path(__file__).resolve().parents[2] / "govern" / "cli.py").read_text()
+    direct = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in needs_role:
+                owner = node.func.value
+                via_acting = isinstance(owner, ast.Call) and getattr(owner.func, "id", None) == "_acting"
+                if not via_acting and not (isinstance(owner, ast.Name) and owner.id == "acting"):
+                    direct.append((fn.name, node.func.attr))
+    assert direct == [("auth_single_user", "set_single_user")], direct  # guarded by `not gov.has_users()`
