@@ -56,7 +56,7 @@ class ModelsService(ServiceBase):
     def add_model(self, name: str, path: str, *, actor: str, gguf_file: str | None = None,
                   source: str | None = None, log: Callable[[str], None] = print) -> ModelRow:
         """Register a causal LM: convert/copy it to a pinned checkpoint, create version 1 (production)."""
-        from editors.layers import FAMILIES
+        from editors.layers import FAMILIES, unsupported_family_message
 
         if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
             raise InputError(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
@@ -72,8 +72,7 @@ class ModelsService(ServiceBase):
             files = pin_files(dest)
             family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
             if family not in FAMILIES:
-                raise InputError(
-                    f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
+                raise InputError(unsupported_family_message(family))
             checkpoint: dict[str, Any] = {"source": source or path, "path": str(dest), "files": files,
                                           "base_digest": digest_of(files)}
             mlflow_version = self.registry.register_base(name, checkpoint)
