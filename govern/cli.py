@@ -32,11 +32,13 @@ review_app = typer.Typer(no_args_is_help=True, help="Approve or reject a request
 audit_app = typer.Typer(no_args_is_help=True, help="Export and verify the tamper-evident audit trail.")
 submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --file for many).")
 user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
+policy_app = typer.Typer(no_args_is_help=True, help="Bring other tools' settings into a policy.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
 app.add_typer(submit_app, name="submit")
 app.add_typer(user_app, name="user")
+app.add_typer(policy_app, name="policy")
 
 Actor = Annotated[str, typer.Option("--as", help="who is acting (recorded in the audit trail)")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
@@ -115,6 +117,26 @@ def submit_edit(
                          "justification": justification, "model": model}, "request")
     for rid in _gov().submit([req], actor, model):
         typer.echo(rid)
+
+
+# ---------------------------------------------------------------- policy
+@policy_app.command("import-hparams")
+def policy_import_hparams(
+    file: Annotated[Path, typer.Argument(help="EasyEdit hyper-parameter YAML, e.g. hparams/ROME/gpt2-xl.yaml")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the block here instead of printing it")] = None,
+) -> None:
+    """Turn an EasyEdit ROME hyper-parameter file into a policy `methods:` block (notes go to stderr)."""
+    from govern.interop.easyedit import load_hparams
+
+    imported = load_hparams(file)
+    text = imported.policy_yaml()
+    if output is None:
+        typer.echo(text, nl=False)  # the notes are comments in the block
+        return
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote methods.{imported.method} ({len(imported.settings)} settings) to {output}")
+    for note in imported.notes:
+        typer.echo(f"note: {note}", err=True)
 
 
 # ---------------------------------------------------------------- apply
