@@ -298,7 +298,7 @@ def _fields(record: Mapping[str, Any], used: Iterable[str], ignored: Iterable[st
     used, ignored = tuple(used), tuple(ignored)
     for k in record:
         if k not in used and k not in ignored:
-            raise InputError(f"{where}: {what} field {prefix}{k!r} does not map onto a govern edit request; "
+            raise InputError(f"{where}: {what} field {prefix + k!r} does not map onto a govern edit request; "
                              f"{what} fields read: {', '.join(prefix + u for u in used)}"
                              + (f" (ignored: {', '.join(ignored)})" if ignored else "") + ". Remove it")
 
