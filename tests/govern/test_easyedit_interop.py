@@ -148,7 +148,7 @@ def test_hparams_file_errors(tmp_path):
         load_hparams(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("alg_name: [ROME\n")
-    with pytest.raises(InputError, match="bad.yaml"):
+    with pytest.raises(InputError, match=r"bad\.yaml"):
         load_hparams(bad)
     bad.write_text("- just\n- a list\n")
     with pytest.raises(InputError, match="expected an EasyEdit hyper-parameter mapping"):
@@ -239,7 +239,7 @@ def test_a_pretty_printed_single_record_and_plain_jsonl_still_load(tmp_path):
     p.write_text(json.dumps(counterfact(), indent=2))
     assert len(load_request_file(p)) == 1
     native = tmp_path / "native.json"
-    native.write_text('{"subject": "A", "prompt": "A is in", "target": "B"}\n{"subject": "C", "prompt": "C is in", "target": "D"}\n')
+    native.write_text("".join(json.dumps({"subject": s, "prompt": f"{s} is in", "target": "B"}) + "\n" for s in "AC"))
     assert [r.facts[0].subject for r in load_request_file(native)] == ["A", "C"]
 
 
