@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(False)
-    shapes = [tuple(params[n].shape) for n in names]
-    n_hyper = hypernet_parameters(shapes)  # type: ignore[arg-type]
+    shapes = [(int(params[n].shape[0]), int(params[n].shape[1])) for n in names]  # (out, in)
+    n_hyper = hypernet_parameters(shapes)
     n_model = sum(p.numel() for p in model.parameters())
 
     prompt, target = "Which river does Tessellate Bridge cross?", " the Rhine"
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"# python bench/mend_cost.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n"
-                   + text + "\n")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    log.write_text(f"# python bench/mend_cost.py {' '.join(sys.argv[1:])}  ({when})\n{text}\n")
     return 0
 
 
