@@ -103,9 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", default="bench/results/mend_cost.log")
     args = ap.parse_args(argv)
 
+    import warnings
+
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
+
+    # the gradient pass hooks the projections' output gradients (δ), which is what that warning describes
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module")
 
     from bench._load import load_model
     from editors import EditContext, FactEdit, get_editor, validate_method_config
@@ -172,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     def mend_edit() -> None:
+        factors = gradient_factors()  # needs autograd
         with torch.no_grad():
-            deltas = edits(gradient_factors())
+            deltas = edits(factors)
         assert all(torch.isfinite(d).all() for d in deltas.values())
 
     def mend_train_step() -> None:
@@ -193,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     ctx = EditContext(cache_dir=Path("/tmp/govern-mend-cost"), model_digest=f"mend-cost:{path}", config=cfg)
     fact = FactEdit(subject="Tessellate Bridge", prompt="Tessellate Bridge crosses the river", target_new=" Rhine")
     rome.compute(model, tok, [fact], ctx)  # generates and caches the prefixes: not timed
+    print("ROME warm-up done", flush=True)
 
     mend_train_step()  # warm-up
+    mend_edit()
     t_train = median_seconds(mend_train_step, args.repeats)
+    print(f"MEND training step: {t_train:.3f} s", flush=True)
     t_medit = median_seconds(mend_edit, args.repeats)
+    print(f"MEND edit: {t_medit:.3f} s", flush=True)
     t_rome = median_seconds(lambda: rome.compute(model, tok, [fact], ctx), args.repeats)
+    print(f"ROME edit: {t_rome:.3f} s", flush=True)
 
     def hours(s: float) -> str:
         return f"{s / 3600:,.1f} h"
