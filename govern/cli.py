@@ -125,7 +125,7 @@ def policy_import_hparams(
     file: Annotated[Path, typer.Argument(help="EasyEdit hyper-parameter YAML, e.g. hparams/ROME/gpt2-xl.yaml")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write the block here instead of printing it")] = None,
 ) -> None:
-    """Turn an EasyEdit ROME hyper-parameter file into a policy `methods:` block (notes go to stderr)."""
+    """Turn an EasyEdit ROME hyper-parameter file into a policy `methods:` block; notes are comments in it."""
     from govern.interop.easyedit import load_hparams
 
     imported = load_hparams(file)
