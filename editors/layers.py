@@ -10,7 +10,20 @@ A locate-and-edit method needs to know, for a transformer block index `l`:
 * where the block list lives, so that computation can start above layer `l`
   from cached hidden states (`upper_stack`).
 
-Families are keyed by ``config.model_type``. Adding a family is one entry.
+Families are keyed by ``config.model_type``. Adding a family is one entry in
+`FAMILIES`; `tests/editors/test_layers.py` then checks it on a tiny random model
+of that family (add its config to ``TINY_CONFIGS`` there).
+
+What every family here satisfies, and what the tests check for each:
+
+* the MLP output is added straight into the residual stream (pre-norm blocks,
+  sequential or parallel attention/MLP as in GPT-J, GPT-NeoX and Phi; no norm
+  *after* the MLP as in Gemma-2/3 or OLMo-2), so a change δ of the projection's
+  output at one position is the same δ on the stream leaving the block: ROME's
+  value optimisation relies on it;
+* the body takes ``inputs_embeds`` unscaled (Gemma scales inside its embedding
+  module, so it qualifies) and computes rotary positions from ``position_ids``;
+* logits are ``get_output_embeddings()(final hidden)`` with no soft-capping.
 """
 
 from __future__ import annotations
@@ -99,19 +112,27 @@ class LayerMap:
             out = body(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=pos, use_cache=False)
             return out.last_hidden_state  # (B, T, D)
 
+        # Models with per-layer attention kinds (Qwen2/Mistral sliding windows) pick each block's mask by its
+        # index in the running list: the upper blocks must keep their own kinds, so the list is sliced too.
+        config = getattr(body, "config", None)
+        layer_types = getattr(config, "layer_types", None)
+        slice_types = isinstance(layer_types, list) and len(layer_types) == len(blocks)
         setattr(parent, attr, nn.ModuleList(list(blocks)[layer + 1 :]))
+        if slice_types:
+            config.layer_types = layer_types[layer + 1 :]  # type: ignore[index, union-attr]
         try:
             yield run
         finally:
             setattr(parent, attr, blocks)
+            if slice_types:
+                config.layer_types = layer_types  # type: ignore[union-attr]
 
 
-_LLAMA_LIKE: dict[str, Any] = {
-    "blocks": "model.layers",
-    "mlp_out": "model.layers.{layer}.mlp.down_proj",
-    "orientation": "linear",
-    "body": "model",
-}
+def _llama_like(family: str) -> LayerMap:
+    """Llama-style decoders: ``model.layers[l].mlp.down_proj``, an nn.Linear, rotary positions."""
+    return LayerMap(family=family, blocks="model.layers", mlp_out="model.layers.{layer}.mlp.down_proj",
+                    orientation="linear", body="model")
+
 
 FAMILIES: dict[str, LayerMap] = {
     "gpt2": LayerMap(
@@ -123,17 +144,32 @@ FAMILIES: dict[str, LayerMap] = {
         position_embedding="transformer.wpe",
         default_layer_fraction=0.35,
     ),
-    **{name: LayerMap(family=name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3")},
+    # GPT-J: attention and MLP in parallel on one LayerNorm, rotary positions; fc_out is an nn.Linear
+    "gptj": LayerMap(family="gptj", blocks="transformer.h", mlp_out="transformer.h.{layer}.mlp.fc_out",
+                     orientation="linear", body="transformer"),
+    # GPT-NeoX / Pythia: parallel residual by default, partial rotary; dense_4h_to_h is an nn.Linear
+    "gpt_neox": LayerMap(family="gpt_neox", blocks="gpt_neox.layers", mlp_out="gpt_neox.layers.{layer}.mlp.dense_4h_to_h",
+                         orientation="linear", body="gpt_neox"),
+    # Phi-1/2: parallel attention and MLP, partial rotary, fc2 an nn.Linear
+    "phi": LayerMap(family="phi", blocks="model.layers", mlp_out="model.layers.{layer}.mlp.fc2",
+                    orientation="linear", body="model"),
+    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")},
 }
 
 
+def unsupported_family_message(model_type: object) -> str:
+    """The one line that says a family has no layer map and how to add one."""
+    return (f"no layer map for model type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}. "
+            f"To add one, put an entry {model_type!r}: LayerMap(family=..., blocks=..., mlp_out=..., orientation=..., "
+            "body=...) in FAMILIES in editors/layers.py (a decoder-only causal LM whose MLP output is added to the "
+            "residual stream) and its tiny config to TINY_CONFIGS in tests/editors/test_layers.py")
+
+
 def layer_map_for(model: nn.Module) -> LayerMap:
+    """The layer map of `model`'s family (``model.config.model_type``); UnsupportedModelError says how to add one."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in FAMILIES:
-        raise UnsupportedModelError(
-            f"no layer map for model type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}. "
-            "Add an entry to editors/layers.py:FAMILIES."
-        )
+        raise UnsupportedModelError(unsupported_family_message(model_type))
     return FAMILIES[model_type]
 
 

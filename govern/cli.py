@@ -41,6 +41,7 @@ submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --
 user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens: how the CLI knows who acts (admins create and revoke them).")
 auth_app = typer.Typer(no_args_is_help=True, help="Who acts on this home: the presented token, single-user mode.")
+policy_app = typer.Typer(no_args_is_help=True, help="Bring other tools' settings into a policy.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
@@ -48,6 +49,7 @@ app.add_typer(submit_app, name="submit")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(auth_app, name="auth")
+app.add_typer(policy_app, name="policy")
 
 Actor = Annotated[str | None, typer.Option(
     "--as", help="who is acting: must name your token's user; without a token only in single-user mode")]
@@ -196,6 +198,26 @@ def submit_edit(
     gov = _gov()
     for rid in _acting(gov, "submit", actor).submit_requests([req], model):
         typer.echo(rid)
+
+
+# ---------------------------------------------------------------- policy
+@policy_app.command("import-hparams")
+def policy_import_hparams(
+    file: Annotated[Path, typer.Argument(help="EasyEdit hyper-parameter YAML, e.g. hparams/ROME/gpt2-xl.yaml")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the block here instead of printing it")] = None,
+) -> None:
+    """Turn an EasyEdit ROME hyper-parameter file into a policy `methods:` block; notes are comments in it."""
+    from govern.interop.easyedit import load_hparams
+
+    imported = load_hparams(file)
+    text = imported.policy_yaml()
+    if output is None:
+        typer.echo(text, nl=False)  # the notes are comments in the block
+        return
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote methods.{imported.method} ({len(imported.settings)} settings) to {output}")
+    for note in imported.notes:
+        typer.echo(f"note: {note}", err=True)
 
 
 # ---------------------------------------------------------------- apply

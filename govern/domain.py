@@ -1,8 +1,9 @@
 """Typed domain objects that cross the service boundary: what a user submits.
 
 `RequestSpec` is the envelope every request shares; each request kind
-(`govern.kinds`) adds its own fields. One schema for the CLI flags, JSONL and
-YAML request files (and the UI).
+(`govern.kinds`) adds its own fields. One schema for the CLI flags, JSONL, JSON
+and YAML request files (and the UI); CounterFact, zsRE and EasyEdit records
+enter through `govern.interop.easyedit`.
 Limits keep a payload from filling the database: every text field has a
 maximum length and a file a maximum size and count.
 """
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from govern.errors import InputError, PayloadTooLarge
+from govern.interop.easyedit import foreign_request
 from govern.kinds import kind_spec, kinds, request_adapter
 from govern.validation import format_validation_error, parse_json, parse_yaml, read_regular_file, refuse_controls
 
@@ -136,17 +138,23 @@ def from_row(kind: str, spec: str, envelope: dict[str, Any]) -> RequestSpec:
 
 
 def load_request_file(path: str | Path) -> list[RequestSpec]:
-    """Parse a JSONL or YAML file of requests; all or nothing.
+    """Parse a request file, all or nothing: JSONL, a JSON list, or YAML.
+
+    A record is govern's own request, or a CounterFact, zsRE or EasyEdit record
+    (`govern.interop.easyedit`), mapped onto the edit request.
 
     The file must be a regular file (a symbolic link is refused unread), at most `MAX_FILE_BYTES`, nested at most
     `govern.validation.MAX_DEPTH` deep.
     """
     p = Path(path)
     if p.suffix.lower() not in (".jsonl", ".ndjson", ".json", ".yaml", ".yml"):
-        raise InputError(f"request file {p.name}: unknown extension {p.suffix!r}; use .jsonl or .yaml")
+        raise InputError(f"request file {p.name}: unknown extension {p.suffix!r}; use .jsonl, .json or .yaml")
     text = read_regular_file(p, "request file", MAX_FILE_BYTES)
     records: list[tuple[str, object]] = []
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    whole = _json_document(text, p.name) if p.suffix.lower() == ".json" else None
+    if whole is not None:  # a JSON list (CounterFact, zsRE and EasyEdit ship theirs so) or one object
+        records = [(f"{p.name} item {i}", d) for i, d in enumerate(whole if isinstance(whole, list) else [whole], 1)]
+    elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -163,4 +171,30 @@ def load_request_file(path: str | Path) -> list[RequestSpec]:
         raise InputError(f"request file {p.name} holds no requests")
     if len(records) > MAX_REQUESTS_PER_FILE:
         raise PayloadTooLarge(f"{p.name} holds {len(records)} requests; the limit is {MAX_REQUESTS_PER_FILE}")
-    return [parse_request(d, where) for where, d in records]
+    return [_parse_record(d, where) for where, d in records]
+
+
+def _json_document(text: str, name: str) -> object | None:
+    """The file as one JSON value when it is one (a list or an object spread over lines); None for JSONL."""
+    stripped = text.lstrip()
+    if not stripped.startswith("["):
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if len(lines) <= 1 or not stripped.startswith("{"):
+            return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if stripped.startswith("["):
+            raise InputError(f"{name}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return None  # several objects, one a line: JSONL
+
+
+def _parse_record(data: object, where: str) -> RequestSpec:
+    """One record of a request file: govern's own format, or a CounterFact / zsRE / EasyEdit record."""
+    foreign = foreign_request(data, where, ENVELOPE)
+    if foreign is None:
+        return parse_request(data, where)
+    try:
+        return parse_request(foreign.data, foreign.where)
+    except InputError as e:
+        raise InputError(foreign.explain(str(e))) from None

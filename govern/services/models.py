@@ -60,7 +60,7 @@ class ModelsService(ServiceBase):
         Weights must be safetensors (or GGUF): a pickle file (``pytorch_model.bin``) can run code when it is
         loaded, so a directory with only pickle weights is refused unless `allow_pickle` says the source is trusted.
         """
-        from editors.layers import FAMILIES
+        from editors.layers import FAMILIES, unsupported_family_message
 
         if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
             raise InputError(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
@@ -79,8 +79,7 @@ class ModelsService(ServiceBase):
             files = pin_files(dest)
             family = json.loads((dest / "config.json").read_text()).get("model_type", "?")
             if family not in FAMILIES:
-                raise InputError(
-                    f"model type {family!r} is not supported by the editors; supported: {', '.join(sorted(FAMILIES))}")
+                raise InputError(unsupported_family_message(family))
             checkpoint: dict[str, Any] = {"source": source or path, "path": str(dest), "files": files,
                                           "base_digest": digest_of(files)}
             mlflow_version = self.registry.register_base(name, checkpoint)

@@ -1,0 +1,1 @@
+"""Reading other editing tools' files: EasyEdit's hyper-parameters and data records (`govern.interop.easyedit`)."""
