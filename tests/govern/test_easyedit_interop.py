@@ -279,6 +279,7 @@ def test_explain_only_adds_names_it_knows():
 
 def test_a_bad_file_changes_nothing_and_a_good_one_is_submitted(gov, tmp_path):
     home = gov.home.root
+    gov.set_single_user(True, actor="admin")  # `--as alice` is trusted without a token (recorded in the trail)
     before = fingerprint(home)
     bad = write(tmp_path, "bad.json", [counterfact(case_id=1), {**ZSRE, "alt": " "}])
     p = govern(home, "submit", "--file", str(bad), "--as", "alice")
