@@ -349,15 +349,15 @@ class Store:
             raise ModelError(f"the govern home at {_safe(self.url)} was made by an older govern (requests stored as "
                              "fact columns); export its trail with that version (`govern audit export`) and start a new home")
         ops = [op for op in migrations.diff(conn) if not (isinstance(op, tuple) and op[0] == "remove_table")]
-        missing = [op[1] for op in ops if isinstance(op, tuple) and op[0] == "add_table"]
-        names = {t.name for t in missing}
+        names = {op[1].name for op in ops if isinstance(op, tuple) and op[0] == "add_table"}
         other = [op for op in ops if not (isinstance(op, tuple) and (
             op[0] == "add_table" or (op[0] == "add_index" and op[1].table.name in names)))]
         if other:
             raise ModelError(f"the database at {_safe(self.url)} has govern's tables but not as govern made them "
                              f"(first difference: {other[0]}); point GOVERN_DB_URL at a new database, or export "
                              "the trail (`govern audit export`) and start a new home")
-        SQLModel.metadata.create_all(conn, tables=missing)
+        # the model's tables, not autogenerate's copies of them (those lack the indexes)
+        SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[n] for n in sorted(names)])
         migrations.stamp(conn)
 
     @contextmanager
