@@ -9,7 +9,8 @@
 * `db_url` (parametrised ``sqlite`` / ``postgresql``): an empty database of each
   backend. PostgreSQL needs ``GOVERN_TEST_PG_URL`` (``export
   GOVERN_TEST_PG_URL=$(bash scripts/postgres.sh)``); without it those cases skip,
-  except in CI (``CI=true``), where they fail. Each test gets a new database.
+  except in CI (``CI=true`` or ``GOVERN_REQUIRE_POSTGRES=1``, as
+  .ci/run sets), where they fail. Each test gets a new database.
   `backend_gov`: the `gov` home with its database on that backend.
 """
 
@@ -121,8 +122,8 @@ def postgres_base_url() -> str:
     """The PostgreSQL server the tests may create databases on (skip, or fail in CI, without one)."""
     url = os.environ.get("GOVERN_TEST_PG_URL")
     if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but GOVERN_TEST_PG_URL is unset: .ci/run starts PostgreSQL with scripts/postgres.sh")
+        if os.environ.get("CI", "").lower() == "true" or os.environ.get("GOVERN_REQUIRE_POSTGRES") == "1":
+            pytest.fail("GOVERN_TEST_PG_URL is unset in CI: .ci/run starts PostgreSQL with scripts/postgres.sh")
         pytest.skip("GOVERN_TEST_PG_URL is unset; `export GOVERN_TEST_PG_URL=$(bash scripts/postgres.sh)` runs it")
     return url
 

@@ -197,7 +197,6 @@ def _claim_all(home_root: str, url: str, q) -> None:
 
 def _admitted(gov, tmp_path, n: int) -> list[str]:
     from conftest import TEST_POLICY
-
     from govern.domain import parse_request
     from govern.policy import load_policy
 
