@@ -35,9 +35,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, UniqueConstraint, event, inspect
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from audits.evidence import Evidence
@@ -254,6 +255,9 @@ class AuditRow(SQLModel, table=True):
 WRITE_LOCK = 0x676F7665726E  # "govern": the advisory lock PostgreSQL writers queue on (any bigint; ours)
 
 
+AUDIT_TABLE: Table = AuditRow.__table__  # type: ignore[attr-defined]  # sqlmodel sets it on table models
+
+
 def _sqlite_pragmas(engine: Engine, begin: str) -> None:
     """WAL, a generous busy timeout, and our own BEGIN (IMMEDIATE for writers, so that two
     writers queue instead of both reading the same audit-chain head)."""
@@ -392,16 +396,18 @@ class Store:
 
         The head is read under the writers' lock (SQLite: the transaction's write lock; PostgreSQL: the
         advisory lock, taken again here, which is re-entrant), so two writers never share a sequence number."""
+        s.flush()  # what the caller added goes first (and a database error surfaces here, as before)
+        conn, t = s.connection(), AUDIT_TABLE
         if self.dialect == "postgresql":
-            s.exec(select(func.pg_advisory_xact_lock(WRITE_LOCK))).one()
-        last = s.exec(select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1)).first()
-        ev = make_event(
-            last.to_event() if last else None,
-            ts=now().isoformat(), actor=actor, action=action, subject=subject, payload=payload or {},
-        )
-        s.add(AuditRow(seq=ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action, subject=ev.subject,
-                       payload=json.dumps(ev.payload, sort_keys=True), prev_hash=ev.prev_hash, hash=ev.hash))
-        s.flush()
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        # plain rows, not ORM objects: this runs in every transition
+        last = conn.execute(sa_select(*t.c).order_by(t.c.seq.desc()).limit(1)).first()
+        prev = None if last is None else AuditEvent(last.seq, last.ts, last.actor, last.action, last.subject,
+                                                     json.loads(last.payload), last.prev_hash, last.hash)
+        ev = make_event(prev, ts=now().isoformat(), actor=actor, action=action, subject=subject, payload=payload or {})
+        conn.execute(sa_insert(t).values(seq=ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action, subject=ev.subject,
+                                         payload=json.dumps(ev.payload, sort_keys=True), prev_hash=ev.prev_hash,
+                                         hash=ev.hash))
         return ev
 
     def transition(self, s: Session, req: RequestRow, ev: Event, actor: str, payload: dict[str, Any] | None = None) -> State:
@@ -444,7 +450,7 @@ class Store:
     def audit_events(self, since: datetime | None = None) -> list[AuditEvent]:
         """The whole trail in sequence order. Plain rows, not ORM objects: a million events load in
         seconds instead of minutes (bench/load.py)."""
-        t: Table = AuditRow.__table__  # type: ignore[attr-defined]  # sqlmodel sets it on table models
+        t = AUDIT_TABLE
         q = sa_select(t.c.seq, t.c.ts, t.c.actor, t.c.action, t.c.subject, t.c.payload, t.c.prev_hash, t.c.hash)
         loads = json.loads
         with self.read_engine.connect() as conn:
