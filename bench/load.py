@@ -4,8 +4,8 @@
     GOVERN_TEST_PG_URL=$(bash scripts/postgres.sh) .venv/bin/python bench/load.py --events 1000000
     .venv/bin/python bench/load.py --backends sqlite --events 100000  # a shorter run
 
-For each backend, on a fresh home (a tiny random Llama with SmolLM2's tokenizer
-registered as ``tiny``; MLflow on SQLite):
+For each backend, on a fresh home (a tiny random Llama with SmolLM2's tokenizer,
+or ``--model DIR``, registered as ``tiny``; MLflow on SQLite):
 
 1. **Concurrent submit**: ``--procs`` processes (16) released by one barrier
    submit ``--requests`` requests (1,000) between them, one transaction per
@@ -317,6 +317,8 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=16)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--cli-requests", type=int, default=5)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a checkpoint to register (default: a tiny random Llama with SmolLM2's tokenizer)")
     parser.add_argument("--backends", default=None,
                         help="sqlite,postgresql (default: sqlite, and postgresql when GOVERN_TEST_PG_URL is set)")
     args = parser.parse_args()
@@ -330,7 +332,7 @@ def main() -> int:
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="govern-load-") as tmp:
         root = Path(tmp)
-        model_dir = tiny_model(root / "tiny")
+        model_dir = args.model or tiny_model(root / "tiny")
         for b in backends:
             r, p = run_backend(b, args, root, model_dir)
             rows += r
