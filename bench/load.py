@@ -160,7 +160,7 @@ def concurrent_submit(gov, procs: int, n: int) -> tuple[float, list[str]]:
         problems.append(f"callers got {len(returned)} ids back ({len(set(returned))} distinct), expected {n}")
     if len(stored) != n or set(stored) != set(returned):
         problems.append(f"{len(stored)} requests stored, {len(set(stored) ^ set(returned))} differ from the returned ids")
-    subjects = [json.loads(spec)["subject"].removeprefix("Zorblat ") for _, spec in rows]
+    subjects = [json.loads(spec)["facts"][0]["subject"].removeprefix("Zorblat ") for _, spec in rows]
     if sorted(subjects) != sorted(tags):
         problems.append("stored subjects are not each submitted one exactly once")
     events = gov.store.audit_events()

@@ -339,12 +339,18 @@ class Store:
         with self.read_engine.connect() as conn:
             if migrations.current(conn) == migrations.head():
                 return
+        from alembic.util.exc import CommandError
+
         with self.engine.begin() as conn:  # the writers' lock: one process migrates, the others then find it done
             tables = set(inspect(conn).get_table_names())
             if migrations.VERSION_TABLE not in tables and tables & set(SQLModel.metadata.tables):
                 self._adopt(conn, tables)
-            else:
+                return
+            try:
                 migrations.upgrade(conn)
+            except CommandError as error:  # e.g. a revision this govern does not know: a newer govern made it
+                raise ModelError(f"cannot migrate the database at {_safe(self.url)}: {error}; it was made by a "
+                                 "newer govern (upgrade this one) or its version table was edited") from None
 
     def _adopt(self, conn: Connection, tables: set[str]) -> None:
         """A database govern made before it had migrations (``create_all``): check it, add what is missing, stamp it."""

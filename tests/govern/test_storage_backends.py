@@ -102,6 +102,17 @@ def test_tables_that_differ_from_the_models_are_refused_with_the_difference(db_u
     assert migrations.VERSION_TABLE not in _tables(db_url)
 
 
+def test_a_database_from_a_newer_govern_is_refused_in_one_line(db_url):
+    Store(db_url)
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(ModelError, match=r"cannot migrate the database .*'9999'.* newer govern") as err:
+        Store(db_url)
+    assert "\n" not in str(err.value)
+
+
 def test_bad_database_urls_get_one_line_that_names_the_fix():
     with pytest.raises(InputError, match=r"unsupported database 'mysql'; use sqlite:///PATH or postgresql\+psycopg"):
         Store("mysql://root:secret@db/govern")
