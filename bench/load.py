@@ -339,7 +339,10 @@ def main() -> int:
             problems += p
 
     head = ("backend", "measure", "value", "unit", "baseline", "baseline value", "ratio", "aim")
-    table = [head] + [(b, m, f"{v:,.1f}", u, bn, f"{bv:,.1f}", f"{ratio:.2f}", aim)
+    def num(x: float) -> str:
+        return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+    table = [head] + [(b, m, num(v), u, bn, num(bv), f"{ratio:.2f}", aim)
                       for b, m, v, u, bn, bv, ratio, aim in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for k, row in enumerate(table):
