@@ -1,10 +1,28 @@
 """The database: tables (sqlmodel) and the one place that persists transitions.
 
-Every write happens inside `Store.tx()`, one transaction. On SQLite it begins
-with ``BEGIN IMMEDIATE`` so concurrent writers (CLI, worker, UI) queue instead of
-both reading the same audit-chain head. `Store.transition` moves a request
-through the lifecycle table *and* appends the audit event in that transaction:
-either both are stored or neither is.
+Every write happens inside `Store.tx()`, one transaction, and writers queue:
+on SQLite the transaction begins with ``BEGIN IMMEDIATE`` (the file's write
+lock); on PostgreSQL (``GOVERN_DB_URL=postgresql+psycopg://...``) it begins by
+taking a transaction-scoped advisory lock (``pg_advisory_xact_lock``), released
+at commit or rollback. Either way no two writers read the same audit-chain head,
+so sequence numbers never repeat, and a service's read-check-write (a state, a
+count of approvals) sees what the previous writer committed. `Store.audit`
+takes the lock itself as well, so the head is read under it whoever calls it.
+Reads (`Store.read`) never take it.
+
+`Store.transition` moves a request through the lifecycle table *and* appends
+the audit event in that transaction: either both are stored or neither is.
+
+Job claiming (`Store.claimable_jobs`) locks the rows it hands out with
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a claimer never takes
+or waits for a job another transaction holds; on SQLite the write lock already
+makes the claim exclusive.
+
+Schema: the tables below are the source of truth; `govern.migrations` holds
+their Alembic history. Opening a store brings its database to the newest
+revision under the writers' lock (so concurrent first use migrates once). A
+database made before the migrations existed is checked against the models and
+stamped; one made before requests became kinds is refused with what to do.
 """
 
 from __future__ import annotations
@@ -16,13 +34,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, UniqueConstraint, event, inspect
+from sqlalchemy import Connection, Engine, Table, UniqueConstraint, event, inspect
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from audits.evidence import Evidence
 from audits.trail import AuditEvent, make_event
 from govern.domain import RequestSpec, from_row
-from govern.errors import ModelError, NotFoundError
+from govern.errors import InputError, ModelError, NotFoundError
 from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus, next_state
 
 
@@ -248,6 +270,12 @@ class AuditRow(SQLModel, table=True):
         )
 
 
+WRITE_LOCK = 0x676F7665726E  # "govern": the advisory lock PostgreSQL writers queue on (any bigint; ours)
+
+
+AUDIT_TABLE: Table = AuditRow.__table__  # type: ignore[attr-defined]  # sqlmodel sets it on table models
+
+
 def _sqlite_pragmas(engine: Engine, begin: str) -> None:
     """WAL, a generous busy timeout, and our own BEGIN (IMMEDIATE for writers, so that two
     writers queue instead of both reading the same audit-chain head)."""
@@ -266,26 +294,100 @@ def _sqlite_pragmas(engine: Engine, begin: str) -> None:
         conn.exec_driver_sql(begin)
 
 
+def _postgres_writer_lock(engine: Engine) -> None:
+    """Every transaction of the write engine first waits for the writers' advisory lock (PostgreSQL's
+    BEGIN IMMEDIATE); it is released when the transaction ends, however it ends."""
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
+def engine_url(url: str) -> str:
+    """`url` with the driver govern ships for its scheme; refuses schemes it does not support."""
+    scheme = url.split(":", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql+psycopg:" + url.split(":", 1)[1]
+    if scheme in ("sqlite", "postgresql+psycopg"):
+        return url
+    raise InputError(f"GOVERN_DB_URL {url.split('@')[-1]!r}: unsupported database {scheme!r}; use "
+                     "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    head, tail = url.rsplit("@", 1)
+    scheme, _, cred = head.partition("://")
+    return f"{scheme}://{cred.split(':', 1)[0]}@{tail}"
+
+
 class Store:
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = engine_url(url)
+        self.dialect = self.url.split(":", 1)[0].split("+", 1)[0]  # sqlite | postgresql
         connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        kw: dict[str, Any] = {}
+        if self.dialect == "sqlite":
             connect_args = {"check_same_thread": False, "timeout": 60}
-        self.engine = create_engine(url, connect_args=connect_args)  # writes
-        self.read_engine = create_engine(url, connect_args=connect_args)  # reads never take the write lock
-        if url.startswith("sqlite"):
+        else:
+            # stored times are UTC whatever the server's zone; a dead server is told in seconds, not minutes
+            connect_args = {"options": "-c timezone=UTC", "connect_timeout": 10}
+            kw = {"pool_pre_ping": True}
+        self.engine = create_engine(self.url, connect_args=connect_args, **kw)  # writes
+        self.read_engine = create_engine(self.url, connect_args=connect_args, **kw)  # reads never take the write lock
+        if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
             _sqlite_pragmas(self.read_engine, "BEGIN")
-        self._refuse_old_schema()
-        SQLModel.metadata.create_all(self.engine)
+        else:
+            _postgres_writer_lock(self.engine)
+        try:
+            self._migrate()
+        except OperationalError as error:
+            why = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+            raise ModelError(f"cannot open the database {_safe(self.url)}: {why}; check GOVERN_DB_URL "
+                             "and that the server is running") from None
 
-    def _refuse_old_schema(self) -> None:
-        """A home made before requests became kinds (fact columns, a deltas table) cannot be read as is."""
-        insp = inspect(self.engine)
-        if "requests" in insp.get_table_names() and "spec" not in {c["name"] for c in insp.get_columns("requests")}:
-            raise ModelError(f"the govern home at {self.url} was made by an older govern (requests stored as fact "
-                             "columns); export its trail with that version (`govern audit export`) and start a new home")
+    # -- schema ----------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring the database to the newest migration (a no-op read when it is there already)."""
+        from govern import migrations
+
+        with self.read_engine.connect() as conn:
+            if migrations.current(conn) == migrations.head():
+                return
+        from alembic.util.exc import CommandError
+
+        with self.engine.begin() as conn:  # the writers' lock: one process migrates, the others then find it done
+            tables = set(inspect(conn).get_table_names())
+            if migrations.VERSION_TABLE not in tables and tables & set(SQLModel.metadata.tables):
+                self._adopt(conn, tables)
+                return
+            try:
+                migrations.upgrade(conn)
+            except CommandError as error:  # e.g. a revision this govern does not know: a newer govern made it
+                raise ModelError(f"cannot migrate the database at {_safe(self.url)}: {error}; it was made by a "
+                                 "newer govern (upgrade this one) or its version table was edited") from None
+
+    def _adopt(self, conn: Connection, tables: set[str]) -> None:
+        """A database govern made before it had migrations (``create_all``): check it, add what is missing, stamp it."""
+        from govern import migrations
+
+        if "requests" in tables and "spec" not in {c["name"] for c in inspect(conn).get_columns("requests")}:
+            raise ModelError(f"the govern home at {_safe(self.url)} was made by an older govern (requests stored as "
+                             "fact columns); export its trail with that version (`govern audit export`) and start a new home")
+        ops = [op for op in migrations.diff(conn) if not (isinstance(op, tuple) and op[0] == "remove_table")]
+        names = {op[1].name for op in ops if isinstance(op, tuple) and op[0] == "add_table"}
+        other = [op for op in ops if not (isinstance(op, tuple) and (
+            op[0] == "add_table" or (op[0] == "add_index" and op[1].table.name in names)))]
+        if other:
+            raise ModelError(f"the database at {_safe(self.url)} has govern's tables but not as govern made them "
+                             f"(first difference: {other[0]}); point GOVERN_DB_URL at a new database, or export "
+                             "the trail (`govern audit export`) and start a new home")
+        # the model's tables, not autogenerate's copies of them (those lack the indexes)
+        SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[n] for n in sorted(names)])
+        migrations.stamp(conn)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -303,17 +405,33 @@ class Store:
         with Session(self.read_engine, expire_on_commit=False) as s:
             yield s
 
+    def claimable_jobs(self, model: str) -> SelectOfScalar[JobRow]:
+        """The jobs of `model` a worker may claim (queued, or running under a lease that may have expired),
+        oldest first. On PostgreSQL the rows come locked (``FOR UPDATE SKIP LOCKED``): a job another
+        transaction holds is skipped, never claimed twice; on SQLite the write lock does that."""
+        q = select(JobRow).where(JobRow.model == model,
+                                 col(JobRow.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        q = q.order_by(col(JobRow.id))
+        return q.with_for_update(skip_locked=True) if self.dialect == "postgresql" else q
+
     # -- audit -------------------------------------------------------------
     def audit(self, s: Session, actor: str, action: str, subject: str, payload: dict[str, Any] | None = None) -> AuditEvent:
-        """Append one hash-chained event inside the caller's transaction."""
-        last = s.exec(select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1)).first()
-        ev = make_event(
-            last.to_event() if last else None,
-            ts=now().isoformat(), actor=actor, action=action, subject=subject, payload=payload or {},
-        )
-        s.add(AuditRow(seq=ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action, subject=ev.subject,
-                       payload=json.dumps(ev.payload, sort_keys=True), prev_hash=ev.prev_hash, hash=ev.hash))
-        s.flush()
+        """Append one hash-chained event inside the caller's transaction.
+
+        The head is read under the writers' lock (SQLite: the transaction's write lock; PostgreSQL: the
+        advisory lock, taken again here, which is re-entrant), so two writers never share a sequence number."""
+        s.flush()  # what the caller added goes first (and a database error surfaces here, as before)
+        conn, t = s.connection(), AUDIT_TABLE
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        # plain rows, not ORM objects: this runs in every transition
+        last = conn.execute(sa_select(*t.c).order_by(t.c.seq.desc()).limit(1)).first()
+        prev = None if last is None else AuditEvent(last.seq, last.ts, last.actor, last.action, last.subject,
+                                                     json.loads(last.payload), last.prev_hash, last.hash)
+        ev = make_event(prev, ts=now().isoformat(), actor=actor, action=action, subject=subject, payload=payload or {})
+        conn.execute(sa_insert(t).values(seq=ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action, subject=ev.subject,
+                                         payload=json.dumps(ev.payload, sort_keys=True), prev_hash=ev.prev_hash,
+                                         hash=ev.hash))
         return ev
 
     def transition(self, s: Session, req: RequestRow, ev: Event, actor: str, payload: dict[str, Any] | None = None) -> State:
@@ -354,10 +472,16 @@ class Store:
         return row
 
     def audit_events(self, since: datetime | None = None) -> list[AuditEvent]:
-        with self.read() as s:
-            q = select(AuditRow).order_by(col(AuditRow.seq))
-            rows = s.exec(q).all()
-        events = [r.to_event() for r in rows]
+        """The whole trail in sequence order. Plain rows, not ORM objects: a million events load in
+        seconds instead of minutes (bench/load.py)."""
+        t = AUDIT_TABLE
+        q = sa_select(t.c.seq, t.c.ts, t.c.actor, t.c.action, t.c.subject, t.c.payload, t.c.prev_hash, t.c.hash)
+        loads = json.loads
+        with self.read_engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.c.seq)).all()
+        events = [AuditEvent(seq, ts, actor, action, subject, loads(payload), prev, digest)
+                  for seq, ts, actor, action, subject, payload, prev, digest in rows]
+        del rows
         if since is not None:
             events = [e for e in events if datetime.fromisoformat(e.ts) >= since]
         return events

@@ -60,10 +60,7 @@ class Worker:
     def claim(self, request_ids: set[str] | None = None) -> JobRow | None:
         t = now()
         with self.gov.store.tx() as s:
-            q = select(JobRow).where(JobRow.model == self.model,
-                                     col(JobRow.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-            q = q.order_by(col(JobRow.id))
-            for job in s.exec(q).all():
+            for job in s.exec(self.gov.store.claimable_jobs(self.model)).all():
                 if request_ids is not None and job.request_id not in request_ids:
                     continue
                 expired = job.state == JobState.RUNNING and job.lease_expires_at is not None and as_utc(job.lease_expires_at) < t

@@ -6,11 +6,18 @@
 * `gov`: a fresh `.govern` home with the tiny Llama registered as "tiny".
 * `smollm2_gov` (slow tests): a home with the real SmolLM2 registered; the
   converted checkpoint and statistics live in a session-wide shared cache.
+* `db_url` (parametrised ``sqlite`` / ``postgresql``): an empty database of each
+  backend. PostgreSQL needs ``GOVERN_TEST_PG_URL`` (``export
+  GOVERN_TEST_PG_URL=$(bash scripts/postgres.sh)``); without it those cases skip,
+  except in CI (``CI=true`` or ``GOVERN_REQUIRE_POSTGRES=1``, as
+  .ci/run sets), where they fail. Each test gets a new database.
+  `backend_gov`: the `gov` home with its database on that backend.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -106,6 +113,55 @@ def home(tmp_path):
 def gov(home, tiny_llama_dir):
     from govern.service import Govern
 
+    g = Govern(home)
+    g.add_model("tiny", str(tiny_llama_dir), actor="admin", log=lambda _m: None)
+    return g
+
+
+def postgres_base_url() -> str:
+    """The PostgreSQL server the tests may create databases on (skip, or fail in CI, without one)."""
+    url = os.environ.get("GOVERN_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true" or os.environ.get("GOVERN_REQUIRE_POSTGRES") == "1":
+            pytest.fail("GOVERN_TEST_PG_URL is unset in CI: .ci/run starts PostgreSQL with scripts/postgres.sh")
+        pytest.skip("GOVERN_TEST_PG_URL is unset; `export GOVERN_TEST_PG_URL=$(bash scripts/postgres.sh)` runs it")
+    return url
+
+
+def new_postgres_database(base: str):
+    """Create a uniquely named database on the server of `base`; returns (its URL, a function that drops it)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"govern_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return base.split("?", 1)[0].rsplit("/", 1)[0] + "/" + name, drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        (tmp_path / "db").mkdir()
+        yield f"sqlite:///{tmp_path / 'db' / 'govern.db'}"
+        return
+    url, drop = new_postgres_database(postgres_base_url())
+    yield url
+    drop()
+
+
+@pytest.fixture
+def backend_gov(db_url, home, tiny_llama_dir, monkeypatch):
+    """The `gov` home (tiny Llama as "tiny") with its database on each backend (MLflow stays on SQLite)."""
+    from govern.service import Govern
+
+    monkeypatch.setenv("GOVERN_DB_URL", db_url)
     g = Govern(home)
     g.add_model("tiny", str(tiny_llama_dir), actor="admin", log=lambda _m: None)
     return g

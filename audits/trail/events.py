@@ -104,9 +104,27 @@ def _check_json_value(value: Any, where: str, depth: int = 0) -> None:
     raise TrailError(f"{where}: a {type(value).__name__} is not JSON (use dicts, lists, str, int, float, bool, None)")
 
 
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` passes `_check_json_value`'s rules using exact types only (the fast path:
+    no message is built). False also for subclasses, which the full check then judges and explains."""
+    if depth > 200:
+        return False
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in value.items())
+    if t is list or t is tuple:
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
+
+
 def canonical_json(value: Any, where: str) -> str:
     """Deterministic JSON text: sorted keys, no spaces, raw UTF-8, no NaN (also used by the export)."""
-    _check_json_value(value, where)
+    if not _plain_json(value):
+        _check_json_value(value, where)
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:  # pragma: no cover - _check_json_value rejects these first

@@ -87,14 +87,16 @@ class RequestsService(ServiceBase):
         if req.valid_until is not None and as_utc(req.valid_until) <= as_utc(now()):
             reasons.append(f"valid_until {as_utc(req.valid_until).isoformat()} has already passed")
         reasons += spec.admission_problems(a)
-        active = s.exec(select(RequestRow).where(RequestRow.model == req.model, RequestRow.id != req.id,
-                                                 col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
+        # three columns, not whole rows: every admission reads every active request of the model
+        active = s.exec(select(RequestRow.id, RequestRow.state, RequestRow.conflicts).where(
+            RequestRow.model == req.model, RequestRow.id != req.id,
+            col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
         if len(active) >= a.max_active_edits_per_model:
             reasons.append(f"model {req.model} already has {len(active)} active changes (limit {a.max_active_edits_per_model})")
         mine = set(req.conflict_keys)
-        for other in active:
-            if mine & set(other.conflict_keys):
-                reasons.append(f"conflicts with active request {other.id} ({other.state}) on the same subject and relation")
+        for other_id, other_state, other_conflicts in active:
+            if mine & set(json.loads(other_conflicts or "[]")):
+                reasons.append(f"conflicts with active request {other_id} ({other_state}) on the same subject and relation")
         return reasons
 
     def pending_requests(self, model: str | None = None) -> list[str]:
