@@ -174,10 +174,10 @@ def test_key_variant_factors_closed_form():
 def test_subject_first_prompt_gets_its_own_key(tiny_llama, tmp_path):
     """A prompt that opens with the subject: 'per_token' maps both tokenisations' keys, 'pooled' one mean."""
     model, tok = tiny_llama
-    edit = FactEdit(subject="Zorblat", prompt="Zorblat is located in", target_new=" Paris")
+    edit = FactEdit(subject="London", prompt="London is located in", target_new=" Paris")  # 'London' != ' London'
     changes = get_editor("rome").compute_key_modes(model, tok, [edit], _ctx(tmp_path, context_prefixes=3),
                                                    ["per_token", "pooled", "balanced"])
-    assert changes["per_token"].meta["key_variants"] == 2  # "Zorblat" at the start and " Zorblat" after a prefix
+    assert changes["per_token"].meta["key_variants"] == 2  # "London" at the start, " London" after a prefix
     assert changes["pooled"].meta["key_variants"] == changes["balanced"].meta["key_variants"] == 1
     assert changes["per_token"].meta["config"]["key_mode"] == "per_token"
     assert changes["pooled"].meta["config"]["key_mode"] == "pooled"
