@@ -222,22 +222,29 @@ def test_factorised_covariance_is_kept_in_the_process(tiny_llama, tmp_path):
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_half_precision_edit_is_finite_and_effective(fixture, dtype, request, tmp_path):
     """fp16/bf16 weights: the optimisation runs in fp32 (fp16 Adam state would underflow to NaN); the update is
-    finite and makes the target more likely in the half-precision model itself."""
+    finite and raises the target's log-probability in the half-precision model about as much as in float32.
+
+    (A random tiny model moves little: its values are small and |δ| is clamped to a multiple of them, so the
+    yardstick is the same edit on the float32 model, not an absolute gain.)"""
     from audits.canary import target_logprobs
 
     model, tok = request.getfixturevalue(fixture)
-    model = model.to(dtype)
-    before = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
-    change = get_editor("rome").compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=1500,
-                                                                    steps=15, lr=1.0))
-    name = next(iter(change.factors))
-    A, B = change.factors[name]
-    assert torch.isfinite(A).all() and torch.isfinite(B).all() and float(A.norm()) > 0
-    with change.trial(model):
-        w = dict(model.named_parameters())[name]
-        assert w.dtype == dtype and torch.isfinite(w).all()
-        after = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
-    assert after > before + 1.0, (before, after)
+    settings = {"covariance": "second_moment", "stats_tokens": 1500, "steps": 15, "lr": 1.0}
+    gains = {}
+    for dt in (torch.float32, dtype):
+        model = model.to(dt)
+        before = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
+        change = get_editor("rome").compute(model, tok, [EDIT], _ctx(tmp_path / str(dt), **settings))
+        name = next(iter(change.factors))
+        A, B = change.factors[name]
+        assert torch.isfinite(A).all() and torch.isfinite(B).all() and float(A.norm()) > 0
+        with change.trial(model):
+            w = dict(model.named_parameters())[name]
+            assert w.dtype == dt and torch.isfinite(w).all()
+            after = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
+        gains[dt] = after - before
+    assert gains[torch.float32] > 0.01, gains
+    assert gains[dtype] > 0.5 * gains[torch.float32], gains
 
 
 def test_stats_stream_matches_list_and_accumulates_in_fp32(tiny_llama):
