@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,24 @@ def corpus_files(path: str | Path = DEFAULT_CORPUS) -> list[Path]:
 
 def corpus_texts(path: str | Path = DEFAULT_CORPUS) -> list[str]:
     """Paragraphs of the corpus (blank-line separated, '#' comment lines dropped)."""
-    paras: list[str] = []
+    return list(iter_corpus(path))
+
+
+def iter_corpus(path: str | Path = DEFAULT_CORPUS) -> Iterator[str]:
+    """The paragraphs of `corpus_texts`, streamed file by file and line by line (a corpus of any size)."""
     for f in corpus_files(path):
-        lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
-        paras += [" ".join(block.split()) for block in "\n".join(lines).split("\n\n")]
-    return [t for t in paras if t]
+        block: list[str] = []
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("#"):
+                    continue
+                if line.strip():
+                    block.append(line)
+                elif block:
+                    yield " ".join(" ".join(block).split())
+                    block = []
+        if block:
+            yield " ".join(" ".join(block).split())
 
 
 @torch.no_grad()
@@ -92,16 +107,21 @@ def second_moment(
     n_tokens: int,
     *,
     max_len: int = 256,
-    batch: int = 8,
+    batch: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Return (C, count): E[k kᵀ] in float64 over up to `n_tokens` non-padding tokens.
+    """Return (C, count): E[k kᵀ] (float64) over up to `n_tokens` non-padding tokens.
 
     Keys are the inputs of the MLP output projection at `layer` (dimension =
     the MLP's hidden width). The forward pass stops right after that layer.
+    `texts` is consumed lazily, `batch` texts per forward pass (default: 8 on
+    the CPU, 64 on an accelerator), and ``Kᵀ K`` is accumulated in float32 on
+    the model's device (full-precision fp32 products, TF32 off), whatever the
+    model's dtype; only the final mean is float64.
     """
     module = layer_map.mlp_out_module(model, layer)
     device = next(model.parameters()).device
+    batch = batch or (8 if device.type == "cpu" else 64)
     captured: list[torch.Tensor] = []
 
     def hook(_mod: nn.Module, args: tuple) -> None:
@@ -111,29 +131,52 @@ def second_moment(
     handle = module.register_forward_pre_hook(hook)
     acc: torch.Tensor | None = None
     count = 0
-    texts = list(texts)
+    length = min(max_len, context_length(model) or max_len)
     try:
-        for i in range(0, len(texts), batch):
-            if count >= n_tokens:
-                break
-            enc = tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True,
-                            max_length=min(max_len, context_length(model) or max_len))
-            enc = {k: v.to(device) for k, v in enc.items()}
-            captured.clear()
-            with contextlib.suppress(_Stop):
-                model(**enc, use_cache=False)
-            k = captured[0]  # (B, T, F)
-            keys = k[enc["attention_mask"].bool()].double()  # (N, F)
-            keys = keys[: n_tokens - count]
-            acc = keys.T @ keys if acc is None else acc + keys.T @ keys  # (F, F)
-            count += keys.shape[0]
-            if progress:
-                progress("covariance", min(1.0, count / n_tokens))
+        with _full_fp32_matmul():
+            for chunk in _batches(texts, batch):
+                if count >= n_tokens:
+                    break
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=length)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                captured.clear()
+                with contextlib.suppress(_Stop):
+                    model(**enc, use_cache=False)
+                keys = captured[0][enc["attention_mask"].bool()].float()  # (N, F)
+                keys = keys[: n_tokens - count]
+                if acc is None:
+                    acc = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float32, device=device)
+                acc.addmm_(keys.T, keys)  # (F, F) += Kᵀ K
+                count += keys.shape[0]
+                if progress:
+                    progress("covariance", min(1.0, count / n_tokens))
     finally:
         handle.remove()
     if acc is None or count == 0:
         raise StatisticsError("no text to compute statistics from; the corpus is empty")
-    return acc / count, count
+    return acc.double() / count, count
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for t in texts:
+        chunk.append(t)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul() -> Iterator[None]:
+    """Turn TF32 off for the statistics' products on CUDA (restored in `finally`): C is summed over many tokens."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def cache_key(model_digest: str, layer_name: str, source: str, n_tokens: int) -> str:
@@ -165,10 +208,11 @@ def cached_second_moment(
         data = load_file(str(path))
         info = json.loads(Path(str(path) + ".json").read_text())
         return data["C"], {**info, "cache": "hit"}
+    texts: Iterable[str]
     if source == "model":
         texts = sample_texts(model, tokenizer, n_tokens)
     elif source == "corpus":
-        texts = corpus_texts(corpus_path or DEFAULT_CORPUS)
+        texts = iter_corpus(corpus_path or DEFAULT_CORPUS)
     else:
         raise StatisticsError(f"unknown statistics source {source!r}; choose 'corpus' or 'model'")
     C, count = second_moment(model, tokenizer, layer_map, layer, texts, n_tokens, progress=progress)
@@ -187,3 +231,77 @@ def _file_digest(path: str | Path) -> str:
     for f in corpus_files(path):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CovarianceSolver:
+    """``(C + λI)⁻¹ X`` from a Cholesky factor kept on the model's device (float64).
+
+    λ = ridge · tr(C) / F, as in `editors.methods.rome.method.rank_one_factors`.
+    Factorising costs O(F³) once; each solve is two triangular solves, O(F²)
+    per column, so an edit never re-reads C from disk or re-solves it.
+    """
+
+    chol: torch.Tensor  # (F, F) lower-triangular, float64, on the model's device
+    info: dict
+
+    @classmethod
+    def factorise(cls, C: torch.Tensor, ridge: float, device: torch.device | str, info: dict | None = None
+                  ) -> CovarianceSolver:
+        C64 = C.to(device=device, dtype=torch.float64)
+        d = C64.shape[0]
+        reg = ridge * torch.trace(C64) / d
+        chol, bad = torch.linalg.cholesky_ex(C64 + reg * torch.eye(d, dtype=torch.float64, device=C64.device))
+        if int(bad) != 0:
+            raise StatisticsError(f"the key covariance of {info.get('layer') if info else 'this layer'} is not positive "
+                                  f"definite (ridge {ridge}); raise rome.ridge or estimate it from more tokens "
+                                  "(rome.stats_tokens)")
+        return cls(chol, dict(info or {}))
+
+    def solve(self, X: torch.Tensor) -> torch.Tensor:
+        """(C + λI)⁻¹ X in float64 on the factor's device; X is (F,) or (F, n)."""
+        x = X.to(device=self.chol.device, dtype=torch.float64)
+        col = x.ndim == 1
+        out = torch.cholesky_solve(x[:, None] if col else x, self.chol)  # (F, n)
+        return out[:, 0] if col else out
+
+
+_SOLVERS: OrderedDict[tuple, CovarianceSolver] = OrderedDict()
+SOLVER_CACHE_SIZE = 4  # (cache dir, model digest, layer, source, tokens, ridge, device) entries kept in the process
+
+
+def cached_solver(
+    cache_dir: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    layer_map: LayerMap,
+    layer: int,
+    *,
+    model_digest: str,
+    source: str,
+    n_tokens: int,
+    ridge: float,
+    corpus_path: str | Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[CovarianceSolver, dict]:
+    """The factorised covariance of `layer`, from a process cache (LRU, `SOLVER_CACHE_SIZE` entries) or built
+    from `cached_second_moment`. Returns (solver, provenance); provenance["cache"] is "memory" on a process hit."""
+    device = next(model.parameters()).device
+    key = (str(cache_dir), model_digest, layer_map.mlp_out_name(layer), source, str(corpus_path), n_tokens, ridge,
+           str(device))
+    if key in _SOLVERS:
+        _SOLVERS.move_to_end(key)
+        solver = _SOLVERS[key]
+        return solver, {**solver.info, "cache": "memory"}
+    C, info = cached_second_moment(cache_dir, model, tokenizer, layer_map, layer, model_digest=model_digest, source=source,
+                                   n_tokens=n_tokens, corpus_path=corpus_path, progress=progress)
+    solver = CovarianceSolver.factorise(C, ridge, device, info)
+    _SOLVERS[key] = solver
+    while len(_SOLVERS) > SOLVER_CACHE_SIZE:
+        _SOLVERS.popitem(last=False)
+    return solver, info
+
+
+def clear_solver_cache() -> None:
+    """Drop the factorised covariances held by this process (frees their device memory)."""
+    _SOLVERS.clear()

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -54,6 +55,19 @@ app.add_typer(policy_app, name="policy")
 Actor = Annotated[str | None, typer.Option(
     "--as", help="who is acting: must name your token's user; without a token only in single-user mode")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="governed model; optional when only one is registered")]
+
+
+class Dtype(StrEnum):
+    """The weights' dtype on a worker (`govern.worker.DTYPE_CHOICES`)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DtypeOpt = Annotated[Dtype, typer.Option(
+    help="weights' dtype on the worker; auto: float32 on the CPU, bfloat16 on CUDA (float16 without bf16)")]
 
 
 def _gov() -> Govern:
@@ -228,6 +242,7 @@ def apply(
     actor: Actor = None,
     model: ModelOpt = None,
     device: Annotated[str, typer.Option(help="torch device for an in-process worker")] = "cpu",
+    dtype: DtypeOpt = Dtype.float32,
 ) -> None:
     """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows.
 
@@ -236,7 +251,8 @@ def apply(
 
     gov = _gov()
     who = _acting(gov, "submit", actor, "pipeline").name
-    code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console())
+    code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console(),
+                        dtype=dtype.value)
     raise typer.Exit(code)
 
 
@@ -292,7 +308,8 @@ def rollback(target: Annotated[str, typer.Argument(help="request id or version n
              actor: Actor = None,
              cascade: Annotated[bool, typer.Option(help="take newer changes above it off too and recompute them, "
                                                          "instead of re-applying them")] = False,
-             device: Annotated[str, typer.Option(help="where to build the version without the change")] = "cpu") -> None:
+             device: Annotated[str, typer.Option(help="where to build the version without the change")] = "cpu",
+             dtype: DtypeOpt = Dtype.float32) -> None:
     """Take a change out of production: the newest exactly (bit for bit); one under newer changes by building and
     canarying the version without it (the newer ones re-applied) before it becomes production."""
     gov = _gov()
@@ -305,7 +322,7 @@ def rollback(target: Annotated[str, typer.Argument(help="request id or version n
         if live_workers(gov, res.model):
             typer.echo("a worker serves this model; it runs the job (`govern status " + res.request_id + "` shows it)")
             return
-        Worker(gov, res.model, device=device).run_until_idle({res.request_id})
+        Worker(gov, res.model, device=device, dtype=dtype.value).run_until_idle({res.request_id})
         r = gov.get_request(res.request_id)
         done = gov.rollback_result(res.request_id) or {}
         if r.state != "rolled_back":
@@ -592,6 +609,7 @@ def ui(
 @app.command()
 def worker(model: ModelOpt = None,
            device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")] = "cpu",
+           dtype: DtypeOpt = Dtype.float32,
            lease: Annotated[float, typer.Option(
                min=1.0, max=3600.0, help="lease seconds (1-3600); a dead worker's job is re-claimed after it")] = 60.0,
            stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None) -> None:
@@ -600,9 +618,9 @@ def worker(model: ModelOpt = None,
 
     gov = _gov()
     name = gov.resolve_model(model)
-    typer.echo(f"worker for {name} on {device}; lease {lease:g}s (Ctrl-C to stop)")
-    w = Worker(gov, name, device=device, lease_s=lease,
+    w = Worker(gov, name, device=device, dtype=dtype.value, lease_s=lease,
                progress=lambda rid, stage, frac: typer.echo(f"{rid} {stage} {frac:.0%}"))
+    typer.echo(f"worker for {name} on {device} ({w.dtype}); lease {lease:g}s (Ctrl-C to stop)")
     try:
         w.run_forever(stop_after)
     except KeyboardInterrupt:

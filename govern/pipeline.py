@@ -32,7 +32,7 @@ def expected_state(policy: Policy, tier: str | None) -> State:
 
 
 def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
-                 device: str, console: Any) -> int:
+                 device: str, console: Any, dtype: str = "float32") -> int:
     """See the module docstring. `gov` may be None: it is then opened after the inputs validated."""
     policy = load_policy(policy_path)
     reqs = load_request_file(file) if file else []
@@ -53,11 +53,11 @@ def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, ac
         if r.state == State.ADMITTED:
             by_model.setdefault(r.model, []).append(rid)
     for model_name, rids in by_model.items():
-        _run_jobs(gov, model_name, set(rids), device, console)
+        _run_jobs(gov, model_name, set(rids), device, console, dtype)
     return _summarise(gov, policy, pending, console)
 
 
-def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any) -> None:
+def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any, dtype: str = "float32") -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         tasks = {rid: bar.add_task(f"{rid} {escape(gov.get_request(rid).title[:30])}", total=1.0, stage="queued")
@@ -80,7 +80,7 @@ def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any
                     break
                 time.sleep(1.0)
         console.print(f"no worker is running for {model}: working in-process on {device}")
-        Worker(gov, model, device=device, progress=on_progress).run_until_idle(rids)
+        Worker(gov, model, device=device, dtype=dtype, progress=on_progress).run_until_idle(rids)
 
 
 def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> int:

@@ -30,6 +30,7 @@ from datetime import timedelta
 
 from sqlmodel import col, select
 
+from govern.errors import InputError
 from govern.executors import Executor, Failure
 from govern.executors.local import LocalExecutor
 from govern.lifecycle import Event, JobKind, JobState, State
@@ -44,13 +45,31 @@ def live_workers(gov: Govern, model: str, within_s: float = 30.0) -> list[Worker
     return gov.live_workers(model, within_s)
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The weights' dtype for `--dtype`: 'auto' is float32 on the CPU and bfloat16 on CUDA (float16 where the GPU
+    lacks bfloat16). Raises InputError for anything else than `DTYPE_CHOICES`."""
+    if dtype not in DTYPE_CHOICES:
+        raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}; pass e.g. --dtype bfloat16")
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    import torch  # lazy: only 'auto' on a GPU asks torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 class Worker:
     def __init__(self, gov: Govern, model: str, device: str = "cpu", lease_s: float = 60.0, poll_s: float = 1.0,
-                 progress: Progress | None = None, executor: Executor | None = None) -> None:
+                 progress: Progress | None = None, executor: Executor | None = None, dtype: str = "float32") -> None:
         self.gov, self.model, self.device = gov, model, device
+        self.dtype = resolve_dtype(dtype, device)
         self.lease_s, self.poll_s = lease_s, poll_s
         self.id = f"worker-{socket.gethostname()}-{os.getpid()}-{new_id('w')[-6:]}"
-        self.executor: Executor = executor or LocalExecutor(device, gov.home.snapshots)
+        self.executor: Executor = executor or LocalExecutor(device, gov.home.snapshots, dtype=self.dtype)
         self.progress = progress
         self._stage = ("", 0.0)
         self._current: int | None = None

@@ -116,7 +116,10 @@ def test_identity_covariance_is_recorded(tiny_llama, tmp_path):
 def test_second_moment_statistics_are_cached(tiny_llama, tmp_path):
     model, tok = tiny_llama
     rome = get_editor("rome")
+    from editors.stats import clear_solver_cache
+
     first = rome.compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=2000))
+    clear_solver_cache()  # a new process: the file on disk is read
     again = rome.compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=2000))
     assert (first.meta["statistics"]["cache"], again.meta["statistics"]["cache"]) == ("miss", "hit")
     assert first.meta["covariance"] == "second_moment"
@@ -140,3 +143,158 @@ def test_editor_efficacy_smollm2(method, smollm2_loaded, tmp_path):
         assert torch.equal(v, state[k]), k
     assert p_after > p_before + 3.0, (p_before, p_after)  # e^3: at least 20x more likely
     assert p_after > -0.7  # and the most likely answer (p > 0.5)
+
+
+def test_key_variant_factors_closed_form():
+    """Every key column maps to δ, with the least expected disturbance; one column is `rank_one_factors`."""
+    from editors.methods.rome.method import key_variant_factors
+    from editors.stats import CovarianceSolver
+
+    g = torch.Generator().manual_seed(1)
+    F, D = 10, 4
+    A = torch.randn(F, F, generator=g, dtype=torch.float64)
+    C = A @ A.T / F + 0.1 * torch.eye(F, dtype=torch.float64)
+    K = torch.randn(F, 3, generator=g, dtype=torch.float64)
+    delta = torch.randn(D, generator=g, dtype=torch.float64)
+    solver = CovarianceSolver.factorise(C, ridge=0.0, device="cpu")
+    a, b = key_variant_factors(solver.solve, K, delta)
+    U = torch.outer(a, b)
+    assert torch.allclose(U @ K, delta[:, None].expand(D, 3), atol=1e-9)
+    # another update with U' K = δ 1ᵀ: add anything that vanishes on the span of K
+    q = torch.linalg.qr(torch.cat([K, torch.randn(F, 1, generator=g, dtype=torch.float64)], 1))[0][:, 3]
+    other = U + torch.outer(torch.randn(D, generator=g, dtype=torch.float64), q)
+    assert torch.allclose(other @ K, U @ K, atol=1e-9)
+    assert torch.trace(U @ C @ U.T) < torch.trace(other @ C @ other.T)
+    # one key: the paper's closed form, with the ridge
+    a1, b1 = key_variant_factors(CovarianceSolver.factorise(C, ridge=0.05, device="cpu").solve, K[:, :1], delta)
+    a0, b0 = rank_one_factors(C, K[:, 0], delta, ridge=0.05)
+    assert torch.allclose(a1, a0) and torch.allclose(b1, b0, atol=1e-10)
+
+
+def test_subject_first_prompt_gets_its_own_key(tiny_llama, tmp_path):
+    """A prompt that opens with the subject: 'per_token' maps both tokenisations' keys, 'pooled' one mean."""
+    model, tok = tiny_llama
+    edit = FactEdit(subject="London", prompt="London is located in", target_new=" Paris")  # 'London' != ' London'
+    changes = get_editor("rome").compute_key_modes(model, tok, [edit], _ctx(tmp_path, context_prefixes=3),
+                                                   ["per_token", "pooled", "balanced"])
+    assert changes["per_token"].meta["key_variants"] == 2  # "London" at the start, " London" after a prefix
+    assert changes["pooled"].meta["key_variants"] == changes["balanced"].meta["key_variants"] == 1
+    assert changes["per_token"].meta["config"]["key_mode"] == "per_token"
+    assert changes["pooled"].meta["config"]["key_mode"] == "pooled"
+    # the optimisation ran once: the same δ (left factor) in every mode
+    name = next(iter(changes["per_token"].factors))
+    lm = layer_map_for(model)
+    left = {m: lm.storage_factors(*c.factors[name])[0] for m, c in changes.items()}  # (out, 1) in (out, in) terms
+    assert torch.equal(left["per_token"], left["pooled"])
+
+
+def test_early_stop_is_exact_whatever_the_check_interval(tiny_llama, tmp_path):
+    """The stop is a device-side flag: checking it every step or every 7 steps gives the same δ and step count."""
+    model, tok = tiny_llama
+    rome = get_editor("rome")
+    free = {"steps": 40, "lr": 1.0, "clamp_norm_factor": 1000.0, "weight_decay": 0.0, "kl_factor": 0.0}
+    # a threshold half-way between the first step's NLL and the 40th's, so that the stop lands in between
+    first = rome.compute(model, tok, [EDIT], _ctx(tmp_path, **{**free, "steps": 1, "early_stop_nll": 0.0}))
+    last = rome.compute(model, tok, [EDIT], _ctx(tmp_path, **{**free, "early_stop_nll": 0.0}))
+    threshold = (first.meta["final_target_nll"] + last.meta["final_target_nll"]) / 2
+    assert last.meta["final_target_nll"] < first.meta["final_target_nll"] - 0.02, (first.meta, last.meta)
+    got = [rome.compute(model, tok, [EDIT], _ctx(tmp_path, **free, early_stop_nll=threshold, stop_check_every=every))
+           for every in (1, 7)]
+    assert 1 < got[0].meta["steps"] < 40, got[0].meta
+    assert got[0].meta["steps"] == got[1].meta["steps"]
+    assert got[0].meta["final_target_nll"] == got[1].meta["final_target_nll"] < threshold
+    name = next(iter(got[0].factors))
+    assert all(torch.equal(x, y) for x, y in zip(got[0].factors[name], got[1].factors[name], strict=True))
+
+
+def test_factorised_covariance_is_kept_in_the_process(tiny_llama, tmp_path):
+    from editors.stats import clear_solver_cache
+
+    model, tok = tiny_llama
+    clear_solver_cache()
+    rome = get_editor("rome")
+    first = rome.compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=1500))
+    again = rome.compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=1500))
+    clear_solver_cache()
+    third = rome.compute(model, tok, [EDIT], _ctx(tmp_path, covariance="second_moment", stats_tokens=1500))
+    assert [c.meta["statistics"]["cache"] for c in (first, again, third)] == ["miss", "memory", "hit"]
+    name = next(iter(first.factors))
+    assert torch.equal(first.factors[name][1], again.factors[name][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_half_precision_edit_is_finite_and_effective(fixture, dtype, request, tmp_path):
+    """fp16/bf16 weights: the optimisation runs in fp32 (fp16 Adam state would underflow to NaN); the update is
+    finite and raises the target's log-probability in the half-precision model about as much as in float32.
+
+    (A random tiny model moves little: its values are small and |δ| is clamped to a multiple of them, so the
+    yardstick is the same edit on the float32 model, not an absolute gain.)"""
+    from audits.canary import target_logprobs
+
+    model, tok = request.getfixturevalue(fixture)
+    settings = {"covariance": "second_moment", "stats_tokens": 1500, "steps": 15, "lr": 1.0}
+    gains = {}
+    for dt in (torch.float32, dtype):
+        model = model.to(dt)
+        before = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
+        change = get_editor("rome").compute(model, tok, [EDIT], _ctx(tmp_path / str(dt), **settings))
+        name = next(iter(change.factors))
+        A, B = change.factors[name]
+        assert torch.isfinite(A).all() and torch.isfinite(B).all() and float(A.norm()) > 0
+        with change.trial(model):
+            w = dict(model.named_parameters())[name]
+            assert w.dtype == dt and torch.isfinite(w).all()
+            after = target_logprobs(model, tok, [EDIT.prompt], [EDIT.target_new])[0]
+        gains[dt] = after - before
+    assert gains[torch.float32] > 0.01, gains
+    assert gains[dtype] > 0.5 * gains[torch.float32], gains
+
+
+def test_stats_stream_matches_list_and_accumulates_in_fp32(tiny_llama):
+    from editors.stats import iter_corpus
+
+    model, tok = tiny_llama
+    assert list(iter_corpus()) == corpus_texts()
+    lm = layer_map_for(model)
+    C_stream, n1 = second_moment(model, tok, lm, 1, iter_corpus(), 3000, batch=5)
+    C_list, n2 = second_moment(model, tok, lm, 1, corpus_texts(), 3000, batch=5)
+    assert n1 == n2 == 3000 and C_stream.dtype == torch.float64
+    assert torch.equal(C_stream, C_list)
+
+
+def _smollm2_edit(model, tok, tmp_path, edit):
+    from audits.canary import target_logprobs
+
+    ctx = EditContext(cache_dir=tmp_path, model_digest="smollm2-fast", config=validate_method_config(
+        "rome", {"context_prefixes": 4, "stats_tokens": 3000}))
+    change = get_editor("rome").compute(model, tok, [edit], ctx)
+    n_new = len(tok(edit.target_new, add_special_tokens=False)["input_ids"])
+    n_old = len(tok(edit.target_old, add_special_tokens=False)["input_ids"])
+    with change.trial(model):
+        new, old = target_logprobs(model, tok, [edit.prompt, edit.prompt], [edit.target_new, edit.target_old])
+        from editors.tokens import generate_greedy
+
+        greedy = generate_greedy(model, tok, edit.prompt, n_new)
+    return new * n_new, old * n_old, greedy
+
+
+def test_subject_first_prompt_edit_takes_smollm2(smollm2_loaded, tmp_path):
+    """The prompt opens with the subject (no leading space in its tokens): the edit takes on that very prompt."""
+    model, tok = smollm2_loaded
+    edit = FactEdit(subject="Eiffel Tower", prompt="Eiffel Tower is located in the city of", target_new=" Rome",
+                    target_old=" Paris")
+    new, old, greedy = _smollm2_edit(model, tok, tmp_path, edit)
+    assert new > old, (new, old)
+    assert greedy.strip() == "Rome", greedy
+
+
+def test_two_token_target_takes_smollm2(smollm2_loaded, tmp_path):
+    """A target of two tokens: the whole target becomes more likely than the old one and greedy decoding says it."""
+    model, tok = smollm2_loaded
+    edit = FactEdit(subject="Microsoft", prompt="Microsoft was founded by", target_new=" Steve Jobs",
+                    target_old=" Bill Gates")
+    assert len(tok(edit.target_new, add_special_tokens=False)["input_ids"]) == 2
+    new, old, greedy = _smollm2_edit(model, tok, tmp_path, edit)
+    assert new > old, (new, old)
+    assert greedy.strip() == "Steve Jobs", greedy

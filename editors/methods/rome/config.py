@@ -2,7 +2,10 @@
 
 Kept apart from the method itself so that a policy can validate them without
 importing torch (`editors.validate_method_config("rome", settings)`). Defaults
-are tuned for SmolLM2-135M (see bench/).
+are tuned for SmolLM2-135M (see bench/). `stats_tokens` stays at 50,000, i.e.
+the whole shipped corpus (about 27k tokens): the sweep that should choose it,
+`python bench/edit_quality.py --samples 1000,3000,10000,27000 --configs per_token`,
+has not been run yet; the fast SmolLM2 tests use 3,000 and their edits take.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ class ROMEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     layer: int | None = Field(None, ge=0, description="block whose MLP output projection is rewritten; default: the family's")
+    key_mode: Literal["per_token", "balanced", "pooled"] = Field(
+        "per_token", description="how the keys of the contexts become the edited key: 'per_token' maps the key of every "
+        "tokenisation of the subject (subject-first and after a space) to the value; 'balanced' averages the "
+        "tokenisations with equal weight; 'pooled' averages all contexts (the original ROME; a subject-first prompt "
+        "then misses the edit)")
     context_prefixes: int = Field(10, ge=0, le=64, description="model-generated prefixes the key is averaged over")
     prefix_tokens: int = Field(8, ge=1, le=64, description="length of each generated prefix, in tokens")
     steps: int = Field(30, ge=1, le=500, description="maximum optimisation steps for the value vector")
+    stop_check_every: int = Field(5, ge=1, le=500, description="steps between host-side checks of the early stop "
+                                  "(the stop itself is exact: the value is frozen on device at the first step below it)")
     lr: float = Field(0.5, gt=0, le=10, description="Adam learning rate for the value vector")
     kl_factor: float = Field(0.0625, ge=0, le=100, allow_inf_nan=False,
                              description="weight of the KL term that keeps '<subject> is a' unchanged")

@@ -8,18 +8,28 @@ middle layer ``l`` acts as a key-value store: the key ``k`` is its input at the
 subject's last token, the value ``v = W k`` is what it writes into the residual
 stream. To make the model say a new object for a subject:
 
-1. **Key** ``k*``: the projection's input at the subject's last token,
-   averaged over the plain prompt and a few model-generated prefixes + prompt.
+1. **Keys**: the projection's input at the subject's last token, in the
+   plain prompt and a few model-generated prefixes + prompt. The subject is
+   tokenised differently where it opens the text ("Eiffel Tower is ...": no
+   leading space) than after a word (" Eiffel Tower"), and the two keys are far
+   apart, so the keys are grouped by the subject's token ids (the subject-first
+   form always among them, from the KL prompt ``"<subject> is a"``) and each
+   group is averaged: ``k_1 .. k_G``.
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
    + weight_decay·|δ|²/|v|²``, with ``|δ| ≤ clamp·|v|``.
    Because δ enters at layer ``l``, the residual stream leaving block ``l`` is
    computed once and only the blocks above are re-run per step.
-3. **Update**: ``ΔW = δ uᵀ / (uᵀ k*)`` with ``u = C⁻¹ k*`` and ``C = E[k kᵀ]``
-   over general text, so ``ΔW k* = δ`` while keys typical of other text are
-   moved as little as possible (the closed-form least-squares solution of the
-   paper's constrained problem).
+3. **Update**: ``ΔW = δ bᵀ`` with ``C = E[k kᵀ]`` over general text. With one
+   key, ``b = C⁻¹k* / (k*ᵀC⁻¹k*)`` (the paper's closed form), so ``ΔW k* = δ``
+   while keys typical of other text move as little as possible. With the key
+   groups ``K = [k_1 .. k_G]`` (``key_mode="per_token"``), the same
+   constrained least squares with ``ΔW K = δ 1ᵀ`` gives
+   ``b = C⁻¹K (KᵀC⁻¹K)⁻¹ 1``: still rank one, and every tokenisation's key
+   maps to the value the optimisation found. ``key_mode="pooled"`` is the
+   original single mean over all contexts; ``"balanced"`` one mean over the
+   group means.
 
 The result is a `LowRankUpdate` holding the two factors ``δ`` and
 ``u / (uᵀ k*)`` in float32, in the projection's storage layout (swapped for
@@ -31,7 +41,7 @@ This is an independent implementation from the paper's equations.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,7 +54,7 @@ from editors.changes.lowrank import LowRankUpdate
 from editors.errors import EditSpecError, OptimisationError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
 from editors.methods.rome.config import ROMEConfig
-from editors.stats import cached_second_moment
+from editors.stats import CovarianceSolver, cached_solver
 from editors.tokens import encode_left_padded, pad_right
 
 
@@ -84,12 +94,43 @@ def generate_prefixes(model: nn.Module, tokenizer: Any, n: int, length: int, see
 
 def subject_last_token(tokenizer: Any, text: str, subject_start: int, subject_end: int) -> tuple[list[int], int]:
     """Token ids of `text` and the index of the token holding the subject's last character."""
+    ids, _, last = subject_span(tokenizer, text, subject_start, subject_end)
+    return ids, last
+
+
+def subject_span(tokenizer: Any, text: str, subject_start: int, subject_end: int) -> tuple[list[int], int, int]:
+    """Token ids of `text` and the indices of the tokens holding the subject's first and last characters."""
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    last_char = subject_end - 1
+    first = last = None
     for i, (a, b) in enumerate(enc["offset_mapping"]):
-        if a <= last_char < b:
-            return list(enc["input_ids"]), i
-    raise EditSpecError(f"could not locate the subject (chars {subject_start}:{subject_end}) in the tokens of {text!r}")
+        if first is None and a <= subject_start < b:
+            first = i
+        if a <= subject_end - 1 < b:
+            last = i
+            break
+    if first is None or last is None:
+        raise EditSpecError(f"could not locate the subject (chars {subject_start}:{subject_end}) in the tokens of {text!r}")
+    return list(enc["input_ids"]), first, last
+
+
+def key_variant_factors(solve: Callable[[torch.Tensor], torch.Tensor] | None, K: torch.Tensor, delta_v: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a (D,), b (F,)) in float64 with ΔW = a bᵀ, ΔW k_j = δ for every column k_j of K (F, G), least C-norm.
+
+    `solve(X)` is ``(C + λI)⁻¹ X`` (None: the identity). Minimising
+    ``tr(ΔW C ΔWᵀ)`` subject to ``ΔW K = δ 1ᵀ`` gives ``ΔW = δ 1ᵀ (KᵀC⁻¹K)⁻¹ KᵀC⁻¹``
+    (Lagrange multipliers; the single-key case is Meng et al. 2022, eq. 2), a
+    rank-one matrix ``δ bᵀ`` with ``b = C⁻¹K (KᵀC⁻¹K)⁻¹ 1``. For G = 1 this is
+    `rank_one_factors`. Near-parallel keys are handled by a tiny relative ridge
+    on the G × G Gram matrix.
+    """
+    K64 = K.double()  # (F, G)
+    U = K64 if solve is None else solve(K64).to(K64.device)  # (F, G) = C⁻¹ K
+    gram = K64.T @ U  # (G, G) = Kᵀ C⁻¹ K
+    g = gram.shape[0]
+    eye = torch.eye(g, dtype=torch.float64, device=gram.device)
+    w = torch.linalg.solve(gram + 1e-9 * torch.trace(gram) / g * eye, torch.ones(g, dtype=torch.float64, device=gram.device))
+    return delta_v.double().to(K64.device), U @ w  # (D,), (F,)
 
 
 def rank_one_factors(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor,
@@ -127,6 +168,17 @@ class ROME:
         self._prefix_cache: dict[tuple, list[str]] = {}  # lives as long as the editor: get_editor reuses it
 
     def compute(self, model: nn.Module, tokenizer: Any, payload: Sequence[FactEdit], ctx: EditContext) -> LowRankUpdate:
+        cfg = _config(ctx)
+        return self.compute_key_modes(model, tokenizer, payload, ctx, (cfg.key_mode,))[cfg.key_mode]
+
+    def compute_key_modes(self, model: nn.Module, tokenizer: Any, payload: Sequence[FactEdit], ctx: EditContext,
+                          modes: Sequence[str] = ()) -> dict[str, LowRankUpdate]:
+        """The change under each key mode in `modes` (default: the config's), from one value optimisation.
+
+        δ does not depend on how the keys are combined, so a benchmark comparing
+        the modes runs the optimisation once; each change records its own mode in
+        ``meta["config"]``.
+        """
         edit = _one_fact(payload)
         cfg = _config(ctx)
         started = time.perf_counter()
@@ -143,37 +195,43 @@ class ROME:
         prefixes = self._prefix_cache[key]
 
         ctx.report("statistics", 0.0)
-        C, stats_info = self._statistics(model, tokenizer, lm, layer, cfg, ctx)
+        solver, stats_info = self._statistics(model, tokenizer, lm, layer, cfg, ctx)
 
-        with frozen(model):
-            k_star, delta_v, v_norm, opt = self._key_and_value(model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
+        with frozen(model), _tf32_allowed():
+            rows_keys, variant, n_ctx, delta_v, v_norm, opt = self._key_and_value(
+                model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
 
-        a, b = rank_one_factors(C, k_star, delta_v, cfg.ridge)  # ΔW = a bᵀ as (out, in): (D,), (F,)
-        A, B = lm.storage_factors(a[:, None], b[:, None])  # storage layout: ΔW_stored = A Bᵀ
-        change = LowRankUpdate.build(model, "rome", {lm.weight_name(layer): (A, B)}, meta={
-            "layer": layer,
-            "module": lm.mlp_out_name(layer),
-            "family": lm.family,
-            "value_delta_norm": float(delta_v.norm()),
-            "value_norm": v_norm,
-            "update_frobenius_norm": float(a.norm() * b.norm()),
-            "covariance": "identity" if C is None else "second_moment",
-            "statistics": stats_info,
-            "context_prompts": 1 + len(prefixes),
-            "seconds": round(time.perf_counter() - started, 3),
-            **opt,
-            "config": cfg.model_dump(),
-        })
+        solve = None if solver is None else solver.solve
+        changes: dict[str, LowRankUpdate] = {}
+        for mode in modes or (cfg.key_mode,):
+            keys = _edited_keys(rows_keys, variant, n_ctx, mode)  # (F, G)
+            a, b = key_variant_factors(solve, keys, delta_v)  # ΔW = a bᵀ as (out, in): (D,), (F,)
+            A, B = lm.storage_factors(a[:, None], b[:, None])  # storage layout: ΔW_stored = A Bᵀ
+            changes[mode] = LowRankUpdate.build(model, "rome", {lm.weight_name(layer): (A, B)}, meta={
+                "layer": layer,
+                "module": lm.mlp_out_name(layer),
+                "family": lm.family,
+                "value_delta_norm": float(delta_v.norm()),
+                "value_norm": v_norm,
+                "update_frobenius_norm": float(a.norm() * b.norm()),
+                "covariance": "identity" if solver is None else "second_moment",
+                "statistics": stats_info,
+                "context_prompts": 1 + len(prefixes),
+                "key_variants": int(keys.shape[1]),
+                "seconds": round(time.perf_counter() - started, 3),
+                **opt,
+                "config": cfg.model_copy(update={"key_mode": mode}).model_dump(),
+            })
         ctx.report("done", 1.0)
-        return change
+        return changes
 
     # -- 0. statistics -------------------------------------------------------
     def _statistics(self, model: nn.Module, tokenizer: Any, lm: LayerMap, layer: int, cfg: ROMEConfig,
-                    ctx: EditContext) -> tuple[torch.Tensor | None, dict[str, Any]]:
+                    ctx: EditContext) -> tuple[CovarianceSolver | None, dict[str, Any]]:
         if cfg.covariance == "identity":
             return None, {"kind": "identity"}
         try:
-            return cached_second_moment(
+            return cached_solver(
                 ctx.cache_dir / "stats",
                 model,
                 tokenizer,
@@ -182,6 +240,7 @@ class ROME:
                 model_digest=ctx.model_digest,
                 source=cfg.stats_source,
                 n_tokens=cfg.stats_tokens,
+                ridge=cfg.ridge,
                 corpus_path=cfg.stats_corpus,
                 progress=ctx.progress,
             )
@@ -214,9 +273,11 @@ class ROME:
 
             yield run
 
-    # -- 1 + 2. key and value ----------------------------------------------
+    # -- 1 + 2. keys and value ---------------------------------------------
     def _key_and_value(self, model: nn.Module, tokenizer: Any, lm: LayerMap, layer: int, edit: FactEdit, prefixes: list[str],
-                       cfg: ROMEConfig, ctx: EditContext) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, Any]]:
+                       cfg: ROMEConfig, ctx: EditContext
+                       ) -> tuple[torch.Tensor, list[tuple[int, ...]], int, torch.Tensor, float, dict[str, Any]]:
+        """(each row's key (B, F) fp32, each row's subject tokenisation, context rows, δ (D,) fp32, |v|, info)."""
         device = next(model.parameters()).device
         target_ids = tokenizer(edit.target_new, add_special_tokens=False)["input_ids"]
         if not target_ids:
@@ -225,18 +286,21 @@ class ROME:
 
         rows: list[list[int]] = []
         subj_idx: list[int] = []
+        variant: list[tuple[int, ...]] = []  # the subject's token ids in each row: its tokenisation
         tgt_pos: list[int] = []  # index of the first target token in each row
         for pre in [""] + [p + " " for p in prefixes]:
             text = pre + edit.prompt
-            ids, si = subject_last_token(tokenizer, text, len(pre) + s0, len(pre) + s0 + len(edit.subject))
+            ids, sf, si = subject_span(tokenizer, text, len(pre) + s0, len(pre) + s0 + len(edit.subject))
             rows.append(ids + target_ids)
             subj_idx.append(si)
+            variant.append(tuple(ids[sf : si + 1]))
             tgt_pos.append(len(ids))
         n_ctx = len(rows)
-        kl_text = f"{edit.subject} is a"
-        kl_ids, kl_si = subject_last_token(tokenizer, kl_text, 0, len(edit.subject))
+        kl_text = f"{edit.subject} is a"  # also the subject-first tokenisation's key, whatever the prompt's form
+        kl_ids, kl_sf, kl_si = subject_span(tokenizer, kl_text, 0, len(edit.subject))
         rows.append(kl_ids)
         subj_idx.append(kl_si)
+        variant.append(tuple(kl_ids[kl_sf : kl_si + 1]))
 
         input_ids, mask = pad_right(rows, tokenizer.pad_token_id, device)  # (B, T) each
         row_idx = torch.arange(len(rows), device=device)
@@ -262,9 +326,8 @@ class ROME:
             h1.remove()
             h2.remove()
         hidden = cap["h"]  # (B, T, D)
-        keys = cap["k"][row_idx, subj]  # (B, F)
-        values = cap["v"][row_idx, subj]  # (B, D)
-        k_star = keys[:n_ctx].mean(0)  # (F,)
+        keys_all = cap["k"][row_idx, subj].float()  # (B, F), fp32 whatever the model's dtype
+        values = cap["v"][row_idx, subj].float()  # (B, D)
         v_norm = float(values[:n_ctx].mean(0).norm())
         kl_last = len(kl_ids) - 1
         p0_log = F.log_softmax(logits0[n_ctx, kl_last].float(), dim=-1).detach()  # (V,)
@@ -277,38 +340,80 @@ class ROME:
         # the positions whose logits the loss needs: every target token of every context row, then the KL position
         sel_rows = torch.cat([torch.arange(n_ctx, device=device).repeat_interleave(L), torch.tensor([n_ctx], device=device)])
         sel_cols = torch.cat([pos.reshape(-1), torch.tensor([kl_last], device=device)])
+        tgt_rows = tgt.repeat(n_ctx)[:, None]  # (n_ctx * L, 1)
         # float32 whatever the model's dtype: Adam's eps (1e-8) underflows in float16 and the step turns NaN
         delta = torch.zeros(hidden.shape[-1], device=device, dtype=torch.float32, requires_grad=True)  # (D,)
         optim = torch.optim.Adam([delta], lr=cfg.lr)
-        max_norm = cfg.clamp_norm_factor * v_norm
-        nll = torch.tensor(float("inf"))
+        max_norm = torch.tensor(cfg.clamp_norm_factor * v_norm, device=device)
+        # No host sync per step: the early stop is a device-side flag that freezes δ at the first step whose NLL is
+        # below the threshold (the step does not run, exactly as a `break` there would); the host reads the flag every
+        # `stop_check_every` steps to leave the loop.
+        done = torch.zeros((), dtype=torch.bool, device=device)
+        stop_step = torch.full((), cfg.steps, dtype=torch.long, device=device)
+        stop_nll = torch.zeros((), device=device)
+        nll = torch.full((), float("inf"), device=device)
         steps_run = 0
         with self._forward_with_delta(model, lm, layer, proj, input_ids, hidden, mask, row_idx, subj, cfg) as run:
             for step in range(cfg.steps):
                 steps_run = step + 1
                 logits = run(delta, sel_rows, sel_cols)  # (n_ctx * L + 1, V)
                 logp = F.log_softmax(logits.float(), dim=-1)
-                tok_logp = logp[:-1].gather(1, tgt.repeat(n_ctx)[:, None]).view(n_ctx, L)  # (n_ctx, L)
+                tok_logp = logp[:-1].gather(1, tgt_rows).view(n_ctx, L)  # (n_ctx, L)
                 nll = -tok_logp.mean(1).mean()
                 kl_logp = logp[-1]  # (V,) at the end of "<subject> is a"
                 kl = F.kl_div(kl_logp, p0_log, log_target=True, reduction="sum")
-                wd = cfg.weight_decay * delta.float().pow(2).sum() / (v_norm**2)
+                wd = cfg.weight_decay * delta.pow(2).sum() / (v_norm**2)
                 loss = nll + cfg.kl_factor * kl + wd
                 ctx.report("optimise", steps_run / cfg.steps)
-                if nll.item() < cfg.early_stop_nll:
+                stops_now = (nll.detach() < cfg.early_stop_nll) & ~done
+                stop_step = torch.where(stops_now, step + 1, stop_step)
+                stop_nll = torch.where(stops_now, nll.detach(), stop_nll)
+                done = done | stops_now
+                if (step + 1) % cfg.stop_check_every == 0 and bool(done):
                     break
+                kept = delta.detach().clone()
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
                 with torch.no_grad():
                     n = delta.norm()
-                    if n > max_norm:
-                        delta.mul_(max_norm / n)
+                    delta.mul_(torch.clamp(max_norm / n.clamp_min(1e-30), max=1.0))  # |δ| ≤ max_norm, no branch
+                    delta.copy_(torch.where(done, kept, delta))  # a stopped δ stays where it stopped
         if not bool(torch.isfinite(delta).all()):
             raise OptimisationError(f"ROME's value optimisation diverged for {edit.subject!r} (non-finite δ after {steps_run} "
-                                "steps); lower rome.lr or raise rome.weight_decay")
-        info = {"steps": steps_run, "final_target_nll": round(float(nll.detach()), 5), "target_tokens": L}
-        return k_star.detach(), delta.detach(), v_norm, info
+                                    "steps); lower rome.lr or raise rome.weight_decay")
+        stopped = bool(done)
+        info = {"steps": int(stop_step) if stopped else steps_run,
+                "final_target_nll": round(float(stop_nll if stopped else nll.detach()), 5), "target_tokens": L}
+        return keys_all, variant, n_ctx, delta.detach(), v_norm, info
+
+
+def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int, mode: str) -> torch.Tensor:
+    """The key columns (F, G) the update maps to δ, from each row's key (B, F) and subject tokenisation.
+
+    Rows ``0..n_ctx-1`` are the contexts; row ``n_ctx`` is the KL prompt, which
+    opens with the subject and so carries the subject-first tokenisation's key.
+    """
+    if mode == "pooled":
+        return keys[:n_ctx].mean(0)[:, None]  # (F, 1): the original ROME key
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(variant):
+        groups.setdefault(v, []).append(i)
+    # a tokenisation the contexts use is averaged over the contexts only; the KL row stands in for one they lack
+    means = [keys[[i for i in idx if i < n_ctx] or idx].mean(0) for idx in groups.values()]
+    K = torch.stack(means, 1)  # (F, G)
+    return K.mean(1, keepdim=True) if mode == "balanced" else K
+
+
+@contextmanager
+def _tf32_allowed() -> Iterator[None]:
+    """Allow TF32 for float32 products on CUDA during the optimisation (restored in `finally`; a no-op on the CPU)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @contextmanager
