@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +15,19 @@ from audits.trail import ExportFormat, VerifyResult, export_events, read_export,
 from govern.errors import InputError
 from govern.services.base import ServiceBase
 from govern.store import WorkerRow, as_utc
+
+
+def process_gone(w: WorkerRow) -> bool:
+    """A registered worker whose process on this host no longer exists (killed without unregistering)."""
+    if not w.id.startswith(f"worker-{socket.gethostname()}-"):
+        return False  # another host: only its heartbeat and lease tell
+    try:
+        os.kill(w.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class AuditService(ServiceBase):
@@ -67,7 +82,7 @@ class AuditService(ServiceBase):
             if model:
                 q = q.where(WorkerRow.model == model)
             rows = list(s.exec(q).all())
-        return [w for w in rows if as_utc(w.heartbeat_at) >= cutoff]
+        return [w for w in rows if as_utc(w.heartbeat_at) >= cutoff and not process_gone(w)]
 
     def record_monitor_check(self, model: str, version: int, policy: str, metrics: dict[str, Any],
                              triggers: list[dict[str, Any]]) -> None:
