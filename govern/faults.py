@@ -27,6 +27,7 @@ POINTS = (
     "worker.after_claim",  # a job is leased, nothing computed
     "executor.after_change_saved",  # the change file exists, no database row names it yet
     "commit.before_tx",  # the outcome is computed and checked, the commit transaction not begun
+    "decision.after_commit",  # a decision (apply, review, promotion, rollback) is committed; MLflow not yet told
     "reconcile.after_run",  # an MLflow run was logged, the database does not name it yet
     "reconcile.after_version",  # an MLflow model version exists, the database does not name it yet
     "change.save",  # a change file is being written (ENOSPC here models a full disk)

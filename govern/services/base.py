@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from govern import faults
 from govern.anchors import HeadFile
 from govern.deploy.runner import deliver
 from govern.home import Home
+from govern.reconcile import WAITING_FOR_MLFLOW, reconcile_model
 from govern.registry import Registry
 from govern.store import Store
 
@@ -60,8 +62,7 @@ class ServiceBase:
         request's job shows "waiting for MLflow", and the next reconcile (worker
         start, `govern monitor`, `govern reconcile`) finishes what is missing.
         """
-        from govern.reconcile import WAITING_FOR_MLFLOW, reconcile_model
-
+        faults.point("decision.after_commit")
         try:
             reconcile_model(self, model, certificates=False)  # type: ignore[arg-type]  # self is the whole Govern
         except Exception as e:  # noqa: BLE001 - the decision stands; the failure is visible and audited
