@@ -45,7 +45,7 @@ def test_check_anchors_cases():
     lagging = Anchor(seq=3, head_hash=ev[2].hash, count=3, where="MLflow run r")
     assert check_anchors(ev, [lagging]) is None
     assert check_anchors(ev[:2], [lagging]) is not None
-    rewritten = _chain(5)[:2] + [make_event(_chain(5)[1], ts="2026-12-01T00:00:00+00:00", actor="m", action="x",
+    rewritten = [*_chain(5)[:2], make_event(_chain(5)[1], ts="2026-12-01T00:00:00+00:00", actor="m", action="x",
                                             subject="z", payload={})]
     bad = check_anchors(rewritten, [lagging])
     assert bad is not None and bad.first_bad_seq == 3 and "rewritten" in (bad.reason or "")
