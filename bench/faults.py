@@ -70,7 +70,8 @@ methods:
 PHASES: dict[str, list[str]] = {
     "submit": ["tx.before_commit", "tx.after_commit", "random"],
     "apply": ["worker.after_claim", "executor.after_change_saved", "random"],
-    "canary": ["stage:canary", "stage:optimise", "random"],  # killed by the bench when the job shows that stage
+    # killed by the bench when the job shows that stage (published by the heartbeat, so "" means the first one shown)
+    "canary": ["stage:canary", "stage:", "random"],
     "commit": ["commit.before_tx", "decision.after_commit", "reconcile.after_run", "reconcile.after_version"],
     "promote": ["tx.before_commit", "decision.after_commit", "random"],
     "rollback": ["tx.before_commit", "decision.after_commit", "reconcile.after_run", "reconcile.after_version", "random"],
@@ -210,7 +211,8 @@ class Bench:
                 break
             if how.startswith("stage:") and rid is not None:
                 jobs = self.gov.jobs(rid)
-                if jobs and (jobs[-1].stage or "").startswith(how.split(":", 1)[1]):
+                stage = (jobs[-1].stage or "") if jobs else ""
+                if stage not in ("", "claimed") and stage.startswith(how.split(":", 1)[1]):
                     proc.send_signal(signal.SIGKILL)
                     killed_by_us = True
                     break
@@ -380,11 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         bad = sum(t.counts.values())
         print(f"trial {n:3d} {phase:8s} {how:30s} rc={t.rc} killed={t.killed} {t.seconds:5.1f}s"
               + (f"  PROBLEMS: {'; '.join(t.details[:4])}" if bad else ""), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps([t.__dict__ for t in done], indent=2))  # partial results survive a stop
+        if n % 10 == 0 and n < args.trials:
+            print(table(done), flush=True)
     print()
     print(f"{len(done)} trials, {sum(t.killed for t in done)} SIGKILLs landed; counts after recovery (all must be 0):")
     print(table(done))
-    if args.json:
-        args.json.write_text(json.dumps([t.__dict__ for t in done], indent=2))
     return 0 if all(sum(t.counts.values()) == 0 for t in done) else 1
 
 
