@@ -101,6 +101,33 @@ def write_session(engine: Engine, log: Log = _stderr) -> Session:
     raise AssertionError("unreachable")  # pragma: no cover - backoff() never ends
 
 
+def when_unlocked(fn: Callable[[], T], what: str, engine: Engine, log: Log = _stderr) -> T:
+    """`fn()` (a write outside `Store.tx`, e.g. creating tables) retried while the database is locked."""
+    from sqlalchemy.exc import OperationalError
+
+    limit = wait_limit("GOVERN_DB_WAIT_S", 600.0)
+    start = time.monotonic()
+    told = False
+    for delay in backoff():
+        try:
+            return fn()
+        except OperationalError as e:
+            if not is_locked(e):
+                raise
+            waited = time.monotonic() - start
+            if waited >= limit:
+                raise DatabaseBusy(
+                    f"the database stayed locked by another writer for {waited:.0f}s while {what}; find the process "
+                    f"holding {engine.url.database or engine.url} (e.g. `fuser` on it) or raise GOVERN_DB_WAIT_S "
+                    f"(now {limit:g}); nothing was written") from None
+            if not told:
+                log(f"waiting for the database while {what}: another process holds its write lock "
+                    f"(up to {limit:g}s, GOVERN_DB_WAIT_S)")
+                told = True
+            time.sleep(min(delay, max(limit - waited, 0.0)))
+    raise AssertionError("unreachable")  # pragma: no cover - backoff() never ends
+
+
 def is_transient_mlflow(error: BaseException) -> bool:
     """Whether an error from MLflow may go away by itself (a lock, a dropped connection, a server restart)."""
     code = getattr(error, "error_code", None)
@@ -131,4 +158,4 @@ def call_mlflow(fn: Callable[[], T], what: str, *, limit: float | None = None, l
     raise AssertionError("unreachable")  # pragma: no cover - backoff() never ends
 
 
-__all__ = ["backoff", "call_mlflow", "is_locked", "is_transient_mlflow", "wait_limit", "write_session"]
+__all__ = ["backoff", "call_mlflow", "is_locked", "is_transient_mlflow", "wait_limit", "when_unlocked", "write_session"]

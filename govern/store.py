@@ -261,11 +261,14 @@ class Store:
             _sqlite_pragmas(self.engine, "BEGIN IMMEDIATE")
             _sqlite_pragmas(self.read_engine, "BEGIN")
         self._refuse_old_schema()
-        SQLModel.metadata.create_all(self.engine)
+        from govern.retry import when_unlocked
+
+        if set(SQLModel.metadata.tables) - set(inspect(self.read_engine).get_table_names()):  # a write only when needed
+            when_unlocked(lambda: SQLModel.metadata.create_all(self.engine), "creating the tables", self.engine)
 
     def _refuse_old_schema(self) -> None:
         """A home made before requests became kinds (fact columns, a deltas table) cannot be read as is."""
-        insp = inspect(self.engine)
+        insp = inspect(self.read_engine)  # the write engine would BEGIN IMMEDIATE and wait for the write lock
         if "requests" in insp.get_table_names() and "spec" not in {c["name"] for c in insp.get_columns("requests")}:
             raise ModelError(f"the govern home at {self.url} was made by an older govern (requests stored as fact "
                              "columns); export its trail with that version (`govern audit export`) and start a new home")

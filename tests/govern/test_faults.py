@@ -39,20 +39,21 @@ def _cli(home, *args: str, timeout: float = 600, **env: str) -> subprocess.Compl
 
 
 def _hold_write_lock(db: Path, seconds: float) -> tuple[threading.Thread, threading.Event]:
-    locked = threading.Event()
+    """Another connection's write lock on `db`, for `seconds` or until the returned event is set."""
+    locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         c = sqlite3.connect(db, isolation_level=None)
         c.execute("BEGIN IMMEDIATE")
         locked.set()
-        time.sleep(seconds)
+        release.wait(seconds)
         c.execute("ROLLBACK")
         c.close()
 
     t = threading.Thread(target=hold)
     t.start()
     assert locked.wait(30)
-    return t, locked
+    return t, release
 
 
 def test_kill_point_fires_only_when_armed():
@@ -86,13 +87,14 @@ def test_write_lock_waits_then_proceeds(gov, monkeypatch, capsys):
 def test_write_lock_past_the_limit_is_one_line_and_writes_nothing(gov, monkeypatch):
     monkeypatch.setenv("GOVERN_DB_WAIT_S", "1")
     before = len(gov.store.audit_events())
-    t, _ = _hold_write_lock(gov.home.root / "govern.db", 8.0)
+    t, release = _hold_write_lock(gov.home.root / "govern.db", 900.0)  # held until the CLI gave up
     try:
         with pytest.raises(DatabaseBusy, match="GOVERN_DB_WAIT_S"):
             gov.note("alice", "user.signed_in", "s", {})
         p = _cli(gov.home, "submit", "edit", "--subject", "Zorblat", "--prompt", "The capital of Zorblat is",
                  "--target", " Paris", "--as", "alice", GOVERN_DB_WAIT_S="1")
     finally:
+        release.set()
         t.join()
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: the database stayed locked") and "Traceback" not in p.stderr
