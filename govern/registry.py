@@ -43,8 +43,8 @@ class Registry:
         from govern.retry import call_mlflow
 
         self.home = home
-        self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
         with home.lock():  # first use migrates MLflow's schema: one process at a time (govern.home.Home.lock)
+            self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
             exp = call_mlflow(lambda: self.client.get_experiment_by_name(EXPERIMENT), "opening the tracking store")
             self.experiment_id = (
                 exp.experiment_id
