@@ -16,6 +16,7 @@ over one `Govern` call, and the whole command table reads in one place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -396,6 +397,17 @@ def monitor(
             typer.echo(f"  {a}")
 
 
+@app.command()
+def reconcile(model: ModelOpt = None,
+              grace: Annotated[float, typer.Option(min=0.0, help="collect orphans older than this many seconds")] = 600.0,
+              ) -> None:
+    """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans."""
+    from govern.reconcile import reconcile as run_reconcile
+
+    gov = _gov()
+    run_reconcile(gov, gov.resolve_model(model) if model else None, grace_s=grace, log=lambda m: typer.echo(m))
+
+
 # ---------------------------------------------------------------- export (serving)
 @app.command()
 def export(
@@ -648,6 +660,18 @@ def main() -> None:
         app()
     except GovernError as e:  # one root: editor, suite and trail errors included
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: no space left on device ({e.filename or 'writing'}); free space and run the command "
+                   "again — each write is a transaction or an atomic rename, so nothing was left half-written", err=True)
+        sys.exit(2)
+    except Exception as e:
+        if "disk is full" not in str(e) and "disk I/O error" not in str(e):
+            raise
+        typer.echo("error: the database could not be written: no space left on device; free space and run the "
+                   "command again (the transaction was rolled back, nothing was written)", err=True)
         sys.exit(2)
 
 

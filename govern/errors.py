@@ -16,7 +16,10 @@ The CLI prints ``str(error)`` of any `GovernError` on one line and exits 2.
     ├── InvalidTransition       the lifecycle does not allow this event in this state
     ├── ConflictError           stale candidate, an active change on the same fact
     ├── ModelError              a model cannot be loaded or converted
-    └── IntegrityError          weights or trail do not match their recorded hashes
+    ├── IntegrityError          weights or trail do not match their recorded hashes
+    └── Unavailable             a store stayed busy or unreachable past its wait (govern.retry)
+        ├── DatabaseBusy        another writer held the database's write lock too long
+        └── MlflowUnavailable   the MLflow tracking store did not answer
 
 Messages name what failed, the offending value and what to do.
 """
@@ -59,4 +62,16 @@ class ModelError(GovernError):
 
 
 class IntegrityError(GovernError):
+    pass
+
+
+class Unavailable(GovernError):
+    pass
+
+
+class DatabaseBusy(Unavailable):
+    pass
+
+
+class MlflowUnavailable(Unavailable):
     pass

@@ -7,6 +7,8 @@
       models/<name>/     converted base checkpoints (safetensors), pinned by sha256
       changes/           every recorded change (low-rank factors, tensor deltas, ...), one file per change id
       cache/             covariance statistics, version snapshots and other derived, re-computable data
+      trail.head         the audit trail's head, anchored outside the database (govern.anchors)
+      .lock              taken (flock) while a process creates or migrates the stores (`Home.lock`)
 
 `GOVERN_DB_URL` and `MLFLOW_TRACKING_URI` override the two stores (e.g. PostgreSQL,
 a tracking server). Nothing is read at import time.
@@ -14,7 +16,10 @@ a tracking server). Nothing is read at import time.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +83,18 @@ class Home:
         """
         env = os.environ.get("GOVERN_SHARED_CACHE")
         return Path(env).expanduser().resolve() if env else self.cache
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive, cross-process: held while the database's and MLflow's schemas are created or migrated.
+
+        Without it, four commands starting at once on a fresh home race MLflow's
+        migrations and leave its schema half-made for every later command.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def ensure(self) -> Home:
         for p in (self.root, self.models, self.changes, self.cache, self.shared_cache, self.mlflow_artifacts):

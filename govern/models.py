@@ -6,8 +6,9 @@
   once to a safetensors checkpoint under ``.govern/models/<name>/``.
 * Any other transformers causal LM is registered from a local directory (or a
   hub id where the network allows) and copied into the same layout.
-* Each checkpoint's files are pinned by sha256 at registration; loading refuses
-  a checkpoint whose files changed.
+* Every file of a checkpoint is pinned by sha256 at registration; loading refuses
+  a checkpoint whose files changed, went missing, or gained a file not pinned
+  (a ``generation_config.json`` dropped in changes the answers).
 * A version's weights are the base checkpoint with its deltas applied in order;
   the result is checked against the version's tensor manifest (see `editors.changes`, `govern.host`).
 """
@@ -53,8 +54,26 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_files(directory: Path) -> list[str]:
+    """Every file under a checkpoint directory (relative POSIX paths, sorted): all of them can change answers."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+
+
 def pin_files(directory: Path) -> dict[str, str]:
-    return {name: file_sha256(directory / name) for name in CHECKPOINT_FILES if (directory / name).is_file()}
+    """sha256 of every file of the checkpoint (not just the weights: a generation_config.json changes answers too)."""
+    return {name: file_sha256(directory / name) for name in checkpoint_files(directory)}
+
+
+def check_pinned(path: Path, files: dict[str, str]) -> None:
+    """Raise IntegrityError unless `path` holds exactly the pinned files, each with its pinned sha256."""
+    extra = sorted(set(checkpoint_files(path)) - set(files))
+    if extra:
+        raise IntegrityError(f"checkpoint {path} holds file(s) not pinned at registration: {', '.join(extra[:5])}; "
+                             "remove them (they can change the model's answers) or register the model again")
+    for name, sha in files.items():
+        p = path / name
+        if not p.is_file() or file_sha256(p) != sha:
+            raise IntegrityError(f"checkpoint file {p} is missing or changed since registration (sha256 pinned {sha[:12]})")
 
 
 def digest_of(files: dict[str, str]) -> str:
@@ -138,10 +157,7 @@ def load_checkpoint(path: Path, files: dict[str, str], device: str = "cpu", *, v
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if verify:
-        for name, sha in files.items():
-            p = path / name
-            if not p.is_file() or file_sha256(p) != sha:
-                raise IntegrityError(f"checkpoint file {p} is missing or changed since registration (sha256 pinned {sha[:12]})")
+        check_pinned(path, files)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -1,6 +1,7 @@
 """Monitoring: keep checking production after promotion; undo what must not stay.
 
-One check of a model (`check_model`), in this order:
+One check of a model (`check_model`), in this order (after `govern.reconcile`
+has brought MLflow and the certificates in line with the database):
 
 1. **expiry** — a promoted change whose ``valid_until`` has passed is rolled
    back (newest first; changes above it are re-queued, see
@@ -33,6 +34,7 @@ from audits.suites import EvalSuite, probe_items, refusal_items, retention_items
 from govern.deploy.runner import redeliver
 from govern.errors import GovernError, InputError
 from govern.policy import Policy
+from govern.reconcile import reconcile_quietly
 from govern.store import as_utc, now
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ def check_model(gov: Govern, policy: Policy, model: str, at: datetime | None = N
                 log: Log = lambda msg: None) -> Check:
     """One monitoring pass over `model` (see the module docstring)."""
     at = as_utc(at or now())
+    reconcile_quietly(gov, model, collect=True, what="monitor")  # 0. MLflow and certificates in line with the database
     with gov.store.read() as s:
         before = gov.store.get_model(s, model).production_version or 1
     check = Check(model=model, at=at.isoformat(), production_before=before, production_after=before)

@@ -6,6 +6,11 @@
    otherwise wait for that worker while showing the jobs' live stage;
 4. print a summary; the exit code is 0 only when every request reached the
    state its risk tier allows (promoted for auto-approval, awaiting_review otherwise).
+
+Requests an earlier, killed run (or a dead worker) left ``admitted`` or
+``applying`` are taken over too: their job is re-claimed as soon as its
+holder's process is known gone (or its lease ran out), and the exit code stays
+non-zero while any of them is still unfinished.
 """
 
 from __future__ import annotations
@@ -42,19 +47,38 @@ def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, ac
         console.print(f"submitted {len(ids)} request(s) from {file}")
     name = gov.resolve_model(model) if model else None
     pending = gov.pending_requests(name)
-    if not pending:
+    orphaned = [r for r in unfinished_requests(gov, name) if r not in pending]
+    if not pending and not orphaned:
         console.print("no pending requests")
         return 0
     for rid in pending:
         gov.admit(rid, policy)
+    if orphaned:
+        console.print(f"taking over {len(orphaned)} request(s) a stopped run left unfinished: {', '.join(orphaned)}")
     by_model: dict[str, list[str]] = {}
-    for rid in pending:
+    for rid in [*pending, *orphaned]:
         r = gov.get_request(rid)
-        if r.state == State.ADMITTED:
+        if r.state == State.ADMITTED or rid in orphaned:
             by_model.setdefault(r.model, []).append(rid)
+    pending = [*pending, *orphaned]
     for model_name, rids in by_model.items():
         _run_jobs(gov, model_name, set(rids), device, console, dtype)
     return _summarise(gov, policy, pending, console)
+
+
+def unfinished_requests(gov: Govern, model: str | None) -> list[str]:
+    """Requests admitted or applying whose apply job no live worker holds (a killed `govern apply` or worker)."""
+    live = {w.id for w in live_workers(gov, model)} if model else {w.id for w in gov.live_workers()}
+    out = []
+    for j in gov.jobs():
+        if j.kind != "apply" or j.state not in ("queued", "running") or (model and j.model != model):
+            continue
+        if j.state == "running" and j.lease_owner in live:
+            continue  # a live worker is on it
+        r = gov.get_request(j.request_id)
+        if r.state in (State.ADMITTED, State.APPLYING) and r.id not in out:
+            out.append(r.id)
+    return out
 
 
 def _run_jobs(gov: Govern, model: str, rids: set[str], device: str, console: Any, dtype: str = "float32") -> None:
@@ -93,6 +117,9 @@ def _summarise(gov: Govern, policy: Policy, rids: list[str], console: Any) -> in
         r = gov.get_request(rid)
         want = expected_state(Policy.model_validate_json(r.policy) if r.policy else policy, r.tier)
         good = r.state == want
+        if r.state in (State.ADMITTED, State.APPLYING):
+            console.print(f"[red]{r.id}: still {r.state}; its job did not finish (run `govern apply` again, "
+                          "or see `govern status`)[/]")
         ok &= good
         ev = r.report()
         m = ev.metrics if ev else {}

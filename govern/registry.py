@@ -40,14 +40,18 @@ class Registry:
         logging.getLogger("alembic").setLevel(logging.ERROR)
         from mlflow.tracking import MlflowClient
 
+        from govern.retry import call_mlflow
+
         self.home = home
-        self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
-        self.experiment_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(EXPERIMENT, artifact_location=home.mlflow_artifacts.as_uri())
-        )
+        with home.lock():  # first use migrates MLflow's schema: one process at a time (govern.home.Home.lock)
+            self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
+            exp = call_mlflow(lambda: self.client.get_experiment_by_name(EXPERIMENT), "opening the tracking store")
+            self.experiment_id = (
+                exp.experiment_id
+                if exp
+                else self.client.create_experiment(EXPERIMENT, artifact_location=home.mlflow_artifacts.as_uri())
+            )
+            call_mlflow(lambda: self.client.search_registered_models(max_results=1), "opening the model registry")
 
     # -- runs ----------------------------------------------------------------
     def log_run(

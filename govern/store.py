@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -285,7 +285,7 @@ def _sqlite_pragmas(engine: Engine, begin: str) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA busy_timeout=5000")  # longer waits: govern.retry.write_session
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -327,6 +327,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = engine_url(url)
         self.dialect = self.url.split(":", 1)[0].split("+", 1)[0]  # sqlite | postgresql
+        self.anchor_sink: Callable[[AuditEvent], None] | None = None  # set by the service (govern.anchors)
         connect_args: dict[str, Any] = {}
         kw: dict[str, Any] = {}
         if self.dialect == "sqlite":
@@ -343,7 +344,9 @@ class Store:
         else:
             _postgres_writer_lock(self.engine)
         try:
-            self._migrate()
+            from govern.retry import when_unlocked
+
+            when_unlocked(self._migrate, "migrating the database", self.engine)  # another process may be writing
         except OperationalError as error:
             why = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
             raise ModelError(f"cannot open the database {_safe(self.url)}: {why}; check GOVERN_DB_URL "
@@ -391,14 +394,28 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any exception."""
-        with Session(self.engine, expire_on_commit=False) as s:
+        """One transaction: commit on success, roll back on any exception.
+
+        The write lock is taken before the body runs, waiting out a busy
+        database with a message (`govern.retry.write_session`). After a commit
+        that appended audit events, the new head is handed to `anchor_sink`
+        (the home's anchor log, `govern.anchors`), outside the database.
+        """
+        from govern import faults
+        from govern.retry import write_session
+
+        with write_session(self.engine) as s:
             try:
                 yield s
+                faults.point("tx.before_commit")
                 s.commit()
             except BaseException:
                 s.rollback()
                 raise
+            head = s.info.pop("govern_head", None)
+        if head is not None and self.anchor_sink is not None:
+            self.anchor_sink(head)
+        faults.point("tx.after_commit")
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -432,6 +449,7 @@ class Store:
         conn.execute(sa_insert(t).values(seq=ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action, subject=ev.subject,
                                          payload=json.dumps(ev.payload, sort_keys=True), prev_hash=ev.prev_hash,
                                          hash=ev.hash))
+        s.info["govern_head"] = ev  # anchored outside the database once the transaction commits (see `tx`)
         return ev
 
     def transition(self, s: Session, req: RequestRow, ev: Event, actor: str, payload: dict[str, Any] | None = None) -> State:

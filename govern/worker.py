@@ -21,21 +21,28 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlmodel import col, select
 
-from govern.errors import InputError
+from govern import faults
+from govern.errors import InputError, Unavailable
 from govern.executors import Executor, Failure
 from govern.executors.local import LocalExecutor
 from govern.lifecycle import Event, JobKind, JobState, State
 from govern.service import Govern, LeaseLost
+from govern.services.audit import process_gone
 from govern.store import JobRow, WorkerRow, as_utc, new_id, now
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 Progress = Callable[[str, str, float], None]  # (request_id, stage, fraction)
 
@@ -62,6 +69,15 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
+def owner_gone(s: Session, owner: str | None) -> bool:
+    """Whether the worker holding a lease is known dead: its process on this host no longer exists.
+
+    A worker on another host (or one that never registered) is judged by its lease alone.
+    """
+    w = s.get(WorkerRow, owner) if owner else None
+    return w is not None and process_gone(w)
+
+
 class Worker:
     def __init__(self, gov: Govern, model: str, device: str = "cpu", lease_s: float = 60.0, poll_s: float = 1.0,
                  progress: Progress | None = None, executor: Executor | None = None, dtype: str = "float32") -> None:
@@ -82,14 +98,17 @@ class Worker:
             for job in s.exec(self.gov.store.claimable_jobs(self.model)).all():
                 if request_ids is not None and job.request_id not in request_ids:
                     continue
-                expired = job.state == JobState.RUNNING and job.lease_expires_at is not None and as_utc(job.lease_expires_at) < t
+                expired = job.state == JobState.RUNNING and (
+                    (job.lease_expires_at is not None and as_utc(job.lease_expires_at) < t)
+                    or owner_gone(s, job.lease_owner))
                 if job.state == JobState.RUNNING and not expired:
                     continue
                 req = self.gov.store.get_request(s, job.request_id)
                 rollback = job.kind == JobKind.ROLLBACK
                 if expired:
                     self.gov.store.audit(s, self.id, "job.lease_expired", req.id, {
-                        "job": job.id, "previous_owner": job.lease_owner, "attempts": job.attempts})
+                        "job": job.id, "previous_owner": job.lease_owner, "attempts": job.attempts,
+                        "why": "its worker's process is gone" if owner_gone(s, job.lease_owner) else "lease expired"})
                     if job.attempts >= job.max_attempts:
                         job.state, job.error = JobState.FAILED.value, f"gave up after {job.attempts} attempts (workers died)"
                         s.add(job)
@@ -116,8 +135,12 @@ class Worker:
                 else:
                     self.gov.store.transition(s, req, Event.CLAIM, self.id, {"job": job.id, "attempt": job.attempts,
                                                                              "device": self.device})
-                return job
-        return None
+                claimed = job
+                break
+            else:
+                return None
+        faults.point("worker.after_claim")
+        return claimed
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.lease_s / 3, 0.2)):
@@ -188,8 +211,15 @@ class Worker:
             self._stop.set()
             self._unregister()
 
+    def reconcile(self) -> None:
+        """Bring MLflow in line with the database (a crash may have left it behind); a failure only warns."""
+        from govern.reconcile import reconcile_quietly
+
+        reconcile_quietly(self.gov, self.model, collect=True, what=f"{self.id} starting")
+
     def run_until_idle(self, request_ids: set[str] | None = None) -> None:
         """Process claimable jobs (of `request_ids`, if given) until none is left, waiting out foreign leases."""
+        self.reconcile()
         with self._serving():
             while True:
                 job = self.claim(request_ids)
@@ -209,11 +239,18 @@ class Worker:
             warm.switch(ref)
 
     def run_forever(self, stop_after: float | None = None) -> None:
+        """Serve jobs until stopped. A busy database or a lagging MLflow waits; it never ends the worker."""
         start = time.monotonic()
+        self.reconcile()
         with self._serving():
             self.warm()
             while not (stop_after and time.monotonic() - start > stop_after):
-                job = self.claim()
+                try:
+                    job = self.claim()
+                except Unavailable as e:  # the database stayed locked past GOVERN_DB_WAIT_S: wait, try again
+                    print(f"warning: {e}; trying again", file=sys.stderr)
+                    time.sleep(self.poll_s)
+                    continue
                 if job is None:
                     time.sleep(self.poll_s)
                     continue

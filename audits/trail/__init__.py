@@ -25,12 +25,13 @@ The package, one idea per module:
 * `audits.trail.export` -- export files: the sealed :class:`ExportFooter`,
   JSON Lines and CSV, :func:`export_events`;
 * `audits.trail.reader` -- reading an export back (:func:`read_export`) and
-  verifying it against its chain and footer (:func:`verify_export`).
+  verifying it against its chain and footer (:func:`verify_export`);
+* `audits.trail.anchor` -- the head recorded outside the database
+  (:class:`Anchor`) and :func:`check_anchors`, which catches truncation at the
+  tail, an emptied trail and events appended after the anchored head.
 
 Every public name is importable from `audits.trail` itself.
 
-What this does and does not protect against
--------------------------------------------
 What this does and does not protect against
 -------------------------------------------
 The chain makes the trail *tamper-evident*, not tamper-proof, and only relative
@@ -65,6 +66,7 @@ free of side effects.
 
 from __future__ import annotations
 
+from audits.trail.anchor import Anchor, check_anchors
 from audits.trail.events import (
     GENESIS_HASH,
     AuditEvent,
@@ -99,12 +101,14 @@ __all__ = [
     "FOOTER_FIELDS",
     "GENESIS_HASH",
     "NO_FOOTER_REASON",
+    "Anchor",
     "AuditEvent",
     "ExportFooter",
     "ExportFormat",
     "TrailError",
     "VerifyResult",
     "canonical_bytes",
+    "check_anchors",
     "compute_footer_hash",
     "compute_hash",
     "export_events",

@@ -11,6 +11,7 @@ inside the task methods: the worker imports this module before it loads a model.
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from audits.suites import EvalSuite, SuiteError, load_suite, probe_items, refusal_items, retention_items
 from editors import EditContext, get_editor, validate_method_config
 from editors.errors import EditorError
+from govern import faults
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, Progress, RollbackTask, Task
 from govern.host import ChangeRef, ModelHost, VersionRef
@@ -93,7 +95,17 @@ class LocalExecutor:
             edit_seconds = time.perf_counter() - edit_started
         except Exception as e:  # any method failure ends this request, recorded
             raise _stage(f"{task.method} could not compute the change", e) from e
-        path = change.save(Path(task.changes_dir) / f"{task.change_id}.safetensors")
+        target = Path(task.changes_dir) / f"{task.change_id}.safetensors"
+        try:
+            faults.point("change.save")
+            path = change.save(target)
+        except OSError as e:
+            target.with_name(target.name + ".tmp").unlink(missing_ok=True)  # nothing half-written stays
+            if e.errno == errno.ENOSPC:
+                return Failure(message=f"no space left on device while writing the change file under {task.changes_dir}; "
+                                       "free space and submit the request again (nothing was recorded)")
+            raise _stage("writing the change file", e) from e
+        faults.point("executor.after_change_saved")
         ref = ChangeRef(id=task.change_id, kind=change.kind, digest=change.digest, path=str(path))
 
         progress("canary-candidate", 0.0)

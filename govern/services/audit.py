@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from sqlmodel import select
 
-from audits.trail import ExportFormat, VerifyResult, export_events, read_export, verify_events, verify_export
+from audits.trail import (
+    Anchor,
+    ExportFormat,
+    VerifyResult,
+    check_anchors,
+    export_events,
+    read_export,
+    verify_events,
+    verify_export,
+)
+from govern.anchors import HeadFile, mlflow_anchors
 from govern.errors import InputError
 from govern.services.base import ServiceBase
-from govern.store import WorkerRow, as_utc
+from govern.store import ModelRow, WorkerRow, as_utc
+
+
+def process_gone(w: WorkerRow) -> bool:
+    """A registered worker whose process on this host no longer exists (killed without unregistering)."""
+    if not w.id.startswith(f"worker-{socket.gethostname()}-"):
+        return False  # another host: only its heartbeat and lease tell
+    try:
+        os.kill(w.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class AuditService(ServiceBase):
@@ -21,11 +47,23 @@ class AuditService(ServiceBase):
             raise InputError(f"format must be jsonl or csv, not {fmt!r}")
         return export_events(self.store.audit_events(since), path, cast(ExportFormat, fmt))  # checked above
 
-    def audit_verify(self, path: str | Path | None = None) -> VerifyResult:
-        """Verify the live trail, or an export file cross-checked against the database."""
+    def audit_verify(self, path: str | Path | None = None, *, mlflow: bool = True) -> VerifyResult:
+        """Verify the live trail against its anchors, or an export file cross-checked against the database.
+
+        Live: the chain from event 1, then the anchors outside the database
+        (`govern.anchors`: the head file, and with `mlflow` the heads tagged on
+        MLflow's registered models and newest runs) — a trail cut at the tail,
+        emptied, or with events appended past the anchored head fails. An
+        export: its own chain and footer, then every event must be the
+        database's event of that number, and the database must still hold the
+        export's head.
+        """
         live = self.store.audit_events()
         if path is None:
-            return verify_events(live)
+            result = verify_events(live)
+            if not result.ok:
+                return result
+            return check_anchors(live, self.trail_anchors(mlflow=mlflow)) or result
         if not Path(path).is_file():
             raise InputError(f"export file {path} does not exist")
         result = verify_export(path)
@@ -36,10 +74,29 @@ class AuditService(ServiceBase):
         by_seq = {e.seq: e for e in live}
         for e in events:
             mine = by_seq.get(e.seq)
-            if mine is not None and mine.hash != e.hash:
+            if mine is None:
+                why = (f"event {e.seq} is in the export but not in the database, which ends at event "
+                       f"{live[-1].seq if live else 0} (forged, or the database lost it)")
+                return VerifyResult(False, 0, e.seq, why, None)
+            if mine.hash != e.hash:
                 why = f"event {e.seq} differs from the database's event {e.seq} (chain rewritten?)"
                 return VerifyResult(False, 0, e.seq, why, None)
         return result
+
+    def trail_anchors(self, *, mlflow: bool = True) -> list[Anchor]:
+        """The trail's heads recorded outside the database (the head file; MLflow's tags when reachable)."""
+        anchors = [a for a in [HeadFile(self.home.root).anchor()] if a is not None]
+        if mlflow:
+            try:
+                names = [m.name for m in self.store_models()]
+                anchors += mlflow_anchors(self.registry, names)
+            except Exception as e:  # noqa: BLE001 - MLflow down: the head file alone is checked, and we say so
+                print(f"warning: MLflow's anchors not checked ({type(e).__name__}); the head file is", file=sys.stderr)
+        return anchors
+
+    def store_models(self) -> list[ModelRow]:
+        with self.store.read() as s:
+            return list(s.exec(select(ModelRow)).all())
 
     def audit_search(self, text: str | None = None, actor: str | None = None, action: str | None = None,
                      since: datetime | None = None, limit: int = 1000) -> list[Any]:
@@ -67,7 +124,7 @@ class AuditService(ServiceBase):
             if model:
                 q = q.where(WorkerRow.model == model)
             rows = list(s.exec(q).all())
-        return [w for w in rows if as_utc(w.heartbeat_at) >= cutoff]
+        return [w for w in rows if as_utc(w.heartbeat_at) >= cutoff and not process_gone(w)]
 
     def record_monitor_check(self, model: str, version: int, policy: str, metrics: dict[str, Any],
                              triggers: list[dict[str, Any]]) -> None:

@@ -1,10 +1,13 @@
 """Jobs: turn a claimed job into a task for an executor, and commit the executor's outcome.
 
-This is the one place where a job's result becomes state: MLflow first (a run
-per change and a model version per candidate), then one database transaction
-that records the change row, the candidate version, the evidence, every
-lifecycle event with its audit entry and, where the policy auto-approves, the
-promotion — only if the worker still holds the job's lease.
+This is the one place where a job's result becomes state: one database
+transaction that records the change row, the candidate version, the evidence,
+every lifecycle event with its audit entry and, where the policy
+auto-approves, the promotion — only if the worker still holds the job's lease.
+MLflow (a run per change, a model version per candidate, the aliases) is
+derived from those rows afterwards by `govern.reconcile`
+(`ServiceBase.after_decision`): MLflow being slow, locked or down never fails
+a job, and a crash between the two is repaired by the next reconcile.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, col, select
 
 from audits.evidence import Evidence, GateResult
+from govern import faults
 from govern.errors import GovernError
 from govern.executors import ApplyTask, Candidate, Failure, Outcome, RestoredChange, RollbackTask, Task
 from govern.host import BaseRef, ChangeRef, VersionRef
 from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus
 from govern.policy import Policy
 from govern.services.base import ServiceBase
-from govern.services.cards import render_card
 from govern.services.transitions import discard_candidate, move_production, promote
 from govern.store import ChangeRow, JobRow, RequestRow, VersionRow, as_utc, new_id, now
 
@@ -116,23 +119,7 @@ class JobsService(ServiceBase):
         assert outcome.change is not None  # noqa: S101 - an apply candidate always carries its change
         change = outcome.change
         tier = policy.risk.tiers[req.tier or policy.risk.default_tier]
-        run_id = self.registry.log_run(
-            name=f"{req.model}: {req.title}",
-            tags={"govern.model": req.model, "govern.request": req.id, "govern.kind": "change",
-                  "govern.outcome": "gates_passed" if evidence.passed else "gates_failed"},
-            params={"method": req.method, "request_id": req.id, "request_kind": req.kind, "change_kind": change.kind,
-                    "layer": outcome.change_summary.get("layer"), "module": outcome.change_summary.get("module"),
-                    "covariance": outcome.change_summary.get("covariance"), "parent_version": task.production.number,
-                    "policy": policy.name, "tier": req.tier, "change_bytes": outcome.change_size,
-                    **{f"hp.{k}": v for k, v in task.method_config.items()}},
-            metrics={**{k: v for k, v in evidence.metrics.items() if v is not None},
-                     "ppl_production": evidence.report.ppl_production, "ppl_candidate": evidence.report.ppl_candidate,
-                     "seconds_total": outcome.seconds, "seconds_edit": outcome.edit_seconds},
-            files={"change": self.home.resolve(change.path)},
-            texts={"canary.json": evidence.to_json(indent=2), "card.md": render_card(req, evidence, outcome.change_summary),
-                   "change.json": json.dumps(outcome.change_summary, indent=2)})
-        mlflow_version = self.registry.register_candidate(req.model, run_id, req.id, parent=task.production, change=change,
-                                                          manifest=outcome.manifest)
+        faults.point("commit.before_tx")
         with self.store.tx() as s:
             j = self._lease(s, job, worker_id)
             r = self.store.get_request(s, req.id)
@@ -145,15 +132,15 @@ class JobsService(ServiceBase):
                             summary=json.dumps(outcome.change_summary)))
             s.add(VersionRow(model=req.model, number=number, parent=parent.number, request_id=req.id,
                              changes=json.dumps([*parent.change_ids, change.id]), tensors=json.dumps(outcome.manifest),
-                             status=VersionStatus.CANDIDATE.value, mlflow_version=mlflow_version))
+                             status=VersionStatus.CANDIDATE.value))
             r.candidate_version, r.change_id = number, change.id
-            r.canary, r.mlflow_run_id, r.resolved = evidence.to_json(), run_id, json.dumps(outcome.resolved)
+            r.canary, r.mlflow_run_id, r.resolved = evidence.to_json(), None, json.dumps(outcome.resolved)
             model.candidate_version = number
             s.add_all([r, model])
             s.flush()
             self.store.transition(s, r, Event.APPLIED, worker_id, {
                 "change": change.id, "change_kind": change.kind, "change_digest": change.digest, "version": number,
-                "parent_version": parent.number, "tensors": outcome.change_summary.get("tensors", []), "mlflow_run": run_id})
+                "parent_version": parent.number, "tensors": outcome.change_summary.get("tensors", [])})
             gates_payload = {"metrics": evidence.metrics, "gates": [g.model_dump() for g in evidence.gates]}
             if not evidence.passed and not to_review:
                 bad = [g for g in evidence.gates if g.result in ("fail", "insufficient")]
