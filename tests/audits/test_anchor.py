@@ -122,12 +122,13 @@ def test_export_with_events_the_database_lacks_is_refused(gov, tmp_path):
 
 
 def test_cli_verify_exits_1_on_a_truncated_trail(gov):
+    gov.set_single_user(True, actor="admin")  # `audit verify` needs an auditor: --as is trusted in single-user mode
     gov.note("alice", "user.signed_in", "s", {})
     n = len(gov.store.audit_events())
     with _db(gov) as c:
         c.execute("DELETE FROM audit_events WHERE seq = ?", (n,))
     env = {**os.environ, "GOVERN_HOME": str(gov.home.root), "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "govern.cli", "audit", "verify"], env=env, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "govern.cli", "audit", "verify", "--as", "admin"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "cut off the end" in p.stderr and "Traceback" not in p.stderr

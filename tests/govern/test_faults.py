@@ -86,6 +86,7 @@ def test_write_lock_waits_then_proceeds(gov, monkeypatch, capsys):
 
 def test_write_lock_past_the_limit_is_one_line_and_writes_nothing(gov, monkeypatch):
     monkeypatch.setenv("GOVERN_DB_WAIT_S", "1")
+    gov.set_single_user(True, actor="admin")  # the CLI trusts --as (no token needed for this test)
     before = len(gov.store.audit_events())
     t, release = _hold_write_lock(gov.home.root / "govern.db", 900.0)  # held until the CLI gave up
     try:
@@ -102,6 +103,7 @@ def test_write_lock_past_the_limit_is_one_line_and_writes_nothing(gov, monkeypat
 
 
 def test_full_disk_while_committing_is_one_line_and_writes_nothing(gov):
+    gov.set_single_user(True, actor="admin")
     p = _cli(gov.home, "submit", "edit", "--subject", "Zorblat", "--prompt", "The capital of Zorblat is",
              "--target", " Paris", "--as", "alice", GOVERN_FAULT_ENOSPC="tx.before_commit")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
@@ -130,6 +132,7 @@ def test_killed_apply_is_taken_over_by_the_next_apply(gov, home, policy_file):
 
     from govern.pipeline import run_pipeline, unfinished_requests
 
+    gov.set_single_user(True, actor="admin")
     rid = gov.submit([parse_request(FACT)], "alice")[0]
     p = _cli(home, "apply", "--policy", str(policy_file), GOVERN_KILL_AT="worker.after_claim")
     assert p.returncode == -9, p.stderr

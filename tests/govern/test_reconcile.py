@@ -46,6 +46,7 @@ def _mlflow_matches_db(gov: Govern) -> None:
 
 
 def test_sigkill_after_commit_then_reconcile(gov, home, policy_file):
+    gov.set_single_user(True, actor="admin")  # the CLI's apply acts as 'pipeline' without a token
     rid = _admitted(gov, policy_file)
     env = {**os.environ, "GOVERN_HOME": str(home.root), "PYTHONPATH": str(REPO), "GOVERN_KILL_AT": "decision.after_commit"}
     p = subprocess.run([sys.executable, "-m", "govern.cli", "apply", "--policy", str(policy_file)], env=env,
