@@ -226,6 +226,31 @@ def test_batch_request_goes_through_the_loop_with_memit(gov, tmp_path):
     change_file = gov.home.changes / f"{versions[-1][0].change_ids[-1]}.safetensors"
     assert change_file.is_file() and keys_path_for(change_file).is_file()  # the keys sidecar sits beside it
 
+    # the edit budget: what production carries, shown by `govern history`, limited by the policy
+    b = gov.edit_budget("tiny")
+    assert (b.version, b.changes, b.facts) == (2, 1, 2) and b.update_norm > 0 and 0 < b.max_relative < 10
+    from rich.console import Console
+
+    from govern.views import show_history
+
+    console = Console(record=True, width=200)
+    show_history(gov, "tiny", console)
+    assert "edit budget of v2 (production): 1 changes, 2 edited facts, cumulative update norm" in console.export_text()
+
+    limited = MEMIT_POLICY.replace("max_facts_per_request: 10", "max_facts_per_request: 10\n  max_active_facts_per_model: 3")
+    (tmp_path / "limited.yaml").write_text(limited)
+    [over] = gov.submit([parse_request(_batch([("Fenwick", " Oslo"), ("Brill", " Lima")]))], "alice")
+    assert gov.admit(over, load_policy(tmp_path / "limited.yaml")) == "rejected"
+    assert "carries 2 edited facts and this request adds 2: over the edit budget of 3" in gov.get_request(over).error
+    normed = MEMIT_POLICY.replace("max_facts_per_request: 10",
+                                  f"max_facts_per_request: 10\n  max_cumulative_update_norm: {b.update_norm / 2}")
+    (tmp_path / "normed.yaml").write_text(normed)
+    [spent] = gov.submit([parse_request(_batch([("Fenwick", " Oslo")]))], "alice")
+    assert gov.admit(spent, load_policy(tmp_path / "normed.yaml")) == "rejected"
+    assert "admission.max_cumulative_update_norm" in gov.get_request(spent).error
+    [fits] = gov.submit([parse_request(_batch([("Fenwick", " Oslo")]))], "alice")
+    assert gov.admit(fits, load_policy(tmp_path / "limited.yaml")) == "admitted"  # 2 + 1 facts: within 3
+
 
 @pytest.mark.slow
 def test_smollm2_batch_of_four_through_the_loop(smollm2_home, tmp_path):
