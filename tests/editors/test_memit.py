@@ -127,7 +127,7 @@ def test_keys_sidecar_and_projection_protect_the_earlier_edit(tiny_llama, tmp_pa
                               config=validate_method_config("memit", {**FAST, **settings}), history=history))
 
     free = second(projection="never")
-    kept = second(projection="always", null_space_threshold=0.5, earlier_keys_weight=1e4)
+    kept = second(projection="always", preserved_energy=0.5, earlier_keys_weight=1e4)
     assert kept.meta["projection"] == {"used": True, "mode": "always", "active_facts_before": 1, "earlier_changes": 1,
                                        "unprotected_changes": 0}
     assert all(row["earlier_keys"] == 1 and row["null_space_dims"] > 0 for row in kept.meta["per_layer"])

@@ -18,17 +18,18 @@ def _cov(F: int, g: torch.Generator) -> torch.Tensor:
 def test_preserved_basis_keeps_the_large_eigen_directions():
     g = torch.Generator().manual_seed(0)
     C = _cov(16, g)
-    Q = preserved_basis(C, 0.02)
+    Q = preserved_basis(C, 0.99)
     assert Q.shape == (16, 4) and Q.dtype == torch.float64
     assert torch.allclose(Q.T @ Q, torch.eye(4, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(Q @ Q.T @ C @ Q @ Q.T, C, atol=1e-3)  # the span carries (almost) all of C
-    assert preserved_basis(C, 1e-9).shape[1] == 16  # a threshold below every eigenvalue preserves everything
+    assert preserved_basis(C, 1 - 1e-12).shape[1] == 16  # (almost) all the energy: every direction
+    assert preserved_basis(C, 0.2).shape[1] == 1
 
 
 def test_projected_factors_solve_the_normal_equations_and_spare_the_preserved_span():
     g = torch.Generator().manual_seed(1)
     F, D, n, m = 16, 6, 3, 2
-    Q = preserved_basis(_cov(F, g), 0.02)
+    Q = preserved_basis(_cov(F, g), 0.99)
     K = torch.randn(F, n, generator=g, dtype=torch.float64)
     R = torch.randn(D, n, generator=g, dtype=torch.float64)
     Kp = torch.randn(F, m, generator=g, dtype=torch.float64)
@@ -47,10 +48,18 @@ def test_projected_factors_solve_the_normal_equations_and_spare_the_preserved_sp
     assert torch.allclose(A2 @ B2.T @ K, R, atol=1e-5)
 
 
+def test_an_empty_null_space_is_refused():
+    g = torch.Generator().manual_seed(3)
+    Q = torch.eye(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="null space of the preserved keys is empty"):
+        projected_factors(torch.randn(6, 1, generator=g, dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64), Q,
+                          None, reg=0.1, earlier_weight=1.0)
+
+
 def test_earlier_keys_are_protected():
     g = torch.Generator().manual_seed(2)
     F, D = 32, 5
-    Q = preserved_basis(_cov(F, g), 0.02)
+    Q = preserved_basis(_cov(F, g), 0.99)
     k_old = torch.randn(F, 1, generator=g, dtype=torch.float64)
     k_new = k_old + 0.5 * torch.randn(F, 1, generator=g, dtype=torch.float64)  # a related subject
     R = torch.randn(D, 1, generator=g, dtype=torch.float64)

@@ -48,9 +48,10 @@ class MEMITConfig(BaseModel):
                             "`projection_after` active edited facts")
     projection_after: int = Field(20, ge=0, le=10_000_000,
                                   description="auto: project once the model carries at least this many edited facts")
-    null_space_threshold: float = Field(
-        0.02, gt=0, lt=1, allow_inf_nan=False,
-        description="eigen-directions of C above this fraction of its mean eigenvalue are preserved (projected out)")
+    preserved_energy: float = Field(
+        0.8, gt=0, lt=1, allow_inf_nan=False,
+        description="the top eigen-directions of C carrying this share of its trace are preserved (projected out); "
+                    "the rest is the null space the update lives in")
     projection_reg: float = Field(0.1, gt=0, le=100, allow_inf_nan=False,
                                   description="ridge of the projected solve, relative to the mean |P k|²")
     earlier_keys_weight: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False,

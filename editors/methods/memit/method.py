@@ -184,9 +184,9 @@ class MEMIT:
 
     def _basis(self, C: torch.Tensor, info: dict[str, Any], cfg: MEMITConfig) -> torch.Tensor:
         key = (info.get("model_digest"), info.get("layer"), info.get("source"), info.get("tokens"),
-               cfg.null_space_threshold, str(C.device))
+               cfg.preserved_energy, str(C.device))
         if key not in self._basis_cache:
-            self._basis_cache[key] = preserved_basis(C, cfg.null_space_threshold)
+            self._basis_cache[key] = preserved_basis(C, cfg.preserved_energy)
         return self._basis_cache[key]
 
     def _earlier_keys(self, ctx: EditContext, names: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
@@ -223,8 +223,8 @@ class MEMIT:
             for pre in [""] + [p + " " for p in prefixes]:
                 ids, si = subject_last_token(tokenizer, pre + f.prompt, len(pre) + s0, len(pre) + s0 + len(f.subject))
                 r = len(rows)
-                for j, t in enumerate(target_ids):  # logits at position p-1 predict token p
-                    sel.append((r, len(ids) - 1 + j, t, i, 1.0 / (n_ctx * len(target_ids))))
+                for j, tok_id in enumerate(target_ids):  # logits at position p-1 predict token p
+                    sel.append((r, len(ids) - 1 + j, tok_id, i, 1.0 / (n_ctx * len(target_ids))))
                 rows.append(ids + target_ids)
                 subj.append(si)
                 row_fact.append(i)
@@ -395,7 +395,11 @@ class MEMIT:
                 if project and C is not None:
                     Q = self._basis(C, sinfo, cfg)
                     prior = earlier.get(name)
-                    A, B = projected_factors(K, R, Q, prior, reg=cfg.projection_reg, earlier_weight=cfg.earlier_keys_weight)
+                    try:
+                        A, B = projected_factors(K, R, Q, prior, reg=cfg.projection_reg,
+                                                 earlier_weight=cfg.earlier_keys_weight)
+                    except ValueError as e:
+                        raise OptimisationError(f"MEMIT at layer {layer}: {e}") from None
                     row.update(preserved_dims=int(Q.shape[1]), null_space_dims=int(Q.shape[0] - Q.shape[1]),
                                earlier_keys=0 if prior is None else int(prior.shape[1]))
                 else:
