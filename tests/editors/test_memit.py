@@ -274,3 +274,17 @@ def test_smollm2_batch_of_four_through_the_loop(smollm2_home, tmp_path):
     req = gov.get_request(rid)
     assert req.state == "promoted", req.error
     assert req.report().report.metrics["efficacy"] == 1.0
+
+
+def test_shipped_batch_policy_and_example_request():
+    from govern.domain import load_request_file
+    from govern.policy import load_policy
+
+    root = Path(__file__).resolve().parents[2]
+    [req] = load_request_file(root / "examples" / "memit_batch.yaml")
+    assert req.method == "memit" and len(req.facts) == 4
+    policy = load_policy(root / "policies" / "batch.yaml")
+    assert "memit" in policy.admission.allowed_methods["edit"] and policy.admission.max_facts_per_request >= 4
+    cfg = policy.method_config("memit")
+    assert cfg.projection == "auto" and cfg.model_dump()["projection_after"] == 20
+    assert policy.admission.max_active_facts_per_model and policy.admission.max_cumulative_update_norm
