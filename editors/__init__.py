@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from editors.base import EditContext, Editor, FactEdit
+from editors.base import EditContext, Editor, FactEdit, PriorChange
 from editors.registry import (
     MethodSpec,
     available_methods,
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 _LAZY = {"Change", "FullTensorDelta", "LowRankUpdate", "SnapshotCache", "change_kinds", "load_change", "materialise",
          "register_change_kind"}
 
-__all__ = ["Change", "EditContext", "Editor", "FactEdit", "FullTensorDelta", "LowRankUpdate", "MethodSpec", "SnapshotCache",
-           "available_methods", "change_kinds", "get_editor", "load_change", "materialise", "method_spec", "methods_for_kind",
-           "register_change_kind", "register_method", "unregister_method", "validate_method_config"]
+__all__ = ["Change", "EditContext", "Editor", "FactEdit", "FullTensorDelta", "LowRankUpdate", "MethodSpec", "PriorChange",
+           "SnapshotCache", "available_methods", "change_kinds", "get_editor", "load_change", "materialise", "method_spec",
+           "methods_for_kind", "register_change_kind", "register_method", "unregister_method", "validate_method_config"]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,18 +46,38 @@ class FactEdit:
             )
 
 
+@dataclass(frozen=True)
+class PriorChange:
+    """A change the model already carries (production's change list, oldest first), as an editor may see it.
+
+    `path` is its change file; methods that store the keys they edited keep them in
+    a sidecar beside it (`editors.projection.keys_path_for`), so a later edit can
+    protect them (AlphaEdit-style sequential editing).
+    """
+
+    id: str
+    kind: str
+    digest: str
+    path: Path
+
+
 @dataclass
 class EditContext:
     """What an editor may use besides the model: caches, its validated settings, a progress callback.
 
     `config` is the method's pydantic config object (`editors.validate_method_config`),
-    or None for the method's defaults.
+    or None for the method's defaults. `history` is the changes the model already
+    carries, oldest first (empty when unknown, e.g. a bare model). `keys_path`,
+    when set, is where a method that can protect earlier edits writes the keys its
+    own change was computed at (a sidecar of the change file).
     """
 
     cache_dir: Path
     model_digest: str
     config: BaseModel | None = None
     progress: Progress | None = None
+    history: tuple[PriorChange, ...] = ()
+    keys_path: Path | None = None
 
     def report(self, stage: str, fraction: float) -> None:
         if self.progress:

@@ -167,6 +167,11 @@ class Admission(BaseModel):
     )
     max_facts_per_request: int = Field(1, ge=1, le=10_000, description="facts in one edit request (a batch)")
     max_active_edits_per_model: int = Field(100, ge=1)
+    max_active_facts_per_model: int | None = Field(
+        None, ge=1, description="edit budget: facts production's changes may carry, this request's included (None: no limit)")
+    max_cumulative_update_norm: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="edit budget: a request is refused once the sum of the Frobenius "
+                                                     "norms of production's changes reaches this (None: no limit)")
     max_prompts_per_request: int = Field(32, ge=1, le=1000, description="paraphrases + neighbours")
     conflict: Literal["reject"] = Field("reject", description="an active change on the same subject and relation")
     allow_identity_covariance: bool = Field(False, description="allow methods to skip covariance statistics")

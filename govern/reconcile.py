@@ -208,12 +208,18 @@ def _collect(gov: Govern, model: str, mvs: list[Any], grace_s: float, report: Re
 
 
 def collect_files(gov: Govern, grace_s: float) -> list[str]:
-    """Change files (and write leftovers) under the home's ``changes/`` that no change row names, older than grace."""
+    """Change files (and write leftovers) under the home's ``changes/`` that no change row names, older than grace.
+
+    A change's sidecars (e.g. the keys a projected method stored beside it, `editors.projection.keys_path_for`)
+    belong to the change and are kept with it."""
+    from editors.projection import keys_path_for
+
     folder = gov.home.changes
     if not folder.is_dir():
         return []
     with gov.store.read() as s:
-        named = {gov.home.resolve(c.path).resolve() for c in s.exec(select(ChangeRow)).all()}
+        files = [gov.home.resolve(c.path).resolve() for c in s.exec(select(ChangeRow)).all()]
+    named = set(files) | {keys_path_for(f) for f in files}
     cutoff = time.time() - grace_s
     gone = []
     for p in sorted(folder.iterdir()):

@@ -69,3 +69,14 @@ def show_history(gov: Govern, model: str | None, console: Any) -> None:
         t.add_row(f"v{v.number}", f"v{v.parent}" if v.parent else "-", v.status, alias, str(len(v.change_ids)), escape(what),
                   r.id if r else "-", v.mlflow_version or "-")
     console.print(t)
+    console.print(budget_line(gov, m.name))
+
+
+def budget_line(gov: Govern, model: str) -> str:
+    """One line: the production version's edit budget against the limits of the policy that admitted its last change."""
+    b = gov.edit_budget(model)
+    limits = gov.budget_limits(model)
+    facts = f"{b.facts}" + (f" of {limits[0]}" if limits[0] else "")
+    norm = f"{b.update_norm:.4g}" + (f" of {limits[1]:g}" if limits[1] else "")
+    return (f"edit budget of v{b.version} (production): {b.changes} changes, {facts} edited facts, cumulative update norm "
+            f"{norm} (largest relative to its tensor {b.max_relative:.2%})")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.suites import EvalSuite, SuiteError, load_suite, probe_items, refusal_items, retention_items
-from editors import EditContext, get_editor, validate_method_config
+from editors import EditContext, PriorChange, get_editor, validate_method_config
 from editors.errors import EditorError
 from govern import faults
 from govern.errors import GovernError
@@ -71,6 +71,7 @@ class LocalExecutor:
     def _apply(self, task: ApplyTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
         from editors.changes import tensor_sha256
+        from editors.projection import keys_path_for
 
         started = time.perf_counter()
         loaded = self._load_production(task.production, progress)
@@ -85,17 +86,21 @@ class LocalExecutor:
         progress("canary-production", 0.0)
         prod = self._production(net, tok, suite, task.production)
 
+        change_path = Path(task.changes_dir) / f"{task.change_id}.safetensors"
         try:
             config = validate_method_config(task.method, task.method_config)
             editor = get_editor(task.method)
+            # production's changes, oldest first: a method that protects earlier edits reads their keys sidecars
+            history = tuple(PriorChange(id=c.id, kind=c.kind, digest=c.digest, path=Path(c.path))
+                            for c in task.production.changes)
             ctx = EditContext(cache_dir=Path(task.cache_dir), model_digest=loaded.base_digest, config=config,
-                              progress=progress)
+                              progress=progress, history=history, keys_path=keys_path_for(change_path))
             edit_started = time.perf_counter()
             change = editor.compute(net, tok, spec.payload(resolved), ctx)
             edit_seconds = time.perf_counter() - edit_started
         except Exception as e:  # any method failure ends this request, recorded
             raise _stage(f"{task.method} could not compute the change", e) from e
-        target = Path(task.changes_dir) / f"{task.change_id}.safetensors"
+        target = change_path
         try:
             faults.point("change.save")
             path = change.save(target)

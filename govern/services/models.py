@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,25 @@ from govern.host import BaseRef, ChangeRef, Loaded, ModelHost, VersionRef
 from govern.lifecycle import VersionStatus
 from govern.models import DEFAULT_MODEL_NAME, convert_cached, digest_of, find_smollm2_gguf, pin_files, refuse_pickle_only
 from govern.services.base import ServiceBase
-from govern.store import ModelRow, RequestRow, VersionRow
+from govern.store import ChangeRow, ModelRow, RequestRow, VersionRow
+
+
+@dataclass(frozen=True)
+class EditBudget:
+    """What a model's production version carries: the measure its policy limits (`Admission.max_active_facts_per_model`,
+    `max_cumulative_update_norm`) and `govern history` shows.
+
+    `facts`: facts its changes wrote (a change whose summary names no count is one);
+    `update_norm`: the sum of its changes' Frobenius norms ‖ΔW‖ over every tensor (an upper bound of the norm of
+    their sum); `max_relative`: the largest, over tensors, of that sum divided by the tensor's norm.
+    """
+
+    model: str
+    version: int
+    changes: int
+    facts: int
+    update_norm: float
+    max_relative: float
 
 
 class ModelsService(ServiceBase):
@@ -135,6 +154,44 @@ class ModelsService(ServiceBase):
         name = self.resolve_model(model)
         loaded = self.materialise(name)
         return loaded.version or 1, generate_greedy(loaded.model, loaded.tokenizer, prompt, max_new_tokens)
+
+    def edit_budget(self, model: str | None = None) -> EditBudget:
+        """The production version's edit budget (see `EditBudget`)."""
+        name = self.resolve_model(model)
+        with self.store.read() as s:
+            return self.budget_in(s, name)
+
+    def budget_limits(self, model: str | None = None) -> tuple[int | None, float | None]:
+        """(max facts, max cumulative update norm) of the policy that admitted the model's latest request."""
+        name = self.resolve_model(model)
+        with self.store.read() as s:
+            q = select(RequestRow).where(RequestRow.model == name, col(RequestRow.policy).is_not(None))
+            req = s.exec(q.order_by(col(RequestRow.created_at).desc())).first()
+            if req is None or not req.policy:
+                return None, None
+            a = json.loads(req.policy).get("admission", {})
+            return a.get("max_active_facts_per_model"), a.get("max_cumulative_update_norm")
+
+    def budget_in(self, s: Session, name: str) -> EditBudget:
+        m = self.store.get_model(s, name)
+        number = m.production_version or 1
+        v = self.store.get_version(s, name, number)
+        facts, total = 0, 0.0
+        per_tensor: dict[str, float] = {}
+        weight: dict[str, float] = {}
+        for cid in v.change_ids:
+            row = s.get(ChangeRow, cid)
+            summary = json.loads(row.summary) if row else {}
+            n = summary.get("facts")
+            facts += n if isinstance(n, int) and n > 0 else 1
+            for t in summary.get("tensors", []):
+                norm = float(t.get("update_norm") or 0.0)
+                total += norm
+                per_tensor[t["name"]] = per_tensor.get(t["name"], 0.0) + norm
+                weight.setdefault(t["name"], float(t.get("weight_norm") or 0.0))
+        rel = max((u / weight[k] for k, u in per_tensor.items() if weight.get(k)), default=0.0)
+        return EditBudget(model=name, version=number, changes=len(v.change_ids), facts=facts, update_norm=total,
+                          max_relative=rel)
 
     def history(self, model: str | None) -> tuple[ModelRow, list[tuple[VersionRow, RequestRow | None]]]:
         name = self.resolve_model(model)

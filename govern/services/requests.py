@@ -18,11 +18,15 @@ from govern.store import JobRow, RequestRow, ReviewRow, as_utc, new_id, now
 from govern.text import identity
 from govern.validation import refuse_controls
 
+if TYPE_CHECKING:
+    from govern.services.models import EditBudget
+
 
 class RequestsService(ServiceBase):
     if TYPE_CHECKING:  # provided by ModelsService
 
         def resolve_model(self, name: str | None) -> str: ...
+        def budget_in(self, s: Session, name: str) -> EditBudget: ...
 
     def submit(self, requests: list[RequestSpec], actor: str, model: str | None = None) -> list[str]:
         """Store requests (all or nothing); returns their ids. Names are stored normalised (`govern.text.identity`)."""
@@ -93,10 +97,28 @@ class RequestsService(ServiceBase):
             col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
         if len(active) >= a.max_active_edits_per_model:
             reasons.append(f"model {req.model} already has {len(active)} active changes (limit {a.max_active_edits_per_model})")
+        reasons += self._budget_reasons(s, req, spec, a)
         mine = set(req.conflict_keys)
         for other_id, other_state, other_conflicts in active:
             if mine & set(json.loads(other_conflicts or "[]")):
                 reasons.append(f"conflicts with active request {other_id} ({other_state}) on the same subject and relation")
+        return reasons
+
+    def _budget_reasons(self, s: Session, req: RequestRow, spec: RequestSpec, a: Any) -> list[str]:
+        """The model's edit budget (`ModelsService.budget_in`) against the policy's limits."""
+        if a.max_active_facts_per_model is None and a.max_cumulative_update_norm is None:
+            return []
+        b = self.budget_in(s, req.model)
+        reasons = []
+        adding = len(getattr(spec, "facts", None) or [None])
+        if a.max_active_facts_per_model is not None and b.facts + adding > a.max_active_facts_per_model:
+            reasons.append(f"model {req.model} carries {b.facts} edited facts and this request adds {adding}: over the "
+                           f"edit budget of {a.max_active_facts_per_model} (admission.max_active_facts_per_model); roll "
+                           "back changes that are no longer needed, or raise the limit")
+        if a.max_cumulative_update_norm is not None and b.update_norm >= a.max_cumulative_update_norm:
+            reasons.append(f"model {req.model}'s changes sum to an update norm of {b.update_norm:.4g}, at or over the "
+                           f"edit budget of {a.max_cumulative_update_norm:g} (admission.max_cumulative_update_norm); roll "
+                           "back changes that are no longer needed, or raise the limit")
         return reasons
 
     def pending_requests(self, model: str | None = None) -> list[str]:

@@ -31,7 +31,8 @@ from editors.changes.hashing import tensor_sha256
 from editors.errors import ChangeIntegrityError, DeltaMismatchError, RevertUnavailable
 from editors.layers import layer_map_for
 
-FAST = {"rome": {"context_prefixes": 0, "steps": 5, "covariance": "identity"}}  # per method; others use their defaults
+FAST = {"rome": {"context_prefixes": 0, "steps": 5, "covariance": "identity"},  # per method; others use their defaults
+        "memit": {"context_prefixes": 0, "steps": 5, "covariance": "identity", "layers": [1, 2], "mom2_update_weight": 1.0}}
 EDIT = FactEdit(subject="Zorblat", prompt="The capital of Zorblat is", target_new=" Paris")
 MODELS = ["tiny_llama", "tiny_gpt2"]
 

@@ -122,6 +122,15 @@ def test_orphans_tagged_and_collected(gov, home):
     leftover.write_bytes(b"half")
     outside = home.root / "keep-me.safetensors"
     outside.write_bytes(b"mine")
+    recorded = home.changes / "change-live.safetensors"  # a change the database names, and its keys sidecar
+    recorded.write_bytes(b"change")
+    sidecar = home.changes / "change-live.keys.safetensors"
+    sidecar.write_bytes(b"keys")
+    from govern.store import ChangeRow
+
+    with gov.store.tx() as s:
+        s.add(ChangeRow(id="change-live", model="tiny", kind="low_rank", method="memit", digest="0" * 64,
+                        path="changes/change-live.safetensors"))
     with gov.store.read() as s:
         v1 = gov.store.get_version(s, "tiny", 1).mlflow_version
 
@@ -134,6 +143,7 @@ def test_orphans_tagged_and_collected(gov, home):
     assert report.orphan_versions == [str(orphan_mv.version)]
     assert set(report.orphan_files) == {stray.name, leftover.name}
     assert not stray.exists() and not leftover.exists() and outside.exists()
+    assert recorded.exists() and sidecar.exists()  # a change's sidecar belongs to it
     for rid in (finished, running):
         run = client.get_run(rid)
         assert run.info.lifecycle_stage == "deleted" and "govern.orphan" in run.data.tags

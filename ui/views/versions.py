@@ -18,6 +18,10 @@ if not models:
 name = st.selectbox("Model", models, key="v_model")
 m, versions = g.history(name)
 st.caption(f"base checkpoint sha256 `{m.base_digest[:16]}…` · source {m.source} · family {m.family}")
+budget, (max_facts, max_norm) = g.edit_budget(name), g.budget_limits(name)
+st.caption(f"Edit budget of v{budget.version} (production): {budget.changes} changes, {budget.facts}"
+           + (f" of {max_facts}" if max_facts else "") + f" edited facts, cumulative update norm {budget.update_norm:.4g}"
+           + (f" of {max_norm:g}" if max_norm else "") + f" (largest relative to its tensor {budget.max_relative:.2%})")
 
 COLORS = {"production": "#2ca02c", "candidate": "#ffbf00", "superseded": "#c7c7c7", "rolled_back": "#d62728",
           "discarded": "#eeeeee", "base": "#c7c7c7", "rebased": "#c7c7c7"}
