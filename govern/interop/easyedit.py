@@ -161,8 +161,8 @@ def _rome_settings(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any]
                          f"{', '.join(_ROME_MAPPED)}; ignored: {', '.join(_IGNORED)}. Remove it or set the govern "
                          "setting in the policy's methods.rome")
     if "mom2_update_weight" in data:
-        raise InputError(f"{source}: field 'mom2_update_weight' is MEMIT's (it weighs the covariance against the new "
-                         "keys); ROME has no such setting: remove it, or import the file as alg_name: MEMIT")
+        raise InputError(f"{source}: field 'mom2_update_weight' belongs to a batch method (it weighs the covariance "
+                         "against the new keys); ROME has no such setting: remove it, or import a batch method's file")
     out: dict[str, Any] = {}
     notes: list[str] = []
 
@@ -171,7 +171,7 @@ def _rome_settings(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any]
         layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
         if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], int) or isinstance(layers[0], bool):
             raise InputError(f"{source}: layers is {data['layers']!r}; ROME rewrites one layer, e.g. layers: [5] "
-                             "(several layers are MEMIT's)")
+                             "(several layers are a batch method's)")
         out["layer"] = layers[0]
     if "fact_token" in data and data["fact_token"] != "subject_last":
         raise InputError(f"{source}: fact_token {data['fact_token']!r} does not map: govern's ROME takes the key at the "

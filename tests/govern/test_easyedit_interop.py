@@ -118,7 +118,7 @@ def test_identity_from_easyedit_needs_the_policy_to_allow_it(tmp_path):
     ({"v_prob_nll": 0.1}, r"field 'v_prob_nll' does not map onto govern's rome settings; mapped fields: layers"),
     ({"layers": [4, 5, 6]}, r"layers is \[4, 5, 6\]; ROME rewrites one layer"),
     ({"fact_token": "last"}, r"fact_token 'last' does not map"),
-    ({"mom2_update_weight": 15000}, r"'mom2_update_weight' is MEMIT's"),
+    ({"mom2_update_weight": 15000}, r"'mom2_update_weight' belongs to a batch method"),
     ({"v_lr": "fast"}, r"v_lr is 'fast', not a number"),
     ({"v_num_grad_steps": 2.5}, r"v_num_grad_steps is 2.5; it must be a whole number"),
     ({"mom2_adjustment": "yes"}, r"mom2_adjustment is 'yes'; it must be true or false"),

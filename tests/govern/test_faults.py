@@ -150,10 +150,18 @@ def test_four_concurrent_model_adds_on_a_fresh_home(tmp_path, tiny_llama_dir):
     from govern.home import Home
 
     home = Home(tmp_path / "fresh")
-    procs = [subprocess.Popen([sys.executable, "-m", "govern.cli", "model", "add", f"m{i}", str(tiny_llama_dir)],
-                              env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(4)]
-    results = [(p.wait(timeout=900), p.stderr.read() if p.stderr else "") for p in procs]
+
+    def four(*args: str) -> list[tuple[int, str]]:
+        procs = [subprocess.Popen([sys.executable, "-m", "govern.cli", *(a.format(i=i) for a in args)],
+                                  env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(4)]
+        return [(p.wait(timeout=900), p.stderr.read() if p.stderr else "") for p in procs]
+
+    # first use: four processes create the database and the MLflow store at once (a home with no users may
+    # switch single-user mode on), then four register models at once
+    results = four("auth", "single-user", "on", "--as", "admin")
+    assert all(rc == 0 for rc, _ in results), results
+    results = four("model", "add", "m{i}", str(tiny_llama_dir), "--as", "admin")
     assert all(rc == 0 for rc, _ in results), results
     gov = Govern(home)
     assert sorted(m.name for m in gov.list_models()) == ["m0", "m1", "m2", "m3"]
