@@ -109,13 +109,13 @@ def time_easyedit(apply_rome: Any, hparams: Any, model: Any, tok: Any, edits: li
 
 
 def time_govern(model: Any, tok: Any, edits: list[Any], device: str, steps: int, covariance: str,
-                cache: Path) -> dict[str, Any]:
+                cache: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from gpu_edit import effective, peak_gb, peak_reset, sync
 
     from editors import EditContext, get_editor, validate_method_config
 
     cfg = validate_method_config("rome", {"steps": steps, "early_stop_nll": 0.0, "covariance": covariance,
-                                          "context_prefixes": 20, "prefix_tokens": 8, "lr": 0.5})
+                                          "context_prefixes": 20, "prefix_tokens": 8, "lr": 0.5, **(extra or {})})
     editor = get_editor("rome")
     ctx = EditContext(cache_dir=cache, model_digest=f"random-{id(model)}-{covariance}", config=cfg)
     times, gain = [], float("inf")
@@ -142,7 +142,13 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=4, help="timed edits per row, after one warm-up")
     ap.add_argument("--shapes", default="gpt2-xl,llama3-8b")
     ap.add_argument("--dtypes", default="", help="comma list overriding each shape's dtypes")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a govern rome setting for both govern rows, e.g. --set key_mode=pooled (YAML value)")
+    ap.add_argument("--skip-easyedit", action="store_true")
     args = ap.parse_args()
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     sys.path.insert(0, str(REPO / "bench"))
     from gpu_edit import SHAPES, build, facts, tokenizer
@@ -159,11 +165,13 @@ def main() -> None:
             edits = facts(args.edits + 1)
             hp = easyedit_hparams(hp_cls, shape, n_layers, args.tiny, args.device, dtype)
             try:
+                if args.skip_easyedit:
+                    raise RuntimeError("skipped")
                 ee = time_easyedit(apply_rome, hp, model, tok, edits, args.device)
             except Exception as e:  # noqa: BLE001  # EasyEdit's failure is a row of the table, not the end of the run
                 ee = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
-            ours = time_govern(model, tok, edits, args.device, steps, "identity", work / "cache")
-            cov = time_govern(model, tok, edits, args.device, steps, "second_moment", work / "cache")
+            ours = time_govern(model, tok, edits, args.device, steps, "identity", work / "cache", extra)
+            cov = time_govern(model, tok, edits, args.device, steps, "second_moment", work / "cache", extra)
             rows.append((shape, dtype, ee, ours, cov))
             print(f"{shape} {dtype}: easyedit {ee}; govern {ours}; govern+cov {cov}", flush=True)
             del model
