@@ -20,7 +20,7 @@ Configurations run in the same process on the same edits, so their rows compare
 directly (those that differ only in ``key_mode`` share one value optimisation,
 so their s/edit is the same): ``pooled`` is the key as ROME computed it before (one mean over the
 bare prompt and the prefixed copies: the baseline), ``balanced`` averages each
-tokenisation of the subject with equal weight, ``per_token`` (the default) maps
+tokenisation of the subject with equal weight, ``per_token`` maps
 every tokenisation's key to the value.
 
     python bench/edit_quality.py                                # all forms, the three key modes

@@ -199,7 +199,7 @@ def cli_submit(home: Path, db_url: str, n: int) -> float:
     for i in range(n):
         r = request(f"cli{i:03d}")
         out = subprocess.run([*govern, "submit", "edit", "--subject", r["subject"], "--prompt", r["prompt"],
-                              "--target", r["target"], "--as", "carol", "--model", "tiny"],
+                              "--target", r["target"], "--as", "carol", "--model", "tiny"],  # single-user home
                              env=env, capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
             raise RuntimeError((out.stderr or out.stdout).strip().splitlines()[-1])
@@ -233,6 +233,8 @@ def append_events(gov, n: int) -> float:
                 batch = []
         if batch:
             s.connection().execute(insert(AuditRow), batch)
+        if prev is not None:
+            s.info["govern_head"] = prev  # anchored like any commit (govern.anchors): the bulk events are govern's
     return time.perf_counter() - t0
 
 
@@ -258,6 +260,7 @@ def run_backend(backend: str, args, root: Path, model_dir: Path) -> tuple[list[t
     try:
         home = Home(work / "home")
         gov = Govern(home)
+        gov.set_single_user(True, actor="admin")  # the CLI baseline trusts --as: this bench measures load, not identity
         gov.add_model("tiny", str(model_dir), actor="admin", log=lambda _m: None)
         policy_file = work / "policy.yaml"
         policy_file.write_text(POLICY)

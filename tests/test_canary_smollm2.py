@@ -57,7 +57,12 @@ def test_good_edit_passes_statistical_gates_and_harmful_one_is_rejected_naming_t
     report = good.report()
     relative = [g for g in report.gates if g.kind == "relative"]
     assert relative and all(g.result == "pass" and g.p_adjusted is not None and g.p_adjusted <= 0.05 for g in relative)
-    assert report.report.suite["slices"]["neighbor"] == 60 and report.metrics["freshness"] == 1.0
+    assert report.report.suite["slices"]["neighbor"] == 60
+    # freshness counts an answer about France only (the case: "The capital of Italy is Rome." is not fresh)
+    from audits.canary import is_fresh
+
+    (fresh,) = [r for r in report.report.rows if r.slice == "fresh"]
+    assert report.metrics["freshness"] == float(is_fresh(fresh.after or "", "Rome", "Paris", "France")), fresh.after
 
     bad = gov.get_request(run(gov, HARMFUL, policy))
     assert bad.state == "canary_failed"

@@ -165,9 +165,9 @@ def test_unknown_comparator(tmp_path):
 
 
 def test_unknown_method_in_allowed_methods(tmp_path):
-    msg = _policy_error(_write(tmp_path, BASE.replace("edit: [rome]", "edit: [rome, memit]")))
+    msg = _policy_error(_write(tmp_path, BASE.replace("edit: [rome]", "edit: [rome, zapper]")))
     assert "admission.allowed_methods" in msg
-    assert "'memit'" in msg
+    assert "'zapper'" in msg
 
 
 def test_rule_uses_undefined_tier(tmp_path):

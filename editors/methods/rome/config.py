@@ -21,8 +21,10 @@ class ROMEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     layer: int | None = Field(None, ge=0, description="block whose MLP output projection is rewritten; default: the family's")
+    # default 'pooled': with 'per_token' the subject-first key (the subject at position 0 of "<subject> is a") is
+    # mapped too, and on SmolLM2 a good edit then changed 14 of 78 probes (tests/test_canary_smollm2.py failed)
     key_mode: Literal["per_token", "balanced", "pooled"] = Field(
-        "per_token", description="how the keys of the contexts become the edited key: 'per_token' maps the key of every "
+        "pooled", description="how the keys of the contexts become the edited key: 'per_token' maps the key of every "
         "tokenisation of the subject (subject-first and after a space) to the value; 'balanced' averages the "
         "tokenisations with equal weight; 'pooled' averages all contexts (the original ROME; a subject-first prompt "
         "then misses the edit)")
