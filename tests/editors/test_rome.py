@@ -264,10 +264,12 @@ def test_stats_stream_matches_list_and_accumulates_in_fp32(tiny_llama):
 
 
 def _smollm2_edit(model, tok, tmp_path, edit):
+    """The edit with key_mode per_token, the mode built for subject-first prompts. The default (pooled) misses
+    "Microsoft was founded by" -> " Steve Jobs" greedily; per_token disturbs probes on SmolLM2 (README, ROME)."""
     from audits.canary import target_logprobs
 
     ctx = EditContext(cache_dir=tmp_path, model_digest="smollm2-fast", config=validate_method_config(
-        "rome", {"context_prefixes": 4, "stats_tokens": 3000}))
+        "rome", {"context_prefixes": 4, "stats_tokens": 3000, "key_mode": "per_token"}))
     change = get_editor("rome").compute(model, tok, [edit], ctx)
     n_new = len(tok(edit.target_new, add_special_tokens=False)["input_ids"])
     n_old = len(tok(edit.target_old, add_special_tokens=False)["input_ids"])
