@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-KEYS_SUFFIX = ".keys.safetensors"
+from editors.sidecars import KEYS_SUFFIX, keys_path_for
 
 
 def preserved_basis(C: torch.Tensor, energy: float) -> torch.Tensor:
@@ -81,13 +81,6 @@ def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier
         M = M + earlier_weight * (H @ H.T)
     B = torch.linalg.solve(M, G)  # (F, n)
     return R.double(), B
-
-
-def keys_path_for(change_path: str | Path) -> Path:
-    """The keys sidecar of a change file: ``<id>.safetensors`` -> ``<id>.keys.safetensors``."""
-    p = Path(change_path)
-    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name
-    return p.with_name(stem + KEYS_SUFFIX)
 
 
 def save_keys(path: str | Path, keys: dict[str, torch.Tensor], *, facts: int, change_digest: str) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -266,8 +267,78 @@ class CovarianceSolver:
         return out[:, 0] if col else out
 
 
-_SOLVERS: OrderedDict[tuple, CovarianceSolver] = OrderedDict()
-SOLVER_CACHE_SIZE = 4  # (cache dir, model digest, layer, source, tokens, ridge, device) entries kept in the process
+class DeviceCache:
+    """One process-wide LRU for the statistics kept on a device: covariances, their factors, preserved bases.
+
+    Bounded by entries and by bytes (``GOVERN_STATS_CACHE_GB``, default 16; a Llama-3-8B-sized covariance is
+    14336² float64 = 1.6 GB, so an unbounded cache of a five-layer window per base would grow without end).
+    Every method that keeps such tensors goes through `default_cache` so one bound holds for all of them.
+    """
+
+    def __init__(self, max_entries: int = 32, max_bytes: int | None = None) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes if max_bytes is not None else int(
+            float(os.environ.get("GOVERN_STATS_CACHE_GB", "16")) * 2**30)
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: tuple) -> Any | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: tuple, value: Any, nbytes: int) -> Any:
+        self._items[key] = (value, nbytes)
+        self._items.move_to_end(key)
+        while len(self._items) > 1 and (len(self._items) > self.max_entries or self.nbytes > self.max_bytes):
+            self._items.popitem(last=False)
+        return value
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, n in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+default_cache = DeviceCache()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def device_second_moment(
+    cache_dir: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    layer_map: LayerMap,
+    layer: int,
+    *,
+    model_digest: str,
+    source: str,
+    n_tokens: int,
+    corpus_path: str | Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """C of `layer` in float64 on the model's device, through `default_cache` (then the disk cache, then computed).
+    Returns (C, provenance); provenance["cache"] is "memory" on a process hit."""
+    device = next(model.parameters()).device
+    key = ("moment", str(cache_dir), model_digest, layer_map.mlp_out_name(layer), source, str(corpus_path), n_tokens,
+           str(device))
+    hit = default_cache.get(key)
+    if hit is not None:
+        return hit[0], {**hit[1], "cache": "memory"}
+    C, info = cached_second_moment(cache_dir, model, tokenizer, layer_map, layer, model_digest=model_digest, source=source,
+                                   n_tokens=n_tokens, corpus_path=corpus_path, progress=progress)
+    C64 = C.to(device=device, dtype=torch.float64)
+    default_cache.put(key, (C64, info), _nbytes(C64))
+    return C64, info
 
 
 def cached_solver(
@@ -284,24 +355,21 @@ def cached_solver(
     corpus_path: str | Path | None = None,
     progress: Progress | None = None,
 ) -> tuple[CovarianceSolver, dict]:
-    """The factorised covariance of `layer`, from a process cache (LRU, `SOLVER_CACHE_SIZE` entries) or built
-    from `cached_second_moment`. Returns (solver, provenance); provenance["cache"] is "memory" on a process hit."""
+    """The factorised covariance of `layer`, from `default_cache` or built from `cached_second_moment`.
+    Returns (solver, provenance); provenance["cache"] is "memory" on a process hit."""
     device = next(model.parameters()).device
-    key = (str(cache_dir), model_digest, layer_map.mlp_out_name(layer), source, str(corpus_path), n_tokens, ridge,
-           str(device))
-    if key in _SOLVERS:
-        _SOLVERS.move_to_end(key)
-        solver = _SOLVERS[key]
+    key = ("solver", str(cache_dir), model_digest, layer_map.mlp_out_name(layer), source, str(corpus_path), n_tokens,
+           ridge, str(device))
+    solver = default_cache.get(key)
+    if solver is not None:
         return solver, {**solver.info, "cache": "memory"}
     C, info = cached_second_moment(cache_dir, model, tokenizer, layer_map, layer, model_digest=model_digest, source=source,
                                    n_tokens=n_tokens, corpus_path=corpus_path, progress=progress)
     solver = CovarianceSolver.factorise(C, ridge, device, info)
-    _SOLVERS[key] = solver
-    while len(_SOLVERS) > SOLVER_CACHE_SIZE:
-        _SOLVERS.popitem(last=False)
+    default_cache.put(key, solver, _nbytes(solver.chol))
     return solver, info
 
 
 def clear_solver_cache() -> None:
-    """Drop the factorised covariances held by this process (frees their device memory)."""
-    _SOLVERS.clear()
+    """Drop every statistic this process holds on a device (covariances, factors, bases; frees their memory)."""
+    default_cache.clear()

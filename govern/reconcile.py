@@ -210,9 +210,9 @@ def _collect(gov: Govern, model: str, mvs: list[Any], grace_s: float, report: Re
 def collect_files(gov: Govern, grace_s: float) -> list[str]:
     """Change files (and write leftovers) under the home's ``changes/`` that no change row names, older than grace.
 
-    A change's sidecars (e.g. the keys a projected method stored beside it, `editors.projection.keys_path_for`)
+    A change's sidecars (e.g. the keys a projected method stored beside it, `editors.sidecars.keys_path_for`)
     belong to the change and are kept with it."""
-    from editors.projection import keys_path_for
+    from editors.sidecars import keys_path_for
 
     folder = gov.home.changes
     if not folder.is_dir():

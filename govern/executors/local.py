@@ -71,7 +71,7 @@ class LocalExecutor:
     def _apply(self, task: ApplyTask, progress: Progress) -> Outcome:
         from audits.canary import compare, measure
         from editors.changes import tensor_sha256
-        from editors.projection import keys_path_for
+        from editors.sidecars import keys_path_for
 
         started = time.perf_counter()
         loaded = self._load_production(task.production, progress)

@@ -288,3 +288,26 @@ def test_shipped_batch_policy_and_example_request():
     cfg = policy.method_config("memit")
     assert cfg.projection == "auto" and cfg.model_dump()["projection_after"] == 20
     assert policy.admission.max_active_facts_per_model and policy.admission.max_cumulative_update_norm
+
+
+def test_device_statistics_share_one_bounded_cache(tiny_llama, tmp_path):
+    """MEMIT's covariances and bases and ROME's factors live in `editors.stats.default_cache`: one LRU bounded by
+    entries and bytes (an unbounded per-editor dict of 1.6 GB covariances grew without end)."""
+    from editors.stats import DeviceCache, clear_solver_cache, default_cache
+
+    lru = DeviceCache(max_entries=3, max_bytes=100)
+    for i in range(3):
+        lru.put(("k", i), i, 40)
+    assert len(lru) == 2 and lru.get(("k", 0)) is None and lru.nbytes == 80  # the byte bound evicted the oldest
+    lru.get(("k", 1))
+    lru.put(("k", 3), 3, 40)
+    assert lru.get(("k", 2)) is None and lru.get(("k", 1)) == 1  # least recently used goes first
+    assert DeviceCache(max_bytes=1).put(("big",), "x", 10) == "x"  # one oversized entry is still kept (it is in use)
+
+    clear_solver_cache()
+    model, tok = tiny_llama
+    get_editor("memit").compute(model, tok, FACTS[:1], _ctx(tmp_path))
+    moments = [k for k in default_cache._items if k[0] == "moment"]
+    assert len(moments) == 2, default_cache._items.keys()  # the two edited layers, float64 on the model's device
+    clear_solver_cache()
+    assert len(default_cache) == 0

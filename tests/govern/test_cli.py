@@ -117,7 +117,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, cli_home, tmp_path):
 def test_help_does_not_import_torch():
     code = ("import sys\nsys.argv=['govern','--help']\nfrom govern.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "bad=[m for m in ('torch','transformers','mlflow') if m in sys.modules]\nprint('HEAVY', bad)")
+            "bad=[m for m in ('torch','transformers','mlflow','pydantic','sqlmodel') if m in sys.modules]\nprint('HEAVY', bad)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "HEAVY []" in p.stdout, p.stdout + p.stderr

@@ -54,7 +54,7 @@ from editors.layers import LayerMap, layer_map_for
 from editors.methods.memit.config import MEMITConfig
 from editors.methods.rome.method import frozen, generate_prefixes, subject_last_token
 from editors.projection import keys_path_for, load_keys, preserved_basis, projected_factors, save_keys
-from editors.stats import cached_second_moment
+from editors.stats import default_cache, device_second_moment
 from editors.tokens import pad_right
 
 
@@ -106,10 +106,9 @@ class MEMIT:
     name = "memit"
 
     def __init__(self) -> None:
-        # live as long as the editor (get_editor reuses it): prefixes, covariances on the device, bases, earlier keys
+        # live as long as the editor (get_editor reuses it): prefixes and earlier keys; covariances and bases on the
+        # device go through the one bounded `editors.stats.default_cache`
         self._prefix_cache: dict[tuple, list[str]] = {}
-        self._stats_cache: dict[tuple, tuple[torch.Tensor, dict[str, Any]]] = {}
-        self._basis_cache: dict[tuple, torch.Tensor] = {}
         self._keys_cache: dict[str, tuple[dict[str, torch.Tensor], int] | None] = {}
 
     def compute(self, model: nn.Module, tokenizer: Any, payload: Sequence[FactEdit], ctx: EditContext) -> LowRankUpdate:
@@ -168,26 +167,23 @@ class MEMIT:
                     ctx: EditContext) -> tuple[torch.Tensor | None, dict[str, Any]]:
         if cfg.covariance == "identity":
             return None, {"kind": "identity"}
-        device = next(model.parameters()).device
-        key = (ctx.model_digest, str(ctx.cache_dir), layer, cfg.stats_source, cfg.stats_tokens, cfg.stats_corpus, str(device))
-        if key not in self._stats_cache:  # factorised once per (base, layer): kept on the device
-            try:
-                C, info = cached_second_moment(ctx.cache_dir / "stats", model, tokenizer, lm, layer,
-                                               model_digest=ctx.model_digest, source=cfg.stats_source,
-                                               n_tokens=cfg.stats_tokens, corpus_path=cfg.stats_corpus,
-                                               progress=ctx.progress)
-            except OSError as e:
-                raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
-            self._stats_cache[key] = (C.to(device=device, dtype=torch.float64), info)
-        C, info = self._stats_cache[key]
+        try:
+            C, info = device_second_moment(ctx.cache_dir / "stats", model, tokenizer, lm, layer,
+                                           model_digest=ctx.model_digest, source=cfg.stats_source,
+                                           n_tokens=cfg.stats_tokens, corpus_path=cfg.stats_corpus,
+                                           progress=ctx.progress)
+        except OSError as e:
+            raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
         return C, {k: v for k, v in info.items() if k != "cache"}
 
     def _basis(self, C: torch.Tensor, info: dict[str, Any], cfg: MEMITConfig) -> torch.Tensor:
-        key = (info.get("model_digest"), info.get("layer"), info.get("source"), info.get("tokens"),
+        key = ("basis", info.get("model_digest"), info.get("layer"), info.get("source"), info.get("tokens"),
                cfg.preserved_energy, str(C.device))
-        if key not in self._basis_cache:
-            self._basis_cache[key] = preserved_basis(C, cfg.preserved_energy)
-        return self._basis_cache[key]
+        basis = default_cache.get(key)
+        if basis is None:
+            basis = preserved_basis(C, cfg.preserved_energy)
+            default_cache.put(key, basis, basis.numel() * basis.element_size())
+        return basis
 
     def _earlier_keys(self, ctx: EditContext, names: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
         """Keys of the model's earlier edits at `names` (F, m), the facts they edited, and how many changes had none."""
