@@ -1,17 +1,21 @@
 """Edit quality of MEMIT on SmolLM2-135M over real facts: a batch, and a long run of sequential edits.
 
-Facts are countries and their capitals (the `countryinfo` package, single-word
-ASCII names). Edits are counterfactual, CounterFact-style: country i gets the
-capital of country i + 7; the old answer is its real capital. Measures:
+Facts are real (the `countryinfo` package): countries' capitals, asked
+mid-sentence ("The capital of X is"), and provinces' countries, asked subject-first
+("Ontario is a province of"), interleaved; some targets are several tokens
+(" Andorra la Vella"). Edits are counterfactual, CounterFact-style: a country gets
+another country's capital, a province another country; the old answer is the
+real one. A third of the countries (53), spread over the alphabet, are never edited. Measures:
 
-* efficacy      P(new) > P(old) (mean per-token log-probability) on "The capital of X is"
-* paraphrase    the same on "The capital city of X is"
+* efficacy      P(new) > P(old) (mean per-token log-probability) on the edit prompt; per form in the batch table
+* paraphrase    the same on "The capital city of X is" / "The region of X is part of"
 * specificity   greedy next token unchanged on the capital prompts of held-out countries (never edited)
 * drawdown      relative perplexity change on the shipped general text (audits/data/general.txt)
 
 Two experiments, each in one process on the same facts so the figures compare:
 
-* ``batch``: one MEMIT request of --n facts (the issue's aim: efficacy ≥ 90%, specificity ≥ 85% at 100);
+* ``batch``: one MEMIT request of --n facts, with a table per form (subject-first, mid-sentence,
+  multi-token) (the issue's aim: efficacy ≥ 90%, specificity ≥ 85% at 100);
 * ``sequential``: --n single-fact MEMIT edits applied one after another, with the
   AlphaEdit null-space projection (``projection: always``) and without it
   (``never``); every --every edits: efficacy of the first --first edits, of all
@@ -20,6 +24,7 @@ Two experiments, each in one process on the same facts so the figures compare:
     python bench/memit_quality.py batch --n 100
     python bench/memit_quality.py sequential --n 100 --every 10
     python bench/memit_quality.py sequential --n 1000 --every 100 --device cuda   # the issue's 1,000 (GPU)
+    python bench/memit_quality.py plot --out bench/measured/memit_sequential.json --plot bench/memit_sequential.png
 
 Speed is not measured here (bench/ speed scripts do that); seconds are printed for orientation only.
 """
@@ -56,7 +61,15 @@ def countries() -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def load(device: str, dtype: str) -> tuple[Any, Any, str, Path]:
+def load(device: str, dtype: str, model_dir: str | None = None) -> tuple[Any, Any, str, Path]:
+    """SmolLM2 on `device`: from a converted checkpoint folder (`--model`, no database or MLflow needed, as on a
+    GPU host) or through a scratch govern home (converted once into the shared cache)."""
+    if model_dir:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+        return net, AutoTokenizer.from_pretrained(model_dir), Path(model_dir).name, Path(model_dir).parent / "bench-cache"
     from govern.home import Home
     from govern.service import Govern
 
@@ -104,50 +117,104 @@ class Scorer:
         return perplexity(self.net, self.tok, self.text) / self.base_ppl - 1
 
 
-def edits_for(pairs: list[tuple[str, str]], n: int) -> tuple[list[Any], list[tuple[str, str]]]:
+def provinces(countries_: set[str]) -> list[tuple[str, str]]:
+    """(province, country): real first-level regions from `countryinfo`, ASCII, unique names that are not countries."""
+    import countryinfo
+
+    seen: dict[str, set[str]] = {}
+    for c in countryinfo.all_countries():
+        try:
+            name, provs = c.name(), c.provinces() or []
+        except Exception:  # noqa: BLE001 - some entries lack provinces
+            continue
+        if not (isinstance(name, str) and name in countries_):
+            continue
+        for prov in provs:
+            if isinstance(prov, str) and prov.isascii() and prov[:1].isupper() and 3 <= len(prov) <= 30:
+                seen.setdefault(prov.strip(), set()).add(name)
+    return sorted((p, next(iter(cs))) for p, cs in seen.items() if len(cs) == 1 and p not in countries_)
+
+
+def edits_for(pairs: list[tuple[str, str]], n: int) -> tuple[list[Any], list[tuple[str, str]], list[str]]:
+    """`n` counterfactual edits of real facts, held-out countries, and each edit's paraphrase prompt.
+
+    Two relations and two prompt forms, interleaved so any prefix of the list mixes them:
+    mid-sentence "The capital of X is" → another country's capital, and subject-first
+    "X is a province of" → another country (multi-token targets such as " Andorra la Vella" included).
+    The held-out countries are never edited (their capital prompts measure specificity).
+    """
     from editors import FactEdit
 
-    if len(pairs) < n + 20:
-        raise SystemExit(f"only {len(pairs)} countries with a capital; at most --n {len(pairs) - 20}")
-    edited, held_out = pairs[:n], pairs[n:]
-    caps = [c for _, c in edited]
-    facts = []
-    for i, (name, cap) in enumerate(edited):
-        new = caps[(i + 7) % n] if n > 7 else held_out[i % len(held_out)][1]
-        if new == cap:
-            new = held_out[i % len(held_out)][1]
-        facts.append(FactEdit(subject=name, prompt=f"The capital of {name} is", target_new=" " + new, target_old=" " + cap))
-    return facts, held_out[:60]
+    held_out = pairs[::3][:60]  # spread over the alphabet
+    rest = [p for p in pairs if p not in held_out]
+    names = sorted({c for c, _ in pairs})
+    provs = provinces(set(names))
+    caps = [c for _, c in rest]
+    facts, paraphrases = [], []
+    capital_facts = []
+    for i, (name, cap) in enumerate(rest):
+        new = caps[(i + 7) % len(caps)]
+        if new != cap:
+            capital_facts.append((FactEdit(subject=name, prompt=f"The capital of {name} is", target_new=" " + new,
+                                           target_old=" " + cap), f"The capital city of {name} is"))
+    province_facts = []
+    for i, (prov, country) in enumerate(provs):
+        new = names[(names.index(country) + 11 + i % 5) % len(names)]
+        if new != country:
+            province_facts.append((FactEdit(subject=prov, prompt=f"{prov} is a province of", target_new=" " + new,
+                                            target_old=" " + country), f"The region of {prov} is part of"))
+    mixed = [f for pair in zip(capital_facts, province_facts, strict=False) for f in pair]
+    mixed += province_facts[len(capital_facts):]
+    if len(mixed) < n:
+        raise SystemExit(f"only {len(mixed)} facts available; at most --n {len(mixed)}")
+    for fact, para in mixed[:n]:
+        facts.append(fact)
+        paraphrases.append(para)
+    return facts, held_out, paraphrases
 
 
-def score_facts(s: Scorer, facts: list[Any]) -> dict[str, float]:
-    return {"efficacy": s.prefers([f.prompt for f in facts], [f.target_new for f in facts], [f.target_old for f in facts]),
-            "paraphrase": s.prefers([f"The capital city of {f.subject} is" for f in facts],
-                                    [f.target_new for f in facts], [f.target_old for f in facts])}
+def score_facts(s: Scorer, facts: list[Any], paraphrases: list[str]) -> dict[str, float]:
+    new, old = [f.target_new for f in facts], [f.target_old for f in facts]
+    return {"efficacy": s.prefers([f.prompt for f in facts], new, old),
+            "paraphrase": s.prefers(paraphrases[: len(facts)], new, old)}
+
+
+def score_forms(s: Scorer, facts: list[Any], paraphrases: list[str]) -> dict[str, dict[str, float]]:
+    """Efficacy and paraphrase per prompt form: subject-first, mid-sentence, multi-token targets."""
+    forms = {"subject-first": [i for i, f in enumerate(facts) if f.prompt.startswith(f.subject)],
+             "mid-sentence": [i for i, f in enumerate(facts) if not f.prompt.startswith(f.subject)],
+             "multi-token": [i for i, f in enumerate(facts) if len(s.tok(f.target_new, add_special_tokens=False)
+                                                                   ["input_ids"]) > 1]}
+    return {k: {**score_facts(s, [facts[i] for i in ix], [paraphrases[i] for i in ix]), "n": len(ix)}
+            for k, ix in forms.items() if ix}
 
 
 def run_batch(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
     from editors import EditContext, get_editor, validate_method_config
 
-    net, tok, digest, cache = load(args.device, args.dtype)
-    facts, held_out = edits_for(countries(), args.n)
+    net, tok, digest, cache = load(args.device, args.dtype, args.model)
+    facts, held_out, paras = edits_for(countries(), args.n)
     s = Scorer(net, tok, held_out)
-    before = score_facts(s, facts)
+    before = score_facts(s, facts, paras)
     ctx = EditContext(cache_dir=cache, model_digest=digest, config=validate_method_config("memit", settings))
     t = time.perf_counter()
     change = get_editor("memit").compute(net, tok, facts, ctx)
     secs = time.perf_counter() - t
     with change.trial(net):
-        after = {**score_facts(s, facts), "specificity": s.specificity(), "drawdown": s.drawdown()}
+        after = {**score_facts(s, facts, paras), "specificity": s.specificity(), "drawdown": s.drawdown(),
+                 "forms": score_forms(s, facts, paras)}
     row = {"facts": len(facts), "before": before, **after, "seconds": round(secs, 1),
            "steps": change.meta["steps"], "converged": change.meta["converged_facts"], "layers": change.meta["layers"],
            "update_norms": [round(t["update_norm"], 4) for t in change.tensor_summaries()], "settings": settings}
-    print(f"\nMEMIT batch of {len(facts)} country-capital edits on SmolLM2-135M ({args.device}, {args.dtype}), "
+    print(f"\nMEMIT batch of {len(facts)} real-fact edits on SmolLM2-135M ({args.device}, {args.dtype}), "
           f"layers {change.meta['layers']}")
     print(f"{'facts':>6s} {'eff. before':>11s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'drawdown':>9s} "
           f"{'steps':>6s} {'seconds':>8s}")
     print(f"{len(facts):6d} {before['efficacy']:11.1%} {after['efficacy']:9.1%} {after['paraphrase']:9.1%} "
           f"{after['specificity']:9.1%} {after['drawdown']:+9.4f} {row['steps']:6d} {secs:8.1f}")
+    print(f"\n{'form':14s} {'edits':>6s} {'efficacy':>9s} {'paraphr.':>9s}")
+    for form, f in after["forms"].items():
+        print(f"{form:14s} {f['n']:6d} {f['efficacy']:9.1%} {f['paraphrase']:9.1%}")
     return row
 
 
@@ -155,8 +222,8 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
     from editors import EditContext, PriorChange, get_editor, validate_method_config
     from editors.projection import keys_path_for
 
-    net, tok, digest, cache = load(args.device, args.dtype)
-    facts, held_out = edits_for(countries(), args.n)
+    net, tok, digest, cache = load(args.device, args.dtype, args.model)
+    facts, held_out, paras = edits_for(countries(), args.n)
     s = Scorer(net, tok, held_out)
     editor = get_editor("memit")
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -176,17 +243,20 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
                 change.apply(net, strict=False, undo=False)
                 history.append(PriorChange(id=cid, kind=change.kind, digest=change.digest, path=path))
                 if i % args.every == 0 or i == len(facts):
-                    first = score_facts(s, facts[: min(args.first, i)])
-                    allf = score_facts(s, facts[:i])
+                    first = score_facts(s, facts[: min(args.first, i)], paras)
+                    allf = score_facts(s, facts[:i], paras)
                     point = {"edits": i, "first_efficacy": first["efficacy"], "efficacy": allf["efficacy"],
                              "paraphrase": allf["paraphrase"], "specificity": s.specificity(), "drawdown": s.drawdown(),
                              "seconds": round(time.perf_counter() - t0, 1)}
                     curve.append(point)
+                    if args.out:  # partial results survive a run cut short (a time limit on a GPU host)
+                        Path(args.out).write_text(json.dumps({"curves": {**curves, mode: curve}, "settings": settings,
+                                                              "n": args.n, "first": args.first, "partial": True}))
                     print(f"  {mode:7s} {i:5d} edits: first-{min(args.first, i)} efficacy {point['first_efficacy']:.1%}, "
                           f"all {point['efficacy']:.1%}, paraphrase {point['paraphrase']:.1%}, specificity "
                           f"{point['specificity']:.1%}, drawdown {point['drawdown']:+.4f} ({point['seconds']:.0f}s)", flush=True)
         finally:  # the next mode starts from the base: a fresh load, exact
-            net, tok, digest, cache = load(args.device, args.dtype)
+            net, tok, digest, cache = load(args.device, args.dtype, args.model)
             s.net, s.tok = net, tok
         curves[mode] = curve
     print(f"\nMEMIT sequential single edits on SmolLM2-135M ({args.device}, {args.dtype}); efficacy of the first "
@@ -196,9 +266,7 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
         for p in curve:
             print(f"{mode:8s} {p['edits']:6d} {p['first_efficacy']:10.1%} {p['efficacy']:9.1%} {p['paraphrase']:9.1%} "
                   f"{p['specificity']:9.1%} {p['drawdown']:+9.4f}")
-    if args.plot:
-        plot(curves, Path(args.plot), args.first)
-    return {"curves": curves, "settings": settings, "n": args.n}
+    return {"curves": curves, "settings": settings, "n": args.n, "first": args.first}
 
 
 def plot(curves: dict[str, list[dict[str, Any]]], path: Path, first: int) -> None:
@@ -232,12 +300,14 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path, first: int) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["batch", "sequential"])
+    ap.add_argument("experiment", choices=["batch", "sequential", "plot"],
+                    help="plot: draw the curve of an earlier sequential run's JSON (--out) again")
     ap.add_argument("--n", type=int, default=100, help="facts in the batch / sequential edits")
     ap.add_argument("--every", type=int, default=10, help="sequential: measure every this many edits")
     ap.add_argument("--first", type=int, default=100, help="sequential: efficacy of the first this many edits")
     ap.add_argument("--modes", default="always,never", help="sequential: projection modes to compare")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, help="converted SmolLM2 folder (default: convert through a scratch home)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a MEMIT setting (repeatable), e.g. --set layers=[4,5,6]")
@@ -246,11 +316,17 @@ def main() -> None:
     args = ap.parse_args()
     settings = {**FAST, **{k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
                            for k, v in (x.split("=", 1) for x in args.set)}}
+    if args.experiment == "plot":
+        saved = json.loads(Path(args.out or "bench/results/memit_sequential.json").read_text())
+        plot(saved["curves"], Path(args.plot), saved.get("first", args.first))
+        return
     result = run_batch(args, settings) if args.experiment == "batch" else run_sequential(args, settings)
     out = Path(args.out or f"bench/results/memit_{args.experiment}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     print(f"written {out}")
+    if args.experiment == "sequential" and args.plot:  # after the JSON: a host without matplotlib keeps the figures
+        plot(result["curves"], Path(args.plot), args.first)
 
 
 if __name__ == "__main__":
