@@ -7,10 +7,13 @@ from typing import Any
 import torch
 
 
-def pad_right(rows: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), each (B, T): rows padded on the right, so position i is token i."""
+def pad_right(rows: list[list[int]], pad_id: int | None, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (B, T): rows padded on the right, so position i is token i.
+
+    A tokenizer without a pad token (GPT-2's, many GGUF conversions) pads with id 0: padded positions are masked
+    and never scored, so the id only has to exist."""
     T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), T), 0 if pad_id is None else pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
@@ -21,13 +24,19 @@ def pad_right(rows: list[list[int]], pad_id: int, device: torch.device | str) ->
 def encode_left_padded(tokenizer: Any, texts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
     """Tokenise for generation: padded on the left so every row continues from its own end.
 
-    The tokenizer's padding side is restored afterwards.
+    The tokenizer's padding side is restored afterwards; one without a pad token pads with its end-of-text token
+    (masked, so never read) and is left as it was.
     """
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    no_pad = getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None
+    if no_pad:
+        tokenizer.pad_token = tokenizer.eos_token
     try:
         return tokenizer(texts, return_tensors="pt", padding=True).to(device)
     finally:
         tokenizer.padding_side = side
+        if no_pad:
+            tokenizer.pad_token = None
 
 
 def context_length(model: Any) -> int | None:
