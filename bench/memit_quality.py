@@ -269,7 +269,7 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
     return {"curves": curves, "settings": settings, "n": args.n, "first": args.first}
 
 
-def plot(curves: dict[str, list[dict[str, Any]]], path: Path, first: int) -> None:
+def plot(curves: dict[str, list[dict[str, Any]]], path: Path, first: int, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +291,8 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path, first: int) -> Non
     axes[0].set_ylim(0, 1.05)
     axes[1].set_ylim(0, 1.05)
     axes[0].legend()
-    fig.suptitle("MEMIT sequential single edits on SmolLM2-135M (bench/memit_quality.py)")
+    fig.suptitle("MEMIT sequential single edits on SmolLM2-135M (bench/memit_quality.py)" + (f"\n{note}" if note else ""),
+                 fontsize=10 if note else 12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -318,7 +319,7 @@ def main() -> None:
                            for k, v in (x.split("=", 1) for x in args.set)}}
     if args.experiment == "plot":
         saved = json.loads(Path(args.out or "bench/results/memit_sequential.json").read_text())
-        plot(saved["curves"], Path(args.plot), saved.get("first", args.first))
+        plot(saved["curves"], Path(args.plot), saved.get("first", args.first), saved.get("note", ""))
         return
     result = run_batch(args, settings) if args.experiment == "batch" else run_sequential(args, settings)
     out = Path(args.out or f"bench/results/memit_{args.experiment}.json")
