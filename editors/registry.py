@@ -47,6 +47,10 @@ class MethodSpec:
     config: type[BaseModel]  # strict pydantic model of the method's settings
     load: Callable[[], Editor]  # builds the editor; may import torch
     description: str = ""
+    # settings files of other tools this method reads: (tool, that tool's method name, mapper). The mapper gets the
+    # parsed file and a `SettingsImport` (the tool's shared parsing helpers, given by govern/interop) and returns
+    # (settings, notes); it raises through `SettingsImport.error` for a field that does not map.
+    imports: tuple[tuple[str, str, Callable[[Any, Any], tuple[dict[str, Any], list[str]]]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -64,6 +68,14 @@ _EDITORS: dict[str, Editor] = {}
 _discovered = False
 _discover_lock = threading.Lock()
 _build_lock = threading.RLock()  # a load may ask for another editor
+
+
+def settings_importers(tool: str) -> dict[str, tuple[str, Callable[[Any, Any], tuple[dict[str, Any], list[str]]]]]:
+    """{that tool's method name (upper case): (govern method, mapper)} for every registered method that reads `tool`'s
+    settings files (`MethodSpec.imports`)."""
+    _discover()
+    return {foreign.upper(): (spec.name, mapper) for spec in _METHODS.values() for t, foreign, mapper in spec.imports
+            if t == tool}
 
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:

@@ -124,18 +124,61 @@ def hparams_settings(data: object, source: str = "hyper-parameters") -> Imported
     alg = data.get("alg_name")
     if not isinstance(alg, str) or not alg:
         raise InputError(f"{source}: alg_name is missing; EasyEdit files name their method, e.g. alg_name: ROME")
-    mappers = {"ROME": ("rome", _rome_settings)}
+    from editors.registry import settings_importers
+
+    mappers: dict[str, tuple[str, Any]] = {"ROME": ("rome", _rome_settings)}
+    # other methods declare their own mapping in their package (MethodSpec.imports): govern names none of them
+    for foreign, (name, mapper) in settings_importers("easyedit").items():
+        mappers.setdefault(foreign, (name, _from_method(mapper)))
     if alg.upper() not in mappers:
         registered = ", ".join(available_methods())
-        hint = (f"govern has a method {alg.lower()!r} but no EasyEdit mapping for it yet: add one to `mappers` in "
-                "govern/interop/easyedit.py" if alg.lower() in available_methods()
+        hint = (f"govern has a method {alg.lower()!r} but no EasyEdit mapping for it yet: declare one in its "
+                "MethodSpec (imports=(('easyedit', NAME, mapper),))" if alg.lower() in available_methods()
                 else f"govern's methods here: {registered}")
         raise InputError(f"{source}: alg_name {alg!r} cannot be imported (EasyEdit methods govern reads: "
-                         f"{', '.join(mappers)}); {hint}")
+                         f"{', '.join(sorted(mappers))}); {hint}")
     method, mapper = mappers[alg.upper()]
     settings, notes = mapper(data, source)
     validate_method_config(method, settings)  # MethodConfigError names the bad setting and the valid ones
     return ImportedSettings(source=source, alg_name=alg, method=method, settings=settings, notes=notes)
+
+
+class SettingsImport:
+    """The helpers a method's EasyEdit mapper (`MethodSpec.imports`) uses: shared parsing, one-line errors, and the
+    fields every EasyEdit file may carry that govern ignores."""
+
+    ignored = _IGNORED
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self.data, self.source = data, source
+
+    def error(self, message: str) -> InputError:
+        return InputError(f"{self.source}: {message}")
+
+    def number(self, key: str, *, integer: bool = False) -> float:
+        return _number(self.data, key, self.source, integer=integer)
+
+    def context_templates(self) -> tuple[int, int, str | None]:
+        """(context_prefixes, prefix_tokens, note) from ``context_template_length_params``."""
+        return _context_templates(self.data["context_template_length_params"], self.source)
+
+    def check_module(self) -> str:
+        """A note naming the layer maps whose MLP output ``rewrite_module_tmp`` is; InputError when none is."""
+        return _check_module(self.data["rewrite_module_tmp"], self.source)
+
+    def refuse_unknown(self, mapped: Mapping[str, str], method: str) -> None:
+        unknown = [k for k in self.data if k not in mapped and k not in _IGNORED]
+        if unknown:
+            raise self.error(f"field {unknown[0]!r} does not map onto govern's {method} settings; mapped fields: "
+                             f"{', '.join(mapped)}; ignored: {', '.join(_IGNORED)}. Remove it or set the govern "
+                             f"setting in the policy's methods.{method}")
+
+
+def _from_method(mapper: Any) -> Any:
+    def convert(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+        return mapper(data, SettingsImport(data, source))
+
+    return convert
 
 
 def _number(data: Mapping[str, Any], key: str, source: str, *, integer: bool = False) -> float:

@@ -125,7 +125,7 @@ def test_identity_from_easyedit_needs_the_policy_to_allow_it(tmp_path):
     ({"context_template_length_params": [5, 10]}, r"expected \[\[length, count\], \.\.\.\]"),
     ({"rewrite_module_tmp": "transformer.encoder.layers.{}.mlp.dense_4h_to_h"},
      r"is a module no govern layer map edits .* FAMILIES in editors/layers\.py"),
-    ({"alg_name": "MEMIT"}, r"alg_name 'MEMIT' cannot be imported \(EasyEdit methods govern reads: ROME\)"),
+    ({"alg_name": "MEND"}, r"alg_name 'MEND' cannot be imported \(EasyEdit methods govern reads: MEMIT, ROME\)"),
     ({"alg_name": "FT"}, r"alg_name 'FT' cannot be imported"),
     ({"alg_name": None}, r"alg_name is missing"),
     ({"v_num_grad_steps": 5000}, r"settings for method 'rome' are invalid: steps"),  # govern's own bounds
@@ -134,6 +134,28 @@ def test_what_does_not_map_is_refused_in_one_line(changes, expected):
     with pytest.raises(GovernError, match=expected) as e:
         hparams_settings(hp(**changes), "x.yaml")
     assert "\n" not in str(e.value)
+
+
+def test_memit_hparams_map_through_the_method_package(tmp_path):
+    """MEMIT's EasyEdit mapping lives in editors/methods/memit (MethodSpec.imports): govern/ names no method."""
+    p = govern(tmp_path / "home", "policy", "import-hparams", str(REPO / "examples" / "easyedit" / "memit-smollm2.yaml"),
+               check=True)
+    block = yaml.safe_load(p.stdout)
+    assert block["methods"]["memit"] == {"layers": [4, 5, 6, 7, 8], "steps": 25, "lr": 0.5, "clamp_norm_factor": 4.0,
+                                         "kl_factor": 0.0625, "weight_decay": 0.5, "mom2_update_weight": 2000.0,
+                                         "covariance": "second_moment"}
+    assert "# note: weight_decay" in p.stdout and "llama" in p.stdout  # the notes and the layer-map check
+    policy = load_policy(_policy_with(tmp_path, p.stdout))
+    assert policy.method_config("memit").layers == [4, 5, 6, 7, 8]
+    data = yaml.safe_load((REPO / "examples" / "easyedit" / "memit-smollm2.yaml").read_text())
+    for changes, expected in [({"layers": "4-8"}, r"layers is '4-8'; MEMIT rewrites a list of layers"),
+                              ({"layer_selection": "random"}, r"layer_selection 'random' does not map"),
+                              ({"v_prob_nll": 0.1}, r"field 'v_prob_nll' does not map onto govern's memit settings"),
+                              ({"mom2_update_weight": "heavy"}, r"mom2_update_weight is 'heavy', not a number"),
+                              ({"v_num_grad_steps": 10_000}, r"settings for method 'memit' are invalid: steps")]:
+        with pytest.raises(GovernError, match=expected) as e:
+            hparams_settings({**data, **changes}, "memit.yaml")
+        assert "\n" not in str(e.value)
 
 
 def test_every_ignored_field_is_really_harmless():
@@ -161,11 +183,11 @@ def test_cli_prints_the_block_and_refuses_bad_files_in_one_line(tmp_path):
     block = yaml.safe_load(p.stdout)
     assert block["methods"]["rome"]["layer"] == 6 and block["methods"]["rome"]["context_prefixes"] == 10
     load_policy(_policy_with(tmp_path, p.stdout))
-    bad = tmp_path / "memit.yaml"
-    bad.write_text(ROME_HPARAMS.replace('"ROME"', '"MEMIT"'))
+    bad = tmp_path / "mend.yaml"
+    bad.write_text(ROME_HPARAMS.replace('"ROME"', '"MEND"'))
     p = govern(home, "policy", "import-hparams", str(bad))
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1 and "MEMIT" in p.stderr
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1 and "MEND" in p.stderr
     assert not home.exists()  # importing settings touches no govern home
 
 

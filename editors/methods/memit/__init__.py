@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from editors.methods.memit.config import MEMITConfig
+from editors.methods.memit.easyedit import memit_from_easyedit
 from editors.registry import MethodSpec, register_method
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ SPEC = register_method(MethodSpec(
     load=_load,
     description="Mass-Editing Memory in a Transformer: a batch of facts, one low-rank update per layer of a window; "
                 "null-space projected (AlphaEdit) when the model already carries many edits",
+    imports=(("easyedit", "MEMIT", memit_from_easyedit),),
 ))
 
 __all__ = ["SPEC", "MEMITConfig"]
