@@ -10,6 +10,11 @@ below): the user of the API token in ``$GOVERN_TOKEN`` or ``--token-file``,
 checked by `govern.auth.Acting` exactly as the UI checks a signed-in user;
 ``--as NAME`` alone counts only in single-user mode (see `govern/auth.py`).
 
+`COMMAND_PERMISSIONS` lists every command with the permission it needs (`govern.auth.PERMISSIONS` maps it
+to roles); ``None`` marks the commands that act on nothing: reads of the home (whoever can open its database
+reads it anyway), checks of a file, and the demo in its own fresh home. A test holds the table and the
+commands to each other.
+
 One module of about 400 lines on purpose: each command is a thin typer wrapper
 over one `Govern` call, and the whole command table reads in one place.
 """
@@ -71,6 +76,27 @@ DtypeOpt = Annotated[Dtype, typer.Option(
     help="weights' dtype on the worker; auto: float32 on the CPU, bfloat16 on CUDA (float16 without bf16)")]
 
 
+COMMAND_PERMISSIONS: dict[str, str | None] = {
+    "model add": "manage_models", "model list": None,
+    "submit": "submit", "submit edit": "submit", "apply": "submit",
+    "policy import-hparams": None,  # a file in, a policy block out: touches no home
+    "review approve": "review", "review reject": "review",
+    "status": None, "history": None, "ask": None,  # reads
+    "rollback": "rollback",
+    "certificate": "certify",  # --verify FILE alone only checks a file: no role
+    "monitor": "operate", "reconcile": "operate", "worker": "operate",
+    "ui": "operate",  # for its background workers; the app signs each user in itself (--no-worker: no role)
+    "export": "operate",  # --verify DIR alone only checks a folder: no role
+    "audit export": "audit", "audit verify": "audit",
+    "user add": "manage_users",  # the first admin of a home without users needs none (the bootstrap)
+    "user roles": "manage_users", "user list": "manage_users",
+    "token create": "manage_users", "token list": "manage_users", "token revoke": "manage_users",
+    "auth single-user": "manage_users",  # on a home without users: anyone, once (the bootstrap)
+    "auth status": None,  # says who the presented token is; refusals are audited
+    "demo": None,  # in-process, in its own fresh home
+}
+
+
 def _gov() -> Govern:
     from govern.service import Govern
 
@@ -98,6 +124,15 @@ def _presented_token() -> str | None:
         return env
     path = _TOKEN_FILE["path"]
     return read_token_file(path) if path else None
+
+
+def _credentials() -> dict[str, str]:
+    """How a child `govern` process (a background worker) presents this call's identity: the token's source."""
+    env = os.environ.get("GOVERN_TOKEN", "").strip()
+    if env:
+        return {"GOVERN_TOKEN": env}
+    path = _TOKEN_FILE["path"]
+    return {"GOVERN_TOKEN_FILE": str(Path(path).resolve())} if path else {}
 
 
 def _acting(gov: Govern, permission: Permission, as_name: str | None, default: str | None = None) -> Acting:
@@ -347,6 +382,7 @@ def certificate(
     request_id: Annotated[str | None, typer.Argument(help="request id")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for certificate.json/.md/.html and plots")] = None,
     verify: Annotated[Path | None, typer.Option(help="check a certificate.json's digest instead")] = None,
+    actor: Actor = None,
 ) -> None:
     """Write a change's certificate (F1-F7: evidence, window, method, verification, regression, rollback point, audit)."""
     if verify is not None:
@@ -366,7 +402,9 @@ def certificate(
         from govern.errors import InputError
 
         raise InputError("name a request id (see `govern status`), or pass --verify FILE")
-    paths = _gov().issue_certificate(request_id, out, log=out is None)
+    gov = _gov()
+    who = _acting(gov, "certify", actor, "auditor").name
+    paths = gov.issue_certificate(request_id, out, log=out is None, actor=who)
     for kind, p in paths.items():
         typer.echo(f"{kind:14} {p}")
 
@@ -376,14 +414,18 @@ def monitor(
     policy: Annotated[Path, typer.Option(help="policy whose rollback_triggers apply")] = Path("policies/default.yaml"),
     every: Annotated[str | None, typer.Option(help="repeat every DURATION (30s, 10m, 1h); default: check once")] = None,
     model: ModelOpt = None,
+    actor: Actor = None,
 ) -> None:
-    """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones."""
+    """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones.
+
+    Needs the service or admin role (`govern user add monitor --role service --token-only`)."""
     from govern.monitor import parse_every, run
     from govern.policy import load_policy
 
     period = parse_every(every) if every is not None else None
     pol = load_policy(policy)
     gov = _gov()
+    _acting(gov, "operate", actor, "monitor")
     models = [gov.resolve_model(model)] if model else [m.name for m in gov.list_models()] or [gov.resolve_model(None)]
     try:
         checks = run(gov, pol, models, period, log=lambda m: typer.echo(m))
@@ -400,11 +442,14 @@ def monitor(
 @app.command()
 def reconcile(model: ModelOpt = None,
               grace: Annotated[float, typer.Option(min=0.0, help="collect orphans older than this many seconds")] = 600.0,
-              ) -> None:
-    """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans."""
+              actor: Actor = None) -> None:
+    """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans.
+
+    Needs the service or admin role (it deletes orphan files and MLflow entries)."""
     from govern.reconcile import reconcile as run_reconcile
 
     gov = _gov()
+    _acting(gov, "operate", actor, "operator")
     run_reconcile(gov, gov.resolve_model(model) if model else None, grace_s=grace, log=lambda m: typer.echo(m))
 
 
@@ -418,9 +463,11 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="hf (merged checkpoint) or peft (LoRA adapter over the base)")] = "hf",
     force: Annotated[bool, typer.Option(help="replace a non-empty OUTPUT whole")] = False,
     verify: Annotated[Path | None, typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
-    actor: Annotated[str, typer.Option("--as", help="recorded as the exporter in the trail")] = "govern",
+    actor: Actor = None,
 ) -> None:
-    """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one."""
+    """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one.
+
+    Exporting needs the service or admin role and is audited under that user (`version.exported`)."""
     from govern.export import export as run_export
     from govern.export import verify_export
 
@@ -433,7 +480,9 @@ def export(
         return
     if output is None:
         raise _input_error("give -o DIR to export to, or --verify DIR")
-    m = run_export(_gov(), model, fmt, output, number=version, alias=alias, force=force, actor=actor)
+    gov = _gov()
+    who = _acting(gov, "operate", actor, "operator").name
+    m = run_export(gov, model, fmt, output, number=version, alias=alias, force=force, actor=who)
     typer.echo(f"exported {m.model} v{m.version} ({m.format}, {len(m.changes)} changes, {len(m.files)} files) to {output}")
 
 
@@ -610,11 +659,22 @@ def ui(
         help="admission policy for requests submitted in the UI")] = Path("policies/default.yaml"),
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run a background `govern worker` per model")] = True,
     device: Annotated[str, typer.Option(help="torch device for the background worker")] = "cpu",
+    actor: Actor = None,
 ) -> None:
-    """Start the reviewer app (Streamlit) and a background worker; Ctrl-C stops both."""
-    from govern.uiserver import serve
+    """Start the reviewer app (Streamlit) and a background worker; Ctrl-C stops both.
 
-    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device))
+    The app signs each user in itself; its background workers need the service or admin role of the user who
+    starts it (their token is handed to the workers, never to the app)."""
+    from govern.policy import load_policy
+    from govern.uiserver import resolve_policy, serve
+
+    load_policy(resolve_policy(policy))  # a bad policy is one error line before anything starts
+    gov = _gov()
+    credentials: dict[str, str] = {}
+    if worker and gov.list_models():
+        _acting(gov, "operate", actor, "worker")
+        credentials = _credentials()
+    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device, credentials=credentials))
 
 
 # ---------------------------------------------------------------- worker, demo
@@ -624,11 +684,15 @@ def worker(model: ModelOpt = None,
            dtype: DtypeOpt = Dtype.float32,
            lease: Annotated[float, typer.Option(
                min=1.0, max=3600.0, help="lease seconds (1-3600); a dead worker's job is re-claimed after it")] = 60.0,
-           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None) -> None:
-    """Serve apply jobs for one model, keeping it loaded between jobs."""
+           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None,
+           actor: Actor = None) -> None:
+    """Serve apply jobs for one model, keeping it loaded between jobs.
+
+    Needs the service or admin role (`govern user add worker --role service --token-only`)."""
     from govern.worker import Worker
 
     gov = _gov()
+    _acting(gov, "operate", actor, "worker")
     name = gov.resolve_model(model)
     w = Worker(gov, name, device=device, dtype=dtype.value, lease_s=lease,
                progress=lambda rid, stage, frac: typer.echo(f"{rid} {stage} {frac:.0%}"))

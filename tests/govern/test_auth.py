@@ -132,7 +132,7 @@ def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):
         gov.acting("nobody")
     with pytest.raises(NotFoundError):
         gov.set_roles("nobody", ["admin"], actor="root")
-    assert set(ROLES) == {"requester", "reviewer", "approver", "auditor", "admin"}
+    assert set(ROLES) == {"requester", "reviewer", "approver", "auditor", "service", "admin"}
 
 
 def govern(home: Path, *args: str, stdin: str | None = None, token: str | None = None) -> subprocess.CompletedProcess:
@@ -158,7 +158,7 @@ def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     assert p.stdout.strip() == "user sso: auditor (sign-in: OIDC as sso@example.org)"
     p = govern(home, "user", "add", "eve", "--role", "boss", "--password-stdin", stdin=PW + "\n", token=root)
     assert (p.returncode, p.stderr.strip()) == (
-        2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, admin")
+        2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, service, admin")
     p = govern(home, "user", "roles", "bob", "--role", "requester", token=root)
     assert p.stdout.strip() == "user bob: requester"
     p = govern(home, "user", "list", token=root)
