@@ -301,9 +301,9 @@ class Acting:
         self.require("manage_users")
         return self.gov.revoke_token(token_id, actor=self.name)
 
-    def set_single_user(self, enabled: bool) -> None:
+    def set_single_user(self, enabled: bool) -> bool:
         self.require("manage_users")
-        self.gov.set_single_user(enabled, actor=self.name)
+        return self.gov.set_single_user(enabled, actor=self.name)
 
     def add_model(self, name: str, path: str, *, gguf_file: str | None = None, allow_pickle: bool = False) -> ModelRow:
         self.require("manage_models")

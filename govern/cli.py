@@ -555,6 +555,9 @@ def user_add(
     typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
     if token:
         _print_token(token)
+    if token and gov.single_user():  # the first admin of a home someone switched to single-user mode before
+        typer.echo("warning: this home is in single-user mode: --as NAME is trusted without a token; turn it off "
+                   "with `govern auth single-user off` (as this admin) to make every command present a token", err=True)
 
 
 @user_app.command("roles")
@@ -631,9 +634,12 @@ def auth_single_user(state: Annotated[str, typer.Argument(help="on or off")], ac
     if _presented_token() is None and not gov.has_users():
         from govern.auth import check_name
 
-        gov.set_single_user(state == "on", actor=check_name(actor or "admin"))
+        changed = gov.set_single_user(state == "on", actor=check_name(actor or "admin"), bootstrap=True)
     else:
-        _acting(gov, "manage_users", actor, "admin").set_single_user(state == "on")
+        changed = _acting(gov, "manage_users", actor, "admin").set_single_user(state == "on")
+    if not changed:
+        typer.echo(f"single-user mode is {state} already (nothing recorded)")
+        return
     typer.echo(f"single-user mode {state}" + (": --as NAME is trusted without a token; every action is recorded "
                                               "under that name" if state == "on" else ""))
 
