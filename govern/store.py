@@ -43,6 +43,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from audits.evidence import Evidence
 from audits.trail import AuditEvent, make_event
+from govern import faults
 from govern.domain import RequestSpec, from_row
 from govern.errors import InputError, ModelError, NotFoundError
 from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus, next_state
@@ -369,6 +370,7 @@ class Store:
                 return
             try:
                 migrations.upgrade(conn)
+                faults.point("migrate.before_commit")  # a kill here leaves no table behind (transactional DDL)
             except CommandError as error:  # e.g. a revision this govern does not know: a newer govern made it
                 raise ModelError(f"cannot migrate the database at {safe_url(self.url)}: {error}; it was made by a "
                                  "newer govern (upgrade this one) or its version table was edited") from None
@@ -401,7 +403,6 @@ class Store:
         that appended audit events, the new head is handed to `anchor_sink`
         (the home's anchor log, `govern.anchors`), outside the database.
         """
-        from govern import faults
         from govern.retry import write_session
 
         with write_session(self.engine) as s:

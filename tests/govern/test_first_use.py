@@ -96,3 +96,22 @@ def test_concurrent_first_use_bootstraps_once_on_each_backend(db_url, tmp_path):
     finally:
         for drop in drops:
             drop()
+
+
+def test_a_migration_killed_before_its_commit_leaves_no_table_and_the_next_opener_migrates(db_url, tmp_path):
+    """SIGKILL inside the migrations' transaction (after every CREATE TABLE, before COMMIT): the database is as
+    empty as before (DDL is transactional on both backends) and the advisory lock died with the process."""
+    from sqlalchemy import create_engine, inspect
+
+    env = {**os.environ, "GOVERN_DB_URL": db_url, "PYTHONPATH": str(REPO), "GOVERN_KILL_AT": "migrate.before_commit"}
+    code = "import os; from govern.store import Store; Store(os.environ['GOVERN_DB_URL'])"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr
+    engine = create_engine(db_url)
+    try:
+        assert set(inspect(engine).get_table_names()) == set()
+    finally:
+        engine.dispose()
+    store = Store(db_url)  # no half-made schema in the way, and no lock left held by the dead process
+    with store.read_engine.connect() as conn:
+        assert migrations.current(conn) == migrations.head() and migrations.diff(conn) == []
