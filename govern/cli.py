@@ -552,7 +552,7 @@ def user_add(
             token, _ = acting.create_token(row.name, _default_lifetime())
     how = " and ".join(x for x in ("password" if password is not None else "", f"OIDC as {row.email}" if row.email else "",
                                    "API token" if token_only else "") if x)
-    typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
+    typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})", err=token is not None)  # token alone on stdout
     if token:
         _print_token(token)
     if token and gov.single_user():  # the first admin of a home someone switched to single-user mode before

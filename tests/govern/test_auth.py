@@ -148,8 +148,8 @@ def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     home = tmp_path / "home"
     p = govern(home, "user", "add", "root", "--role", "admin", "--password-stdin", stdin=PW + "\n")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[0] == "user root: admin (sign-in: password)"  # the first admin: no token needed
-    root = p.stdout.splitlines()[-1]
+    assert p.stderr.splitlines()[0] == "user root: admin (sign-in: password)"  # the first admin: no token needed
+    root = p.stdout.strip()  # the token alone on stdout
     p = govern(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin",
                stdin=PW + "\n", token=root)
     assert p.returncode == 0, p.stderr

@@ -62,8 +62,8 @@ def test_first_user_must_be_an_admin_and_only_the_first_needs_no_token(home):
             PermissionDenied, "this home has no users yet")
     refused(cli(home.root, "user", "add", "alice", "--role", "requester", "--token-only"),
             PermissionDenied, "the first user must be an admin")
-    out = ok(cli(home.root, "user", "add", "Root", "--role", "admin", "--token-only"))
-    assert out.splitlines()[0] == "user root: admin (sign-in: API token)" and out.split()[-1].startswith("gvt_")
+    res = cli(home.root, "user", "add", "Root", "--role", "admin", "--token-only")
+    assert res.stderr.splitlines()[0] == "user root: admin (sign-in: API token)" and ok(res).startswith("gvt_")
     # once a user exists, nobody adds users without a token: `--as root` grants nothing
     refused(cli(home.root, "user", "add", "mallory", "--role", "admin", "--token-only", "--as", "root"),
             PermissionDenied, "who are you?")
@@ -138,6 +138,18 @@ def test_token_refusals_are_audited_with_their_reason(home, users):
     stored = " ".join(str(c) for r in con.execute("select * from api_tokens") for c in r)
     con.close()
     assert all(t.split(".")[1] not in stored for t in (alice, short, users["root"]))
+
+
+def test_the_printed_token_alone_is_stdout_so_a_redirect_makes_a_token_file(home, tmp_path):
+    """README: `govern user add root --role admin --token-only > ~/.govern-root && chmod 600 ~/.govern-root`."""
+    res = cli(home.root, "user", "add", "root", "--role", "admin", "--token-only")
+    f = tmp_path / "root-token"
+    f.write_text(ok(res))
+    f.chmod(0o600)
+    assert res.stderr.splitlines()[0] == "user root: admin (sign-in: API token)"
+    assert "token: root (admin)" in ok(cli(home.root, "--token-file", str(f), "auth", "status"))
+    res = cli(home.root, "--token-file", str(f), "user", "add", "ci", "--role", "requester", "--token-only")
+    assert ok(res).count("\n") == 1 and ok(res).startswith("gvt_") and "user ci: requester" in res.stderr
 
 
 def test_token_file_must_be_private_and_the_env_wins(home, users, tmp_path):
