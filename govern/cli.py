@@ -22,7 +22,6 @@ over one `Govern` call, and the whole command table reads in one place.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -387,12 +386,11 @@ def certificate(
     """Write a change's certificate (F1-F7: evidence, window, method, verification, regression, rollback point, audit)."""
     if verify is not None:
         from audits.certificate import verify_digest
-        from govern.errors import InputError
+        from govern.validation import parse_json, read_regular_file
 
-        try:
-            cert = json.loads(verify.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read certificate {verify}: {e}") from None
+        # a regular file (no link followed), bounded in size and depth: one error line, never a RecursionError
+        cert = parse_json(read_regular_file(verify, "certificate", 64 << 20), f"certificate {verify}",
+                          max_depth=64, max_nodes=10_000_000)
         if not isinstance(cert, dict) or not verify_digest(cert):
             typer.echo(f"FAILED: {verify} does not match its digest (edited after it was issued?)")
             raise typer.Exit(1)
