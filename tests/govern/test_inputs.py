@@ -232,3 +232,20 @@ def test_review_comments_and_rollback_reasons_refuse_control_characters(gov):
     with pytest.raises(InputError, match=r"^rollback: reason: contains a bidirectional-text control U\+202E"):
         gov.rollback("req-x", "bob", "complaint \u202e24# tnialpmoc")
     assert fingerprint(gov.home.root) == before
+
+
+def test_rich_markup_in_a_request_is_shown_as_written_and_breaks_no_table(single_user_home):
+    """issue 12: a subject ``[/]Zorg`` crashed `govern status` for everyone; ``[link=...]Paris[/link]`` showed the
+    reviewer something other than what is stored."""
+    target = " [link=https://evil.example]Paris[/link]"
+    res = cli(single_user_home, "submit", "edit", "--subject", "[/]Zorg", "--prompt", "The capital of [/]Zorg is",
+              "--target", target, "--as", "alice")
+    assert res.exit_code == 0, (res.output, res.exception)
+    rid = res.stdout.strip()
+    table = cli(single_user_home, "status")
+    assert table.exit_code == 0, (table.output, table.exception)
+    assert "[/]Zorg: [link=https://evil.example]Paris[/link]" in table.stdout
+    one = cli(single_user_home, "status", rid)
+    assert one.exit_code == 0, (one.output, one.exception)
+    assert "subject: [/]Zorg" in one.stdout and f"new target: {target!r}" in one.stdout
+    assert cli(single_user_home, "history").exit_code == 0
