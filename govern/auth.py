@@ -68,10 +68,12 @@ if TYPE_CHECKING:
     from govern.lifecycle import State
     from govern.policy import Policy
     from govern.service import Govern, RollbackResult
+    from govern.services.policies import RegisteredPolicy
     from govern.store import ApiTokenRow, ModelRow, UserRow
 
 ROLES = ("requester", "reviewer", "approver", "auditor", "service", "admin")
-Permission = Literal["submit", "review", "rollback", "audit", "certify", "operate", "manage_users", "manage_models"]
+Permission = Literal["submit", "review", "rollback", "audit", "certify", "operate", "manage_users", "manage_models",
+                     "manage_policies"]
 PERMISSIONS: dict[str, frozenset[str]] = {
     "submit": frozenset({"requester", "admin"}),
     "review": frozenset({"reviewer", "approver", "admin"}),
@@ -81,12 +83,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "operate": frozenset({"service", "admin"}),
     "manage_users": frozenset({"admin"}),
     "manage_models": frozenset({"admin"}),
+    "manage_policies": frozenset({"admin"}),  # register the policies a requester's `govern apply` may run
 }
 _WHAT = {"submit": "submit change requests", "review": "approve or reject requests",
          "rollback": "roll production back", "audit": "search, verify or export the audit trail",
          "certify": "issue change certificates",
          "operate": "run workers, the monitor, the reconciler or serving exports",
-         "manage_users": "create users", "manage_models": "register models"}
+         "manage_users": "create users", "manage_models": "register models",
+         "manage_policies": "register policies"}
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
@@ -304,6 +308,14 @@ class Acting:
     def set_single_user(self, enabled: bool) -> bool:
         self.require("manage_users")
         return self.gov.set_single_user(enabled, actor=self.name)
+
+    def register_policy(self, policy: Policy) -> RegisteredPolicy:
+        self.require("manage_policies")
+        return self.gov.register_policy(policy, actor=self.name)
+
+    def unregister_policy(self, policy: Policy) -> None:
+        self.require("manage_policies")
+        self.gov.unregister_policy(policy, actor=self.name)
 
     def add_model(self, name: str, path: str, *, gguf_file: str | None = None, allow_pickle: bool = False) -> ModelRow:
         self.require("manage_models")

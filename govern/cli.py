@@ -47,7 +47,8 @@ submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --
 user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens: how the CLI knows who acts (admins create and revoke them).")
 auth_app = typer.Typer(no_args_is_help=True, help="Who acts on this home: the presented token, single-user mode.")
-policy_app = typer.Typer(no_args_is_help=True, help="Bring other tools' settings into a policy.")
+policy_app = typer.Typer(no_args_is_help=True, help="Register the policies pipelines may run; bring other tools' "
+                                                    "settings into a policy.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
@@ -79,6 +80,7 @@ COMMAND_PERMISSIONS: dict[str, str | None] = {
     "model add": "manage_models", "model list": None,
     "submit": "submit", "submit edit": "submit", "apply": "submit",
     "policy import-hparams": None,  # a file in, a policy block out: touches no home
+    "policy register": "manage_policies", "policy unregister": "manage_policies", "policy list": None,
     "review approve": "review", "review reject": "review",
     "status": None, "history": None, "ask": None,  # reads
     "rollback": "rollback",
@@ -269,6 +271,35 @@ def policy_import_hparams(
         typer.echo(f"note: {note}", err=True)
 
 
+@policy_app.command("register")
+def policy_register(file: Annotated[Path, typer.Argument(help="policy YAML")], actor: Actor = None) -> None:
+    """Let requesters' `govern apply` run this policy (matched by its settings' sha256); admins only."""
+    from govern.policy import load_policy
+
+    pol = load_policy(file)
+    gov = _gov()
+    row = _acting(gov, "manage_policies", actor, "admin").register_policy(pol)
+    typer.echo(f"registered policy {row.name} (sha256 {row.digest[:12]}): `govern apply --policy {file}` may run it")
+
+
+@policy_app.command("unregister")
+def policy_unregister(file: Annotated[Path, typer.Argument(help="policy YAML")], actor: Actor = None) -> None:
+    """Stop requesters' `govern apply` from running this policy; admins only."""
+    from govern.policy import load_policy
+
+    pol = load_policy(file)
+    gov = _gov()
+    _acting(gov, "manage_policies", actor, "admin").unregister_policy(pol)
+    typer.echo(f"unregistered policy {pol.name} (sha256 {pol.digest[:12]})")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """Policies registered for `govern apply`: name, sha256, who registered it and when."""
+    for r in _gov().registered_policies():
+        typer.echo(f"{r.name}\t{r.digest[:12]}\t{r.by}\t{r.at[:19]}")
+
+
 # ---------------------------------------------------------------- apply
 @app.command()
 def apply(
@@ -281,11 +312,22 @@ def apply(
 ) -> None:
     """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows.
 
-    Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`)."""
+    Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`), and,
+    unless they are an admin, a policy an admin registered (`govern policy register FILE`)."""
+    from govern.errors import PermissionDenied
     from govern.pipeline import run_pipeline
+    from govern.policy import load_policy
 
+    pol = load_policy(policy)
     gov = _gov()
-    who = _acting(gov, "submit", actor, "pipeline").name
+    acting = _acting(gov, "submit", actor, "pipeline")
+    who = acting.name
+    p = acting.principal
+    if not p.can("manage_policies") and p.method != "single_user" and not gov.policy_registered(pol):
+        gov.note(who, "auth.denied", "policy", {"policy": pol.name, "digest": pol.digest, "roles": list(p.roles)})
+        raise PermissionDenied(f"policy {pol.name!r} (sha256 {pol.digest[:12]}) is not registered on this home: "
+                               "its tiers decide who must approve, so a pipeline runs only a policy an admin "
+                               f"registered (`govern policy register {policy}`); `govern policy list` shows them")
     code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console(),
                         dtype=dtype.value)
     raise typer.Exit(code)

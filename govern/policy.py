@@ -6,6 +6,7 @@ unknown keys, NaN/inf and out-of-range numbers are errors that name the key.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -309,6 +310,11 @@ class Policy(BaseModel):
             if uses_identity and not self.admission.allow_identity_covariance:
                 raise ValueError(f"methods.{name}.covariance is 'identity' but admission.allow_identity_covariance is false")
         return self
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the parsed policy (every setting, defaults filled in; not the file's formatting or comments)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
     def method_config(self, method: str) -> BaseModel:
         """The method's validated settings (its defaults where the policy names none)."""

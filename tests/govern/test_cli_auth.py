@@ -209,6 +209,18 @@ def test_pipeline_apply_with_a_token(gov, policy_file, tmp_path):
     before = trail(home)
     refused(cli(home, "apply", "--policy", str(policy_file), str(reqs), "--as", "ci"), PermissionDenied, "who are you?")
     assert trail(home) == before and gov.list_requests() == []
+    # a requester runs only a policy an admin registered: else its own lax tiers would approve its own requests
+    refused(cli(home, "apply", "--policy", str(policy_file), str(reqs), token=ci), PermissionDenied,
+            "policy 'test' (sha256")
+    assert gov.list_requests() == [] and [e[2] for e in trail(home, "auth.denied")] == ["policy"]
+    refused(cli(home, "policy", "register", str(policy_file), token=ci), PermissionDenied, "may not register policies")
+    assert "registered policy test" in ok(cli(home, "policy", "register", str(policy_file), token=root))
+    assert ok(cli(home, "policy", "list")).startswith("test\t")
+    lax = tmp_path / "lax.yaml"  # the same policy, every tier auto-approved
+    lax.write_text(policy_file.read_text().replace("two: {approvers: 2, auto_approve: false}",
+                                                   "two: {approvers: 0, auto_approve: true}"))
+    refused(cli(home, "apply", "--policy", str(lax), str(reqs), token=ci), PermissionDenied, "not registered")
+    assert gov.list_requests() == []
     res = cli(home, "apply", "--policy", str(policy_file), str(reqs), token=ci)
     assert res.exit_code in (0, 1), (res.output, res.exception)  # 1: the tiny model's canary may refuse the edit
     (r,) = gov.list_requests()
