@@ -7,6 +7,7 @@ unknown keys, NaN/inf and out-of-range numbers are errors that name the key.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -313,8 +314,11 @@ class Policy(BaseModel):
 
     @property
     def digest(self) -> str:
-        """sha256 of the parsed policy (every setting, defaults filled in; not the file's formatting or comments)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """sha256 of the parsed policy: every setting (defaults filled in) and the bytes of each suite file it
+        names — not the file's formatting, comments, or the folder it lies in (suite paths are absolute here)."""
+        data = self.model_dump(mode="json")
+        data["canary"]["suites"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.canary.suites]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def method_config(self, method: str) -> BaseModel:
         """The method's validated settings (its defaults where the policy names none)."""
