@@ -203,6 +203,11 @@ class UsersService(ServiceBase):
             if row is None:
                 raise NotFoundError(f"no user {name!r}; `govern user list` shows them")
             before = row.role_list
+            if "admin" in before and "admin" not in roles:  # checked under the write lock: two demotions queue
+                admins = [u for u in s.exec(select(UserRow)).all() if "admin" in u.role_list]
+                if len(admins) == 1:
+                    raise ConflictError(f"{row.name} is the only admin; make another user an admin first "
+                                        f"(`govern user roles NAME --role admin`), or nobody could add users again")
             row.roles = json.dumps(roles)
             s.add(row)
             self.store.audit(s, actor, "user.roles_changed", name, {"from": before, "to": roles})

@@ -109,7 +109,8 @@ def test_repeated_failures_lock_the_name_until_the_window_passes(users_gov):
 def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):
     from govern.policy import load_policy
 
-    for name, roles in {"req": ["requester"], "rev": ["reviewer"], "aud": ["auditor"], "adm": ["admin"]}.items():
+    for name, roles in {"req": ["requester"], "rev": ["reviewer"], "aud": ["auditor"], "adm": ["admin"],
+                        "root": ["admin"]}.items():  # two admins: the last one may not drop the role
         gov.add_user(name, roles, password=PW, actor="root")
     policy = load_policy(policy_file)
     req = parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"})

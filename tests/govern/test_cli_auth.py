@@ -367,3 +367,14 @@ def _fact():
     from govern.domain import parse_request
 
     return parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"})
+
+
+def test_the_last_admin_cannot_drop_the_admin_role(home, users):
+    """Else no one could ever add users, tokens or models again (the bootstrap needs a home without users)."""
+    refused(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]), Exception,
+            "root is the only admin")
+    assert "root\tadmin" in ok(cli(home.root, "user", "list", token=users["root"]))
+    ok(cli(home.root, "user", "roles", "bob", "--role", "admin", token=users["root"]))
+    ok(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]))  # bob is still an admin
+    refused(cli(home.root, "user", "roles", "bob", "--role", "reviewer", token=users["bob"]), Exception,
+            "bob is the only admin")
