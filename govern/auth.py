@@ -7,8 +7,11 @@ Roles (a user holds one or more):
 | requester | submit change requests; see the queue, requests and versions |
 | reviewer | approve or reject a request awaiting review (never their own: four-eyes) |
 | approver | what a reviewer may, and roll production back |
-| auditor | search, verify and export the audit trail (read-only otherwise) |
+| auditor | search, verify and export the audit trail; issue change certificates (read-only otherwise) |
+| service | run workers, the monitor, the reconciler and serving exports (a token-only account of a machine) |
 | admin | everything, and create users |
+
+Which CLI command needs which permission is listed in `govern/cli.py` (`COMMAND_PERMISSIONS`).
 
 Two ways to sign in, both ending in a `Principal` whose roles come from our
 database (never from the browser):
@@ -65,21 +68,29 @@ if TYPE_CHECKING:
     from govern.lifecycle import State
     from govern.policy import Policy
     from govern.service import Govern, RollbackResult
+    from govern.services.policies import RegisteredPolicy
     from govern.store import ApiTokenRow, ModelRow, UserRow
 
-ROLES = ("requester", "reviewer", "approver", "auditor", "admin")
-Permission = Literal["submit", "review", "rollback", "audit", "manage_users", "manage_models"]
+ROLES = ("requester", "reviewer", "approver", "auditor", "service", "admin")
+Permission = Literal["submit", "review", "rollback", "audit", "certify", "operate", "manage_users", "manage_models",
+                     "manage_policies"]
 PERMISSIONS: dict[str, frozenset[str]] = {
     "submit": frozenset({"requester", "admin"}),
     "review": frozenset({"reviewer", "approver", "admin"}),
     "rollback": frozenset({"approver", "admin"}),
     "audit": frozenset({"auditor", "admin"}),
+    "certify": frozenset({"reviewer", "approver", "auditor", "service", "admin"}),
+    "operate": frozenset({"service", "admin"}),
     "manage_users": frozenset({"admin"}),
     "manage_models": frozenset({"admin"}),
+    "manage_policies": frozenset({"admin"}),  # register the policies a requester's `govern apply` may run
 }
 _WHAT = {"submit": "submit change requests", "review": "approve or reject requests",
          "rollback": "roll production back", "audit": "search, verify or export the audit trail",
-         "manage_users": "create users", "manage_models": "register models"}
+         "certify": "issue change certificates",
+         "operate": "run workers, the monitor, the reconciler or serving exports",
+         "manage_users": "create users", "manage_models": "register models",
+         "manage_policies": "register policies"}
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
@@ -294,9 +305,17 @@ class Acting:
         self.require("manage_users")
         return self.gov.revoke_token(token_id, actor=self.name)
 
-    def set_single_user(self, enabled: bool) -> None:
+    def set_single_user(self, enabled: bool) -> bool:
         self.require("manage_users")
-        self.gov.set_single_user(enabled, actor=self.name)
+        return self.gov.set_single_user(enabled, actor=self.name)
+
+    def register_policy(self, policy: Policy) -> RegisteredPolicy:
+        self.require("manage_policies")
+        return self.gov.register_policy(policy, actor=self.name)
+
+    def unregister_policy(self, policy: Policy) -> None:
+        self.require("manage_policies")
+        self.gov.unregister_policy(policy, actor=self.name)
 
     def add_model(self, name: str, path: str, *, gguf_file: str | None = None, allow_pickle: bool = False) -> ModelRow:
         self.require("manage_models")

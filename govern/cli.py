@@ -10,6 +10,11 @@ below): the user of the API token in ``$GOVERN_TOKEN`` or ``--token-file``,
 checked by `govern.auth.Acting` exactly as the UI checks a signed-in user;
 ``--as NAME`` alone counts only in single-user mode (see `govern/auth.py`).
 
+`COMMAND_PERMISSIONS` lists every command with the permission it needs (`govern.auth.PERMISSIONS` maps it
+to roles); ``None`` marks the commands that act on nothing: reads of the home (whoever can open its database
+reads it anyway), checks of a file, and the demo in its own fresh home. A test holds the table and the
+commands to each other.
+
 One module of about 400 lines on purpose: each command is a thin typer wrapper
 over one `Govern` call, and the whole command table reads in one place.
 """
@@ -17,7 +22,6 @@ over one `Govern` call, and the whole command table reads in one place.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -43,7 +47,8 @@ submit_app = typer.Typer(help="Submit change requests (flags for one edit, or --
 user_app = typer.Typer(no_args_is_help=True, help="Users who may sign in to the UI, and their roles.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens: how the CLI knows who acts (admins create and revoke them).")
 auth_app = typer.Typer(no_args_is_help=True, help="Who acts on this home: the presented token, single-user mode.")
-policy_app = typer.Typer(no_args_is_help=True, help="Bring other tools' settings into a policy.")
+policy_app = typer.Typer(no_args_is_help=True, help="Register the policies pipelines may run; bring other tools' "
+                                                    "settings into a policy.")
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
@@ -69,6 +74,28 @@ class Dtype(StrEnum):
 
 DtypeOpt = Annotated[Dtype, typer.Option(
     help="weights' dtype on the worker; auto: float32 on the CPU, bfloat16 on CUDA (float16 without bf16)")]
+
+
+COMMAND_PERMISSIONS: dict[str, str | None] = {
+    "model add": "manage_models", "model list": None,
+    "submit": "submit", "submit edit": "submit", "apply": "submit",
+    "policy import-hparams": None,  # a file in, a policy block out: touches no home
+    "policy register": "manage_policies", "policy unregister": "manage_policies", "policy list": None,
+    "review approve": "review", "review reject": "review",
+    "status": None, "history": None, "ask": None,  # reads
+    "rollback": "rollback",
+    "certificate": "certify",  # --verify FILE alone only checks a file: no role
+    "monitor": "operate", "reconcile": "operate", "worker": "operate",
+    "ui": "operate",  # for its background workers; the app signs each user in itself (--no-worker: no role)
+    "export": "operate",  # --verify DIR alone only checks a folder: no role
+    "audit export": "audit", "audit verify": "audit",
+    "user add": "manage_users",  # the first admin of a home without users needs none (the bootstrap)
+    "user roles": "manage_users", "user list": "manage_users",
+    "token create": "manage_users", "token list": "manage_users", "token revoke": "manage_users",
+    "auth single-user": "manage_users",  # on a home without users: anyone, once (the bootstrap)
+    "auth status": None,  # says who the presented token is; refusals are audited
+    "demo": None,  # in-process, in its own fresh home
+}
 
 
 def _gov() -> Govern:
@@ -98,6 +125,15 @@ def _presented_token() -> str | None:
         return env
     path = _TOKEN_FILE["path"]
     return read_token_file(path) if path else None
+
+
+def _credentials() -> dict[str, str]:
+    """How a child `govern` process (a background worker) presents this call's identity: the token's source."""
+    env = os.environ.get("GOVERN_TOKEN", "").strip()
+    if env:
+        return {"GOVERN_TOKEN": env}
+    path = _TOKEN_FILE["path"]
+    return {"GOVERN_TOKEN_FILE": str(Path(path).resolve())} if path else {}
 
 
 def _acting(gov: Govern, permission: Permission, as_name: str | None, default: str | None = None) -> Acting:
@@ -235,6 +271,35 @@ def policy_import_hparams(
         typer.echo(f"note: {note}", err=True)
 
 
+@policy_app.command("register")
+def policy_register(file: Annotated[Path, typer.Argument(help="policy YAML")], actor: Actor = None) -> None:
+    """Let requesters' `govern apply` run this policy (matched by its settings' sha256); admins only."""
+    from govern.policy import load_policy
+
+    pol = load_policy(file)
+    gov = _gov()
+    row = _acting(gov, "manage_policies", actor, "admin").register_policy(pol)
+    typer.echo(f"registered policy {row.name} (sha256 {row.digest[:12]}): `govern apply --policy {file}` may run it")
+
+
+@policy_app.command("unregister")
+def policy_unregister(file: Annotated[Path, typer.Argument(help="policy YAML")], actor: Actor = None) -> None:
+    """Stop requesters' `govern apply` from running this policy; admins only."""
+    from govern.policy import load_policy
+
+    pol = load_policy(file)
+    gov = _gov()
+    _acting(gov, "manage_policies", actor, "admin").unregister_policy(pol)
+    typer.echo(f"unregistered policy {pol.name} (sha256 {pol.digest[:12]})")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """Policies registered for `govern apply`: name, sha256, who registered it and when."""
+    for r in _gov().registered_policies():
+        typer.echo(f"{r.name}\t{r.digest[:12]}\t{r.by}\t{r.at[:19]}")
+
+
 # ---------------------------------------------------------------- apply
 @app.command()
 def apply(
@@ -247,11 +312,22 @@ def apply(
 ) -> None:
     """Take pending requests through the whole loop; exit 0 only if each reached the state the policy allows.
 
-    Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`)."""
+    Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`), and,
+    unless they are an admin, a policy an admin registered (`govern policy register FILE`)."""
+    from govern.errors import PermissionDenied
     from govern.pipeline import run_pipeline
+    from govern.policy import load_policy
 
+    pol = load_policy(policy)
     gov = _gov()
-    who = _acting(gov, "submit", actor, "pipeline").name
+    acting = _acting(gov, "submit", actor, "pipeline")
+    who = acting.name
+    p = acting.principal
+    if not p.can("manage_policies") and p.method != "single_user" and not gov.policy_registered(pol):
+        gov.note(who, "auth.denied", "policy", {"policy": pol.name, "digest": pol.digest, "roles": list(p.roles)})
+        raise PermissionDenied(f"policy {pol.name!r} (sha256 {pol.digest[:12]}) is not registered on this home: "
+                               "its tiers decide who must approve, so a pipeline runs only a policy an admin "
+                               f"registered (`govern policy register {policy}`); `govern policy list` shows them")
     code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console(),
                         dtype=dtype.value)
     raise typer.Exit(code)
@@ -347,16 +423,16 @@ def certificate(
     request_id: Annotated[str | None, typer.Argument(help="request id")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for certificate.json/.md/.html and plots")] = None,
     verify: Annotated[Path | None, typer.Option(help="check a certificate.json's digest instead")] = None,
+    actor: Actor = None,
 ) -> None:
     """Write a change's certificate (F1-F7: evidence, window, method, verification, regression, rollback point, audit)."""
     if verify is not None:
         from audits.certificate import verify_digest
-        from govern.errors import InputError
+        from govern.validation import parse_json, read_regular_file
 
-        try:
-            cert = json.loads(verify.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read certificate {verify}: {e}") from None
+        # a regular file (no link followed), bounded in size and depth: one error line, never a RecursionError
+        cert = parse_json(read_regular_file(verify, "certificate", 64 << 20), f"certificate {verify}",
+                          max_depth=64, max_nodes=10_000_000)
         if not isinstance(cert, dict) or not verify_digest(cert):
             typer.echo(f"FAILED: {verify} does not match its digest (edited after it was issued?)")
             raise typer.Exit(1)
@@ -366,7 +442,9 @@ def certificate(
         from govern.errors import InputError
 
         raise InputError("name a request id (see `govern status`), or pass --verify FILE")
-    paths = _gov().issue_certificate(request_id, out, log=out is None)
+    gov = _gov()
+    who = _acting(gov, "certify", actor, "auditor").name
+    paths = gov.issue_certificate(request_id, out, log=out is None, actor=who)
     for kind, p in paths.items():
         typer.echo(f"{kind:14} {p}")
 
@@ -376,14 +454,18 @@ def monitor(
     policy: Annotated[Path, typer.Option(help="policy whose rollback_triggers apply")] = Path("policies/default.yaml"),
     every: Annotated[str | None, typer.Option(help="repeat every DURATION (30s, 10m, 1h); default: check once")] = None,
     model: ModelOpt = None,
+    actor: Actor = None,
 ) -> None:
-    """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones."""
+    """Re-check production: roll back expired changes and changes that breach a rollback trigger; promote due ones.
+
+    Needs the service or admin role (`govern user add monitor --role service --token-only`)."""
     from govern.monitor import parse_every, run
     from govern.policy import load_policy
 
     period = parse_every(every) if every is not None else None
     pol = load_policy(policy)
     gov = _gov()
+    _acting(gov, "operate", actor, "monitor")
     models = [gov.resolve_model(model)] if model else [m.name for m in gov.list_models()] or [gov.resolve_model(None)]
     try:
         checks = run(gov, pol, models, period, log=lambda m: typer.echo(m))
@@ -400,11 +482,14 @@ def monitor(
 @app.command()
 def reconcile(model: ModelOpt = None,
               grace: Annotated[float, typer.Option(min=0.0, help="collect orphans older than this many seconds")] = 600.0,
-              ) -> None:
-    """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans."""
+              actor: Actor = None) -> None:
+    """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans.
+
+    Needs the service or admin role (it deletes orphan files and MLflow entries)."""
     from govern.reconcile import reconcile as run_reconcile
 
     gov = _gov()
+    _acting(gov, "operate", actor, "operator")
     run_reconcile(gov, gov.resolve_model(model) if model else None, grace_s=grace, log=lambda m: typer.echo(m))
 
 
@@ -418,9 +503,11 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="hf (merged checkpoint) or peft (LoRA adapter over the base)")] = "hf",
     force: Annotated[bool, typer.Option(help="replace a non-empty OUTPUT whole")] = False,
     verify: Annotated[Path | None, typer.Option("--verify", help="re-check an export against its govern-export.json")] = None,
-    actor: Annotated[str, typer.Option("--as", help="recorded as the exporter in the trail")] = "govern",
+    actor: Actor = None,
 ) -> None:
-    """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one."""
+    """Export a version for serving (merged HF checkpoint or PEFT adapter, with a manifest), or --verify one.
+
+    Exporting needs the service or admin role and is audited under that user (`version.exported`)."""
     from govern.export import export as run_export
     from govern.export import verify_export
 
@@ -433,7 +520,9 @@ def export(
         return
     if output is None:
         raise _input_error("give -o DIR to export to, or --verify DIR")
-    m = run_export(_gov(), model, fmt, output, number=version, alias=alias, force=force, actor=actor)
+    gov = _gov()
+    who = _acting(gov, "operate", actor, "operator").name
+    m = run_export(gov, model, fmt, output, number=version, alias=alias, force=force, actor=who)
     typer.echo(f"exported {m.model} v{m.version} ({m.format}, {len(m.changes)} changes, {len(m.files)} files) to {output}")
 
 
@@ -503,9 +592,12 @@ def user_add(
             token, _ = acting.create_token(row.name, _default_lifetime())
     how = " and ".join(x for x in ("password" if password is not None else "", f"OIDC as {row.email}" if row.email else "",
                                    "API token" if token_only else "") if x)
-    typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})")
+    typer.echo(f"user {row.name}: {', '.join(row.role_list)} (sign-in: {how})", err=token is not None)  # token alone on stdout
     if token:
         _print_token(token)
+    if token and gov.single_user():  # the first admin of a home someone switched to single-user mode before
+        typer.echo("warning: this home is in single-user mode: --as NAME is trusted without a token; turn it off "
+                   "with `govern auth single-user off` (as this admin) to make every command present a token", err=True)
 
 
 @user_app.command("roles")
@@ -582,9 +674,12 @@ def auth_single_user(state: Annotated[str, typer.Argument(help="on or off")], ac
     if _presented_token() is None and not gov.has_users():
         from govern.auth import check_name
 
-        gov.set_single_user(state == "on", actor=check_name(actor or "admin"))
+        changed = gov.set_single_user(state == "on", actor=check_name(actor or "admin"), bootstrap=True)
     else:
-        _acting(gov, "manage_users", actor, "admin").set_single_user(state == "on")
+        changed = _acting(gov, "manage_users", actor, "admin").set_single_user(state == "on")
+    if not changed:
+        typer.echo(f"single-user mode is {state} already (nothing recorded)")
+        return
     typer.echo(f"single-user mode {state}" + (": --as NAME is trusted without a token; every action is recorded "
                                               "under that name" if state == "on" else ""))
 
@@ -610,11 +705,22 @@ def ui(
         help="admission policy for requests submitted in the UI")] = Path("policies/default.yaml"),
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run a background `govern worker` per model")] = True,
     device: Annotated[str, typer.Option(help="torch device for the background worker")] = "cpu",
+    actor: Actor = None,
 ) -> None:
-    """Start the reviewer app (Streamlit) and a background worker; Ctrl-C stops both."""
-    from govern.uiserver import serve
+    """Start the reviewer app (Streamlit) and a background worker; Ctrl-C stops both.
 
-    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device))
+    The app signs each user in itself; its background workers need the service or admin role of the user who
+    starts it (their token is handed to the workers, never to the app)."""
+    from govern.policy import load_policy
+    from govern.uiserver import resolve_policy, serve
+
+    load_policy(resolve_policy(policy))  # a bad policy is one error line before anything starts
+    gov = _gov()
+    credentials: dict[str, str] = {}
+    if worker and gov.list_models():
+        _acting(gov, "operate", actor, "worker")
+        credentials = _credentials()
+    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device, credentials=credentials))
 
 
 # ---------------------------------------------------------------- worker, demo
@@ -624,11 +730,15 @@ def worker(model: ModelOpt = None,
            dtype: DtypeOpt = Dtype.float32,
            lease: Annotated[float, typer.Option(
                min=1.0, max=3600.0, help="lease seconds (1-3600); a dead worker's job is re-claimed after it")] = 60.0,
-           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None) -> None:
-    """Serve apply jobs for one model, keeping it loaded between jobs."""
+           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None,
+           actor: Actor = None) -> None:
+    """Serve apply jobs for one model, keeping it loaded between jobs.
+
+    Needs the service or admin role (`govern user add worker --role service --token-only`)."""
     from govern.worker import Worker
 
     gov = _gov()
+    _acting(gov, "operate", actor, "worker")
     name = gov.resolve_model(model)
     w = Worker(gov, name, device=device, dtype=dtype.value, lease_s=lease,
                progress=lambda rid, stage, frac: typer.echo(f"{rid} {stage} {frac:.0%}"))

@@ -20,7 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from govern.errors import InputError, PayloadTooLarge
 from govern.interop.easyedit import foreign_request
 from govern.kinds import kind_spec, kinds, request_adapter
-from govern.validation import format_validation_error, parse_json, parse_yaml, read_regular_file, refuse_controls
+from govern.validation import (
+    MAX_DEPTH,
+    check_shape,
+    format_validation_error,
+    parse_json,
+    parse_yaml,
+    read_regular_file,
+    refuse_controls,
+)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REQUESTS_PER_FILE = 1000
@@ -182,11 +190,15 @@ def _json_document(text: str, name: str) -> object | None:
         if len(lines) <= 1 or not stripped.startswith("{"):
             return None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         if stripped.startswith("["):
             raise InputError(f"{name}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
         return None  # several objects, one a line: JSONL
+    except RecursionError:  # json's C decoder recurses per level: 100,000 '[' overflow it
+        raise InputError(f"{name}: nested deeper than {MAX_DEPTH} levels; flatten it") from None
+    check_shape(data, name)
+    return data
 
 
 def _parse_record(data: object, where: str) -> RequestSpec:

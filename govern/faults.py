@@ -31,6 +31,7 @@ POINTS = (
     "reconcile.after_run",  # an MLflow run was logged, the database does not name it yet
     "reconcile.after_version",  # an MLflow model version exists, the database does not name it yet
     "change.save",  # a change file is being written (ENOSPC here models a full disk)
+    "migrate.before_commit",  # the schema's migrations ran in their transaction, not committed yet
 )
 
 _hits: dict[str, int] = {}

@@ -8,7 +8,8 @@
       changes/           every recorded change (low-rank factors, tensor deltas, ...), one file per change id
       cache/             covariance statistics, version snapshots and other derived, re-computable data
       trail.head         the audit trail's head, anchored outside the database (govern.anchors)
-      .lock              taken (flock) while a process creates or migrates the stores (`Home.lock`)
+      .lock              taken (flock) while a process creates or migrates the stores (`Home.lock`;
+                         `govern.locks.first_use` adds an advisory lock for a PostgreSQL store)
 
 `GOVERN_DB_URL` and `MLFLOW_TRACKING_URI` override the two stores (e.g. PostgreSQL,
 a tracking server). Nothing is read at import time.

@@ -6,6 +6,8 @@ unknown keys, NaN/inf and out-of-range numbers are errors that name the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -309,6 +311,14 @@ class Policy(BaseModel):
             if uses_identity and not self.admission.allow_identity_covariance:
                 raise ValueError(f"methods.{name}.covariance is 'identity' but admission.allow_identity_covariance is false")
         return self
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the parsed policy: every setting (defaults filled in) and the bytes of each suite file it
+        names — not the file's formatting, comments, or the folder it lies in (suite paths are absolute here)."""
+        data = self.model_dump(mode="json")
+        data["canary"]["suites"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.canary.suites]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def method_config(self, method: str) -> BaseModel:
         """The method's validated settings (its defaults where the policy names none)."""

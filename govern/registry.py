@@ -25,6 +25,7 @@ from typing import Any
 
 from govern.home import Home
 from govern.host import BaseRef, ChangeRef, VersionRef
+from govern.locks import first_use
 
 EXPERIMENT = "govern-changes"
 MODEL_ARTIFACT = "model"  # where a run holds its version's pyfunc model
@@ -43,7 +44,7 @@ class Registry:
         from govern.retry import call_mlflow
 
         self.home = home
-        with home.lock():  # first use migrates MLflow's schema: one process at a time (govern.home.Home.lock)
+        with first_use(home, home.mlflow_uri, "mlflow"):  # first use migrates MLflow's schema: one process at a time
             self.client = MlflowClient(tracking_uri=home.mlflow_uri, registry_uri=home.mlflow_uri)
             exp = call_mlflow(lambda: self.client.get_experiment_by_name(EXPERIMENT), "opening the tracking store")
             self.experiment_id = (

@@ -18,6 +18,7 @@ outcome after the database commit.
 | certificates | `services.certificates` | `certificate`, `issue_certificate` | (certificate.issued) |
 | users | `services.users` | `add_user`, `sign_in`, `acting` | (user.* events) |
 | audit | `services.audit` | `audit_search`, `audit_export`, `audit_verify` | (audit.* events) |
+| policies | `services.policies` | `register_policy`, `policy_registered` (what `govern apply` may run) | (policy.* events) |
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from govern.services.audit import AuditService
 from govern.services.certificates import CertificatesService
 from govern.services.commit import JobsService, LeaseLost
 from govern.services.models import ModelsService
+from govern.services.policies import PoliciesService
 from govern.services.requests import RequestsService
 from govern.services.users import MAX_FAILED_SIGN_INS, SIGN_IN_WINDOW_MIN, UsersService
 from govern.services.versions import RollbackResult, VersionsService
 
 
-class Govern(ModelsService, RequestsService, VersionsService, JobsService, CertificatesService, UsersService, AuditService):
+class Govern(ModelsService, RequestsService, VersionsService, JobsService, CertificatesService, UsersService, AuditService,
+             PoliciesService):
     """Facade over the database, the model store and MLflow for one `.govern/` home (see the module docstring)."""
 
 

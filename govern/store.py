@@ -43,6 +43,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from audits.evidence import Evidence
 from audits.trail import AuditEvent, make_event
+from govern import faults
 from govern.domain import RequestSpec, from_row
 from govern.errors import InputError, ModelError, NotFoundError
 from govern.lifecycle import Event, JobKind, JobState, State, VersionStatus, next_state
@@ -314,7 +315,7 @@ def engine_url(url: str) -> str:
                      "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     if "@" not in url:
         return url
@@ -349,7 +350,7 @@ class Store:
             when_unlocked(self._migrate, "migrating the database", self.engine)  # another process may be writing
         except OperationalError as error:
             why = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
-            raise ModelError(f"cannot open the database {_safe(self.url)}: {why}; check GOVERN_DB_URL "
+            raise ModelError(f"cannot open the database {safe_url(self.url)}: {why}; check GOVERN_DB_URL "
                              "and that the server is running") from None
 
     # -- schema ----------------------------------------------------------------
@@ -369,8 +370,9 @@ class Store:
                 return
             try:
                 migrations.upgrade(conn)
+                faults.point("migrate.before_commit")  # a kill here leaves no table behind (transactional DDL)
             except CommandError as error:  # e.g. a revision this govern does not know: a newer govern made it
-                raise ModelError(f"cannot migrate the database at {_safe(self.url)}: {error}; it was made by a "
+                raise ModelError(f"cannot migrate the database at {safe_url(self.url)}: {error}; it was made by a "
                                  "newer govern (upgrade this one) or its version table was edited") from None
 
     def _adopt(self, conn: Connection, tables: set[str]) -> None:
@@ -378,14 +380,14 @@ class Store:
         from govern import migrations
 
         if "requests" in tables and "spec" not in {c["name"] for c in inspect(conn).get_columns("requests")}:
-            raise ModelError(f"the govern home at {_safe(self.url)} was made by an older govern (requests stored as "
+            raise ModelError(f"the govern home at {safe_url(self.url)} was made by an older govern (requests stored as "
                              "fact columns); export its trail with that version (`govern audit export`) and start a new home")
         ops = [op for op in migrations.diff(conn) if not (isinstance(op, tuple) and op[0] == "remove_table")]
         names = {op[1].name for op in ops if isinstance(op, tuple) and op[0] == "add_table"}
         other = [op for op in ops if not (isinstance(op, tuple) and (
             op[0] == "add_table" or (op[0] == "add_index" and op[1].table.name in names)))]
         if other:
-            raise ModelError(f"the database at {_safe(self.url)} has govern's tables but not as govern made them "
+            raise ModelError(f"the database at {safe_url(self.url)} has govern's tables but not as govern made them "
                              f"(first difference: {other[0]}); point GOVERN_DB_URL at a new database, or export "
                              "the trail (`govern audit export`) and start a new home")
         # the model's tables, not autogenerate's copies of them (those lack the indexes)
@@ -401,7 +403,6 @@ class Store:
         that appended audit events, the new head is handed to `anchor_sink`
         (the home's anchor log, `govern.anchors`), outside the database.
         """
-        from govern import faults
         from govern.retry import write_session
 
         with write_session(self.engine) as s:

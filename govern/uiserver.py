@@ -2,8 +2,11 @@
 
 The app (``ui/app.py``) runs in a Streamlit subprocess; the workers run as
 ``python -m govern.cli worker`` subprocesses so that applying an edit never
-blocks a page. All children stop when `govern ui` exits (Ctrl-C, SIGTERM, or
-— on Linux — its death, through ``PR_SET_PDEATHSIG``).
+blocks a page. The workers get the credentials of whoever started `govern ui`
+(`credentials`: their token or token file, checked by the CLI for the service or
+admin role); the Streamlit app gets none, since it signs every user in itself.
+All children stop when `govern ui` exits (Ctrl-C, SIGTERM, or — on Linux — its
+death, through ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,17 @@ def resolve_policy(policy: Path) -> Path:
     return policy
 
 
-def serve(*, host: str, port: int, policy: Path, worker: bool, device: str) -> int:
+CREDENTIALS = ("GOVERN_TOKEN", "GOVERN_TOKEN_FILE")
+
+
+def serve(*, host: str, port: int, policy: Path, worker: bool, device: str,
+          credentials: dict[str, str] | None = None) -> int:
     policy = resolve_policy(policy)
     load_policy(policy)  # a bad policy is one error line before anything starts
     gov = Govern()
-    env = {**os.environ, "GOVERN_HOME": str(gov.home.root), "GOVERN_UI_POLICY": str(policy.resolve())}
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
+    env.update({"GOVERN_HOME": str(gov.home.root), "GOVERN_UI_POLICY": str(policy.resolve())})
+    worker_env = {**env, **(credentials or {})}
     children: list[tuple[str, subprocess.Popen]] = []
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -54,7 +63,7 @@ def serve(*, host: str, port: int, policy: Path, worker: bool, device: str) -> i
             for name in models:
                 # a 30 s lease: the heartbeat (every lease/3) publishes stage and progress often enough for the page
                 cmd = [sys.executable, "-m", "govern.cli", "worker", "--model", name, "--device", device, "--lease", "30"]
-                children.append((f"worker {name}", subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)))
+                children.append((f"worker {name}", subprocess.Popen(cmd, env=worker_env, preexec_fn=_die_with_parent)))
         cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", host, "--server.port", str(port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",

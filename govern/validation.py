@@ -111,7 +111,7 @@ def check_shape(data: object, where: str, max_depth: int = MAX_DEPTH, max_nodes:
         stack.extend((c, depth + 1, False) for c in children if isinstance(c, dict | list) and id(c) not in sizes)
 
 
-def parse_json(text: str, where: str) -> object:
+def parse_json(text: str, where: str, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> object:
     """`json.loads` with the depth and size limits: one InputError line, never a RecursionError traceback."""
     import json
 
@@ -122,8 +122,8 @@ def parse_json(text: str, where: str) -> object:
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
-        raise InputError(f"{where}: nested deeper than {MAX_DEPTH} levels; flatten it") from None
-    check_shape(data, where)
+        raise InputError(f"{where}: nested deeper than {max_depth} levels; flatten it") from None
+    check_shape(data, where, max_depth, max_nodes)
     return data
 
 

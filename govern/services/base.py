@@ -9,6 +9,7 @@ from govern import faults
 from govern.anchors import HeadFile
 from govern.deploy.runner import deliver
 from govern.home import Home
+from govern.locks import first_use
 from govern.reconcile import WAITING_FOR_MLFLOW, reconcile_model
 from govern.registry import Registry
 from govern.store import Store
@@ -22,7 +23,7 @@ class ServiceBase:
 
     def __init__(self, home: Home | None = None) -> None:
         self.home = (home or Home.discover()).ensure()
-        with self.home.lock():  # first use: one process creates the schema, the others wait
+        with first_use(self.home, self.home.db_url, "govern"):  # one process creates the schema, the others wait
             self.store = Store(self.home.db_url)
         self.store.anchor_sink = HeadFile(self.home.root).record
         self._registry: Registry | None = None
@@ -101,4 +102,4 @@ class ServiceBase:
     if TYPE_CHECKING:  # provided by govern.services.certificates
 
         def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *,
-                              log: bool = True) -> dict[str, Path]: ...
+                              log: bool = True, actor: str = "govern") -> dict[str, Path]: ...

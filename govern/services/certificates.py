@@ -52,12 +52,14 @@ class CertificatesService(ServiceBase):
             mlflow={"run_id": req.mlflow_run_id, "model": req.model, "version": version.mlflow_version if version else None},
             issued_at=now().isoformat())
 
-    def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *, log: bool = True) -> dict[str, Path]:
+    def issue_certificate(self, request_id: str, out_dir: str | Path | None = None, *, log: bool = True,
+                          actor: str = "govern") -> dict[str, Path]:
         """Render the certificate (JSON, Markdown, HTML, PNG plots); log it to MLflow and the audit trail.
 
         Written to `out_dir` or `.govern/certificates/<request>/`. Re-issued at
         every decision (candidate measured, approved/rejected, promoted, rolled
         back), so the latest file always describes the request's current state.
+        `actor` is who asked (``govern`` when the service re-issues it after a decision).
         """
         cert = self.certificate(request_id)
         out = Path(out_dir) if out_dir else self.home.root / "certificates" / request_id
@@ -67,7 +69,7 @@ class CertificatesService(ServiceBase):
             if run_id:
                 self.registry.log_artifacts(run_id, paths.values(), "certificate")
             with self.store.tx() as s:
-                self.store.audit(s, "govern", "certificate.issued", request_id,
+                self.store.audit(s, actor, "certificate.issued", request_id,
                                  {"digest": cert["digest"], "state": cert["state"], "path": self.home.relative(paths["json"])})
         return paths
 

@@ -176,13 +176,24 @@ class UsersService(ServiceBase):
     def single_user(self) -> bool:
         """Whether this home is in single-user mode: the last ``auth.single_user`` event in the trail says."""
         with self.store.read() as s:
-            last = s.exec(select(AuditRow).where(AuditRow.action == "auth.single_user")
-                          .order_by(col(AuditRow.seq).desc()).limit(1)).first()
-        return bool(last is not None and json.loads(last.payload).get("enabled"))
+            return _single_user(s)
 
-    def set_single_user(self, enabled: bool, *, actor: str) -> None:
-        """Switch single-user mode (``--as`` trusted without a token) on or off; recorded in the trail."""
-        self.note(identity(actor) or "?", "auth.single_user", "home", {"enabled": enabled})
+    def set_single_user(self, enabled: bool, *, actor: str, bootstrap: bool = False) -> bool:
+        """Switch single-user mode (``--as`` trusted without a token) on or off; recorded in the trail.
+
+        Returns False, writing nothing, when the home is in that mode already (so that concurrent switches
+        leave one event). `bootstrap`: the switch of a home without users, by nobody verified; refused once
+        a user exists. Both are checked inside the write transaction, under the writers' lock, so a first
+        admin created meanwhile by another process is seen.
+        """
+        with self.store.tx() as s:
+            if bootstrap and s.exec(select(UserRow).limit(1)).first() is not None:
+                raise PermissionDenied("this home has users now: an admin switches single-user mode, with their "
+                                       "API token in $GOVERN_TOKEN")
+            if _single_user(s) == enabled:
+                return False
+            self.store.audit(s, identity(actor) or "?", "auth.single_user", "home", {"enabled": enabled})
+        return True
 
     def set_roles(self, name: str, roles: list[str], *, actor: str) -> UserRow:
         """Replace a user's roles; takes effect at the user's next action, even mid-session."""
@@ -192,6 +203,11 @@ class UsersService(ServiceBase):
             if row is None:
                 raise NotFoundError(f"no user {name!r}; `govern user list` shows them")
             before = row.role_list
+            if "admin" in before and "admin" not in roles:  # checked under the write lock: two demotions queue
+                admins = [u for u in s.exec(select(UserRow)).all() if "admin" in u.role_list]
+                if len(admins) == 1:
+                    raise ConflictError(f"{row.name} is the only admin; make another user an admin first "
+                                        f"(`govern user roles NAME --role admin`), or nobody could add users again")
             row.roles = json.dumps(roles)
             s.add(row)
             self.store.audit(s, actor, "user.roles_changed", name, {"from": before, "to": roles})
@@ -260,3 +276,9 @@ class UsersService(ServiceBase):
         """Actions as a signed-in user, each checked against the user's current roles."""
         self.principal(name)  # refuses names that are not users
         return Acting(cast("Govern", self), name)  # a UsersService only ever exists as part of a Govern
+
+
+def _single_user(s: Session) -> bool:
+    last = s.exec(select(AuditRow).where(AuditRow.action == "auth.single_user")
+                  .order_by(col(AuditRow.seq).desc()).limit(1)).first()
+    return bool(last is not None and json.loads(last.payload).get("enabled"))

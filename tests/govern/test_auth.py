@@ -109,7 +109,8 @@ def test_repeated_failures_lock_the_name_until_the_window_passes(users_gov):
 def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):
     from govern.policy import load_policy
 
-    for name, roles in {"req": ["requester"], "rev": ["reviewer"], "aud": ["auditor"], "adm": ["admin"]}.items():
+    for name, roles in {"req": ["requester"], "rev": ["reviewer"], "aud": ["auditor"], "adm": ["admin"],
+                        "root": ["admin"]}.items():  # two admins: the last one may not drop the role
         gov.add_user(name, roles, password=PW, actor="root")
     policy = load_policy(policy_file)
     req = parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"})
@@ -132,7 +133,7 @@ def test_acting_checks_roles_in_the_database_at_every_action(gov, policy_file):
         gov.acting("nobody")
     with pytest.raises(NotFoundError):
         gov.set_roles("nobody", ["admin"], actor="root")
-    assert set(ROLES) == {"requester", "reviewer", "approver", "auditor", "admin"}
+    assert set(ROLES) == {"requester", "reviewer", "approver", "auditor", "service", "admin"}
 
 
 def govern(home: Path, *args: str, stdin: str | None = None, token: str | None = None) -> subprocess.CompletedProcess:
@@ -148,8 +149,8 @@ def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     home = tmp_path / "home"
     p = govern(home, "user", "add", "root", "--role", "admin", "--password-stdin", stdin=PW + "\n")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[0] == "user root: admin (sign-in: password)"  # the first admin: no token needed
-    root = p.stdout.splitlines()[-1]
+    assert p.stderr.splitlines()[0] == "user root: admin (sign-in: password)"  # the first admin: no token needed
+    root = p.stdout.strip()  # the token alone on stdout
     p = govern(home, "user", "add", "bob", "--role", "reviewer", "--role", "approver", "--password-stdin",
                stdin=PW + "\n", token=root)
     assert p.returncode == 0, p.stderr
@@ -158,7 +159,7 @@ def test_cli_user_commands_and_ui_bad_policy(tmp_path):
     assert p.stdout.strip() == "user sso: auditor (sign-in: OIDC as sso@example.org)"
     p = govern(home, "user", "add", "eve", "--role", "boss", "--password-stdin", stdin=PW + "\n", token=root)
     assert (p.returncode, p.stderr.strip()) == (
-        2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, admin")
+        2, "error: unknown role 'boss'; roles: requester, reviewer, approver, auditor, service, admin")
     p = govern(home, "user", "roles", "bob", "--role", "requester", token=root)
     assert p.stdout.strip() == "user bob: requester"
     p = govern(home, "user", "list", token=root)

@@ -62,8 +62,8 @@ def test_first_user_must_be_an_admin_and_only_the_first_needs_no_token(home):
             PermissionDenied, "this home has no users yet")
     refused(cli(home.root, "user", "add", "alice", "--role", "requester", "--token-only"),
             PermissionDenied, "the first user must be an admin")
-    out = ok(cli(home.root, "user", "add", "Root", "--role", "admin", "--token-only"))
-    assert out.splitlines()[0] == "user root: admin (sign-in: API token)" and out.split()[-1].startswith("gvt_")
+    res = cli(home.root, "user", "add", "Root", "--role", "admin", "--token-only")
+    assert res.stderr.splitlines()[0] == "user root: admin (sign-in: API token)" and ok(res).startswith("gvt_")
     # once a user exists, nobody adds users without a token: `--as root` grants nothing
     refused(cli(home.root, "user", "add", "mallory", "--role", "admin", "--token-only", "--as", "root"),
             PermissionDenied, "who are you?")
@@ -140,6 +140,18 @@ def test_token_refusals_are_audited_with_their_reason(home, users):
     assert all(t.split(".")[1] not in stored for t in (alice, short, users["root"]))
 
 
+def test_the_printed_token_alone_is_stdout_so_a_redirect_makes_a_token_file(home, tmp_path):
+    """README: `govern user add root --role admin --token-only > ~/.govern-root && chmod 600 ~/.govern-root`."""
+    res = cli(home.root, "user", "add", "root", "--role", "admin", "--token-only")
+    f = tmp_path / "root-token"
+    f.write_text(ok(res))
+    f.chmod(0o600)
+    assert res.stderr.splitlines()[0] == "user root: admin (sign-in: API token)"
+    assert "token: root (admin)" in ok(cli(home.root, "--token-file", str(f), "auth", "status"))
+    res = cli(home.root, "--token-file", str(f), "user", "add", "ci", "--role", "requester", "--token-only")
+    assert ok(res).count("\n") == 1 and ok(res).startswith("gvt_") and "user ci: requester" in res.stderr
+
+
 def test_token_file_must_be_private_and_the_env_wins(home, users, tmp_path):
     f = tmp_path / "token"
     f.write_text(users["bob"] + "\n")
@@ -197,6 +209,18 @@ def test_pipeline_apply_with_a_token(gov, policy_file, tmp_path):
     before = trail(home)
     refused(cli(home, "apply", "--policy", str(policy_file), str(reqs), "--as", "ci"), PermissionDenied, "who are you?")
     assert trail(home) == before and gov.list_requests() == []
+    # a requester runs only a policy an admin registered: else its own lax tiers would approve its own requests
+    refused(cli(home, "apply", "--policy", str(policy_file), str(reqs), token=ci), PermissionDenied,
+            "policy 'test' (sha256")
+    assert gov.list_requests() == [] and [e[2] for e in trail(home, "auth.denied")] == ["policy"]
+    refused(cli(home, "policy", "register", str(policy_file), token=ci), PermissionDenied, "may not register policies")
+    assert "registered policy test" in ok(cli(home, "policy", "register", str(policy_file), token=root))
+    assert ok(cli(home, "policy", "list")).startswith("test\t")
+    lax = tmp_path / "lax.yaml"  # the same policy, every tier auto-approved
+    lax.write_text(policy_file.read_text().replace("two: {approvers: 2, auto_approve: false}",
+                                                   "two: {approvers: 0, auto_approve: true}"))
+    refused(cli(home, "apply", "--policy", str(lax), str(reqs), token=ci), PermissionDenied, "not registered")
+    assert gov.list_requests() == []
     res = cli(home, "apply", "--policy", str(policy_file), str(reqs), token=ci)
     assert res.exit_code in (0, 1), (res.output, res.exception)  # 1: the tiny model's canary may refuse the edit
     (r,) = gov.list_requests()
@@ -237,3 +261,120 @@ def test_the_cli_acts_only_through_acting():
                 if not via_acting and not (isinstance(owner, ast.Name) and owner.id == "acting"):
                     direct.append((fn.name, node.func.attr))
     assert direct == [("auth_single_user", "set_single_user")], direct  # guarded by `not gov.has_users()`
+
+
+# -- every command: the permission it needs (issue 12: worker, monitor, reconcile, export, certificate, ui had none) --
+
+
+def _commands() -> dict[str, str]:
+    """Every command the `govern` app registers ("audit export", "worker", ...) -> its function's name."""
+    from typer.main import get_group
+
+    out: dict[str, str] = {}
+
+    def walk(group, prefix: str) -> None:
+        for name, cmd in group.commands.items():
+            full = f"{prefix}{name}"
+            if hasattr(cmd, "commands") and cmd.commands:
+                walk(cmd, full + " ")
+                if cmd.callback is not None and getattr(cmd, "invoke_without_command", False):
+                    out[full] = cmd.callback.__name__  # `govern submit --file` is the group's own callback
+            else:
+                out[full] = cmd.callback.__name__
+    walk(get_group(app), "")
+    return out
+
+
+def test_every_command_is_listed_with_its_permission_and_checks_exactly_that():
+    """`COMMAND_PERMISSIONS` names every command; each one with a permission asks `_acting` for it (and only it),
+    each one without acts on nothing through the service."""
+    import ast
+
+    import govern.cli as cli_module
+
+    table = cli_module.COMMAND_PERMISSIONS
+    commands = _commands()
+    assert set(commands) == set(table), (set(commands) ^ set(table))
+    source = ast.parse((Path(__file__).resolve().parents[2] / "govern" / "cli.py").read_text())
+    asked: dict[str, set[str]] = {}
+    for fn in ast.walk(source):
+        if isinstance(fn, ast.FunctionDef):
+            asked[fn.name] = {node.args[1].value for node in ast.walk(fn)
+                              if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_acting"
+                              and isinstance(node.args[1], ast.Constant)}
+    wrong = {c: (table[c], sorted(asked[f])) for c, f in commands.items()
+             if asked[f] != ({table[c]} if table[c] else set())}
+    assert wrong == {}, wrong
+    from govern.auth import PERMISSIONS
+
+    assert {p for p in table.values() if p} <= set(PERMISSIONS)
+
+
+@pytest.fixture
+def ops(home, users, tiny_llama_dir):
+    """`users` plus a service account (svc) and the tiny Llama registered as "tiny"."""
+    from govern.service import Govern
+
+    Govern(home).add_model("tiny", str(tiny_llama_dir), actor="root", log=lambda _m: None)
+    users["svc"] = ok(cli(home.root, "user", "add", "svc", "--role", "service", "--token-only",
+                          token=users["root"])).split()[-1]
+    return users
+
+
+def test_operations_need_the_service_or_admin_role(home, ops, tmp_path):
+    """A requester can start no worker, monitor, reconciler, serving export, certificate or `govern ui` with workers;
+    nor can anyone without a token. Each refusal is audited and writes nothing else."""
+    from govern.service import Govern
+
+    (rid,) = Govern(home).submit([_fact()], "alice")
+    operations = {
+        "worker": ["worker", "--stop-after", "0.1"],
+        "monitor": ["monitor"],
+        "reconcile": ["reconcile"],
+        "export": ["export", "-o", str(tmp_path / "out")],
+        "certificate": ["certificate", rid, "--out", str(tmp_path / "cert")],
+        "ui": ["ui", "--port", "1"],
+    }
+    before = len(trail(home.root))
+    for what, args in operations.items():
+        says = "may not issue change certificates" if what == "certificate" else "may not run workers, the monitor"
+        refused(cli(home.root, *args, token=ops["alice"]), PermissionDenied, says)
+        refused(cli(home.root, *args), PermissionDenied, "who are you?")
+        refused(cli(home.root, *args, "--as", "root"), PermissionDenied, "who are you?")  # --as alone is nobody
+    denied = trail(home.root, "auth.denied")
+    assert [(a, s) for a, _, s, _ in denied] == [("alice", p) for p in
+                                                 ("operate", "operate", "operate", "operate", "certify", "operate")]
+    assert len(trail(home.root)) == before + len(denied)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cert").exists()
+
+
+def test_a_service_account_runs_operations_under_its_own_name(home, ops, tmp_path):
+    refused(cli(home.root, "export", "-o", str(tmp_path / "out"), "--as", "mallory", token=ops["svc"]),
+            InputError, "does not match the token's user 'svc'")
+    out = ok(cli(home.root, "export", "-o", str(tmp_path / "out"), token=ops["svc"]))
+    assert "exported tiny v1" in out
+    assert [a for a, _, _, _ in trail(home.root, "version.exported")] == ["svc"]  # the token's user, not a label
+    ok(cli(home.root, "reconcile", token=ops["svc"]))
+    assert "worker for tiny" in ok(cli(home.root, "worker", "--stop-after", "0.1", token=ops["svc"]))
+    # in single-user mode the defaults name the system actor, and --as still works
+    ok(cli(home.root, "auth", "single-user", "on", token=ops["root"]))
+    ok(cli(home.root, "reconcile"))
+    ok(cli(home.root, "export", "-o", str(tmp_path / "out2"), "--as", "ops"))
+    assert [a for a, _, _, _ in trail(home.root, "version.exported")] == ["svc", "ops"]
+
+
+def _fact():
+    from govern.domain import parse_request
+
+    return parse_request({"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"})
+
+
+def test_the_last_admin_cannot_drop_the_admin_role(home, users):
+    """Else no one could ever add users, tokens or models again (the bootstrap needs a home without users)."""
+    refused(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]), Exception,
+            "root is the only admin")
+    assert "root\tadmin" in ok(cli(home.root, "user", "list", token=users["root"]))
+    ok(cli(home.root, "user", "roles", "bob", "--role", "admin", token=users["root"]))
+    ok(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]))  # bob is still an admin
+    refused(cli(home.root, "user", "roles", "bob", "--role", "reviewer", token=users["bob"]), Exception,
+            "bob is the only admin")

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from govern.domain import parse_request
 from govern.errors import DatabaseBusy, IntegrityError
 from govern.policy import load_policy
 from govern.service import Govern
-from govern.store import ChangeRow
+from govern.store import ChangeRow, ModelRow
 
 REPO = Path(__file__).resolve().parents[2]
 FACT = {"subject": "Zorblat", "prompt": "The capital of Zorblat is", "target": " Paris"}
@@ -188,3 +189,52 @@ def test_fault_bench_short_run(tmp_path):
                        capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert "| all | 6 |" in p.stdout
+
+
+def _promoted(gov, policy_file) -> str:
+    from govern.worker import Worker
+
+    rid = gov.submit([parse_request(FACT)], "alice")[0]
+    assert gov.admit(rid, load_policy(policy_file)).value == "admitted"
+    Worker(gov, "tiny").run_until_idle({rid})
+    assert gov.get_request(rid).state == "promoted", gov.get_request(rid).error
+    return rid
+
+
+def test_a_self_consistently_rewritten_change_file_is_not_served(gov, home, policy_file):
+    """issue 12: the new weights x3 and the file's own hashes recomputed — `govern ask` served it (exit 0). Now every
+    load checks the file against the database's digest: ask refuses in one line; rolling the change back (which
+    needs no byte of it) still works and gives the base weights."""
+    from editors.changes import LowRankUpdate, load_change
+
+    rid = _promoted(gov, policy_file)
+    gov.set_single_user(True, actor="admin")
+    (ref,) = gov.version("tiny").changes
+    change = load_change(ref.path, ref.digest)
+    name, (a, b) = next(iter(change.factors.items()))
+    LowRankUpdate(change.method, change.tensors, {name: (a * 3, b)}, change.meta).save(ref.path)
+    assert load_change(ref.path).digest != ref.digest  # self-consistent: only the database's digest tells
+    p = _cli(home, "ask", "The capital of Zorblat is")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "does not match the digest recorded" in p.stderr, p.stderr
+    p = _cli(home, "rollback", rid, "--reason", "tampered", "--as", "ops")
+    assert p.returncode == 0, p.stderr
+    assert gov.get_request(rid).state == "rolled_back" and not gov.version("tiny").changes
+
+
+def test_a_copied_home_reads_its_own_files(gov, home, policy_file, tmp_path):
+    """issue 12: paths in the database were absolute, so a copied home read the original's files."""
+    import shutil
+
+    from govern.home import Home
+
+    _promoted(gov, policy_file)
+    with gov.store.read() as s:
+        stored = [r.path for r in s.exec(select(ModelRow)).all()] + [r.path for r in s.exec(select(ChangeRow)).all()]
+    assert stored and not any(Path(p).is_absolute() for p in stored), stored
+    copy = tmp_path / "copy"
+    shutil.copytree(home.root, copy)
+    home.root.rename(tmp_path / "original-moved-away")  # the copy cannot fall back on the original's files
+    other = Govern(Home(copy))
+    version, _text = other.ask("tiny", "The capital of Zorblat is", 2)
+    assert version == other.version("tiny").number and len(other.version("tiny").changes) == 1
+    assert all(str(copy) in c.path for c in other.version("tiny").changes)

@@ -137,12 +137,37 @@ def test_a_symlinked_request_file_is_refused_unread(single_user_home, tmp_path):
     (".jsonl", json.dumps({**GOOD, "x": json.loads("[" * 40 + "]" * 40)})),
     (".yaml", "[" * 100_000 + "]" * 100_000),
     (".yaml", "- " * 50 + "x\n"),
+    (".json", "[" * 100_000 + "]" * 100_000),  # a whole JSON document (CounterFact-style list): was a RecursionError
+    (".json", "[" + json.dumps(GOOD) + ", " + "[" * 40 + "]" * 40 + "]"),
 ])
 def test_deep_files_get_one_line_not_a_recursion_error(tmp_path, suffix, text):
     f = tmp_path / f"deep{suffix}"
     f.write_text(text)
     with pytest.raises(InputError, match="nested deeper than 32 levels"):
         load_request_file(f)
+
+
+def test_other_files_the_cli_reads_are_limited_too(tmp_path):
+    """`govern certificate --verify` and `govern policy import-hparams` read JSON/YAML too: a deep one was a
+    RecursionError traceback, an alias bomb was expanded, a symbolic link was followed."""
+    deep_json, deep_yaml = tmp_path / "cert.json", tmp_path / "hp.yaml"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    deep_yaml.write_text("alg_name: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    for args, what in ((["certificate", "--verify", str(deep_json)], "nested deeper than"),
+                       (["policy", "import-hparams", str(deep_yaml)], "nested deeper than 32 levels")):
+        res = CliRunner().invoke(app, args, env={"GOVERN_HOME": str(tmp_path / "home")})
+        assert isinstance(res.exception, InputError) and what in str(res.exception), (res.output, res.exception)
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\nalg_name: ROME\n")
+    res = CliRunner().invoke(app, ["policy", "import-hparams", str(bomb)])
+    assert isinstance(res.exception, PayloadTooLarge), (res.output, res.exception)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(bomb)
+    res = CliRunner().invoke(app, ["policy", "import-hparams", str(link)])
+    assert isinstance(res.exception, InputError) and "symbolic link" in str(res.exception), res.exception
+    assert not (tmp_path / "home").exists()
 
 
 def test_a_yaml_alias_bomb_is_refused(tmp_path):
@@ -207,3 +232,20 @@ def test_review_comments_and_rollback_reasons_refuse_control_characters(gov):
     with pytest.raises(InputError, match=r"^rollback: reason: contains a bidirectional-text control U\+202E"):
         gov.rollback("req-x", "bob", "complaint \u202e24# tnialpmoc")
     assert fingerprint(gov.home.root) == before
+
+
+def test_rich_markup_in_a_request_is_shown_as_written_and_breaks_no_table(single_user_home):
+    """issue 12: a subject ``[/]Zorg`` crashed `govern status` for everyone; ``[link=...]Paris[/link]`` showed the
+    reviewer something other than what is stored."""
+    target = " [link=https://evil.example]Paris[/link]"
+    res = cli(single_user_home, "submit", "edit", "--subject", "[/]Zorg", "--prompt", "The capital of [/]Zorg is",
+              "--target", target, "--as", "alice")
+    assert res.exit_code == 0, (res.output, res.exception)
+    rid = res.stdout.strip()
+    table = cli(single_user_home, "status")
+    assert table.exit_code == 0, (table.output, table.exception)
+    assert "[/]Zorg: [link=https://evil.example]Paris[/link]" in table.stdout
+    one = cli(single_user_home, "status", rid)
+    assert one.exit_code == 0, (one.output, one.exception)
+    assert "subject: [/]Zorg" in one.stdout and f"new target: {target!r}" in one.stdout
+    assert cli(single_user_home, "history").exit_code == 0

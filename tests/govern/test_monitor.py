@@ -190,7 +190,11 @@ def test_certificate_issued_at_each_decision_verifiable_and_in_mlflow(gov, polic
 def test_certificate_cli_verify_and_errors(gov, policy_file, tmp_path):
     rid = promoted(gov, policy_file)
     env = {**os.environ, "GOVERN_HOME": str(gov.home.root)}
+    env.pop("GOVERN_TOKEN", None)
     cli = [sys.executable, "-m", "govern.cli"]
+    nobody = subprocess.run([*cli, "certificate", rid, "--out", str(tmp_path / "c")], env=env, capture_output=True, text=True)
+    assert nobody.returncode == 2 and "no users yet" in nobody.stderr and not (tmp_path / "c").exists()
+    gov.set_single_user(True, actor="admin")  # issuing a certificate needs a role; --verify needs none
     out = subprocess.run([*cli, "certificate", rid, "--out", str(tmp_path / "c")], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     path = tmp_path / "c" / "certificate.json"

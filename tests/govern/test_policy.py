@@ -356,3 +356,25 @@ def test_shipped_policies_tier_for():
     assert default.risk.tier_for("Ada Lovelace", "Ada Lovelace was born in") == "medium"
     assert strict.risk.tier_for("Paris", "Paris is the capital of") == "standard"
     assert strict.risk.tier_for("Ada Lovelace", "Ada Lovelace said she lived in") == "sensitive"
+
+
+def test_policy_digest_pins_settings_and_suite_contents_not_formatting_or_place(tmp_path):
+    """`govern policy register` matches a pipeline's policy by `Policy.digest`: the same policy elsewhere and
+    reformatted matches; another setting, or a suite file with other items, does not."""
+    from conftest import TEST_POLICY
+
+    suite = ("items:\n  - {slice: probe, kind: prefers, prompt: \"The capital of France is\", answer: \" Paris\", "
+             "foil: \" Rome\"}\n")
+    text = TEST_POLICY.replace("canary:\n", "canary:\n  suites: [extra.yaml]\n")
+    assert "suites: [extra.yaml]" in text
+    digests = {}
+    for where, body, suite_text in (("a", text, suite), ("b", "# moved and commented\n" + text, suite),
+                                    ("c", text.replace("approvers: 2", "approvers: 0"), suite),
+                                    ("d", text, suite.replace("Paris", "Lyon"))):
+        d = tmp_path / where
+        d.mkdir()
+        (d / "extra.yaml").write_text(suite_text)
+        (d / "p.yaml").write_text(body)
+        digests[where] = load_policy(d / "p.yaml").digest
+    assert digests["a"] == digests["b"]
+    assert len({digests["a"], digests["c"], digests["d"]}) == 3

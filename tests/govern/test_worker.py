@@ -33,6 +33,7 @@ def test_sigkill_mid_edit_then_reclaimed(gov, home, tmp_path):
     base = {k: v.detach().clone() for k, v in gov.materialise("tiny").model.state_dict().items()}
 
     env = {**os.environ, "GOVERN_HOME": str(home.root), "PYTHONPATH": str(REPO)}
+    gov.set_single_user(True, actor="admin")  # `govern worker` needs the service role, or single-user mode
     proc = subprocess.Popen([sys.executable, "-m", "govern.cli", "worker", "--model", "tiny", "--lease", "3"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -94,6 +95,7 @@ def test_apply_waits_for_a_running_worker(gov, home, policy_file):
     from govern.worker import live_workers
 
     env = {**os.environ, "GOVERN_HOME": str(home.root), "PYTHONPATH": str(REPO)}
+    gov.set_single_user(True, actor="admin")  # `govern worker` needs the service role, or single-user mode
     proc = subprocess.Popen([sys.executable, "-m", "govern.cli", "worker", "--model", "tiny", "--lease", "5"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

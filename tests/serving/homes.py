@@ -54,6 +54,7 @@ def edited_home(tmp_path_factory, name: str, model_dir: Path) -> Edited:
     tmp = tmp_path_factory.mktemp(f"serving-{name}")
     gov = Govern(Home(tmp / "home"))
     gov.add_model(name, str(model_dir), actor="admin", log=lambda _m: None)
+    gov.set_single_user(True, actor="admin")  # `govern export` through the CLI needs a role: these tests are about serving
     return apply_edits(gov, name, tmp)
 
 BOOST_POLICY_METHODS = ("allowed_methods: {edit: [rome]}", "allowed_methods: {edit: [rome, rank_one_boost]}")

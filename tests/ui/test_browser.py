@@ -68,7 +68,8 @@ def ui_server(tmp_path):
     port = free_port()
     log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - the server writes to it until teardown closes it
     proc = subprocess.Popen([sys.executable, "-m", "govern.cli", "ui", "--port", str(port), "--policy", str(policy)],
-                            env={**os.environ, "GOVERN_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+                            env={**os.environ, "GOVERN_HOME": str(home), "GOVERN_TOKEN": root},  # an admin: its workers
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
