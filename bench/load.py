@@ -214,7 +214,7 @@ def append_events(gov, n: int) -> float:
     from sqlalchemy import insert
 
     from audits.trail import make_event
-    from govern.store import AuditRow
+    from govern.store import AuditRow, audit_row
 
     t0 = time.perf_counter()
     events = gov.store.audit_events()
@@ -225,9 +225,7 @@ def append_events(gov, n: int) -> float:
             prev = make_event(prev, ts="2026-12-02T00:00:00.000000+00:00", actor=f"user{i % 97}",
                               action="load.event", subject=f"req-{i % 9973:05d}",
                               payload={"i": i, "note": "bulk event for bench/load.py", "ok": True})
-            batch.append({"seq": prev.seq, "ts": prev.ts, "actor": prev.actor, "action": prev.action,
-                          "subject": prev.subject, "payload": json.dumps(prev.payload, sort_keys=True),
-                          "prev_hash": prev.prev_hash, "hash": prev.hash})
+            batch.append(audit_row(prev))  # as `Store.audit` stores it
             if len(batch) == 20000:
                 s.connection().execute(insert(AuditRow), batch)
                 batch = []
