@@ -270,6 +270,21 @@ class AuditRow(SQLModel, table=True):
         )
 
 
+def row_values(table: type[SQLModel], /, **values: Any) -> dict[str, Any]:
+    """The row a table model's constructor would insert, without constructing it: `values`, then every other
+    field's default (factories called); an integer key left unset is left to the database. Constructing a
+    table model costs about 0.2 ms (sqlmodel), more than the rest of admitting a request."""
+    row = dict(values)
+    columns = table.__table__.c  # type: ignore[attr-defined]  # set on table models
+    for name, field in table.model_fields.items():
+        if name not in row:
+            default = field.get_default(call_default_factory=True)
+            if default is None and columns[name].primary_key:
+                continue  # autoincrement
+            row[name] = default
+    return row
+
+
 def audit_row(ev: AuditEvent) -> dict[str, Any]:
     """The `audit_events` row of an event: its payload as its canonical JSON, the text its hash covers."""
     return {"seq": ev.seq, "ts": ev.ts, "actor": ev.actor, "action": ev.action, "subject": ev.subject,
@@ -491,6 +506,11 @@ class Store:
         s.flush()
         if batch:
             s.connection().execute(sa_insert(AUDIT_TABLE), batch)
+
+    def insert_rows(self, s: Session, table: type[SQLModel], rows: list[dict[str, Any]]) -> None:
+        """Insert rows of a table model (`row_values`) with one statement, in the caller's transaction."""
+        if rows:
+            s.connection().execute(sa_insert(table.__table__), rows)  # type: ignore[attr-defined]  # set on table models
 
     def transition(self, s: Session, req: RequestRow, ev: Event, actor: str, payload: dict[str, Any] | None = None) -> State:
         """Move `req` by `ev` (lifecycle table) and audit it, in the caller's transaction."""

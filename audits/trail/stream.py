@@ -245,7 +245,7 @@ _TAIL = len(',"prev_hash":"') + 64 + len('","hash":"') + 64 + len('"}')  # then 
 _HEX = re.compile("[0-9a-f]{64}")
 _DOC = '{"action":%s,"actor":%s,"payload":%s,"prev_hash":"%s","seq":%s,"subject":%s,"ts":%s}'
 _KINDS = (str, str, str, str, dict)  # the vouched pieces of a line: ts, actor, action, subject, payload
-_CHUNK = 1 << 22
+_CHUNK = 1 << 18  # bytes read at a time: a few hundred lines, a few MB of memory at the peak
 
 
 def _lines(path: str | Path) -> Iterator[list[str]]:
