@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, UniqueConstraint, event, inspect
+from sqlalchemy import Connection, Engine, Table, UniqueConstraint, event, func, inspect
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import OperationalError
@@ -563,6 +563,11 @@ class Store:
         if since is not None:
             events = [e for e in events if datetime.fromisoformat(e.ts) >= since]
         return events
+
+    def audit_count(self) -> int:
+        """How many events the trail holds."""
+        with self.read_engine.connect() as conn:
+            return int(conn.execute(sa_select(func.count()).select_from(AUDIT_TABLE)).scalar_one())
 
     @contextmanager
     def trail_reader(self, block: int = 5000) -> Iterator[TrailReader]:
