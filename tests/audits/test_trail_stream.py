@@ -277,3 +277,22 @@ def test_export_and_verify_stream_in_bounded_memory(tmp_path: Path) -> None:
     size = path.stat().st_size  # the in-memory reference holds all of it, and more, at once
     assert size > 5_000_000
     assert export_peak < size / 2 and verify_peak < size / 2, (export_peak, verify_peak, size)
+
+
+def test_escaped_text_in_the_fields_is_proven_only_when_canonical(tmp_path: Path) -> None:
+    prev, events = None, []
+    for actor in ("plain", "plain too", 'jo"nas', "tab\there", "new\nline", "\x01ctl", "back\\slash"):
+        prev = make_event(prev, ts="2026-12-02T00:00:00+00:00", actor=actor, action="a.b", subject=f"s {actor}",
+                          payload={"who": actor})
+        events.append(prev)
+    path = _export(tmp_path, events)
+    assert prove_export(path) == verify_export_reference(path) and verify_export_reference(path).ok
+    streamed = tmp_path / "streamed.jsonl"  # blocks with and without text to escape
+    write_export(blocks(stored(events), 2), streamed, "jsonl", exported_at=EXPORTED_AT)
+    assert streamed.read_bytes() == path.read_bytes()
+    assert prove_stored(blocks(stored(events), 2)) == verify_events(events)
+    lines = _lines(path)
+    forged = lines[0].replace('"actor":"plain"', '"actor":"pl\\u0061in"')  # same text, not as the encoder writes it
+    bad = tmp_path / "escaped.jsonl"
+    bad.write_text("\n".join([forged, *lines[1:]]), encoding="utf-8")
+    assert prove_export(bad) is None and verify_export(bad) == verify_export_reference(bad)
