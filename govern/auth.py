@@ -250,7 +250,7 @@ class Acting:
         """Store the requests as this user (all or nothing), then run admission on each."""
         self.require("submit")
         ids = self.gov.submit(requests, self.name, model)
-        return [(rid, self.gov.admit(rid, policy)) for rid in ids]
+        return list(zip(ids, self.gov.admit_many(ids, policy), strict=True))
 
     def submit_requests(self, requests: list[RequestSpec], model: str | None = None) -> list[str]:
         """Store the requests as this user (all or nothing); admission runs later (`govern apply`)."""

@@ -51,8 +51,7 @@ def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, ac
     if not pending and not orphaned:
         console.print("no pending requests")
         return 0
-    for rid in pending:
-        gov.admit(rid, policy)
+    gov.admit_many(pending, policy)  # submitted ones are judged; admitted ones are left as they are
     if orphaned:
         console.print(f"taking over {len(orphaned)} request(s) a stopped run left unfinished: {', '.join(orphaned)}")
     by_model: dict[str, list[str]] = {}

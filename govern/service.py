@@ -9,7 +9,7 @@ outcome after the database commit.
 |---|---|---|---|
 | models | `services.models` | `add_model`, `resolve_model`, `materialise`, `ask`, `history` | (version 1 created as production) |
 | submit | `services.requests` | `submit` | (created as submitted) |
-| admission | `services.requests` | `admit` | admit / deny, and an apply job is queued |
+| admission | `services.requests` | `admit_many` (`admit`: one) | admit / deny, and an apply job is queued, per request |
 | apply+canary | `services.commit` | `task_for`, `commit` | claim, applied, gates_passed / auto_approved / gates_failed, promote |
 | review | `services.requests` | `review` | approve / approve_final / reject, then promote |
 | promotion | `services.transitions` | `promote` (inside review or a commit) | promote, or stale when production moved |

@@ -18,6 +18,7 @@ tables of the Unicode version it names); this module is the only one that uses i
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u200e\u200f"))
 
@@ -55,6 +56,9 @@ def skeleton(text: str) -> str:
                                  digit_policy="numeric").split())
 
 
-def rule_forms(text: str) -> list[str]:
-    """Every form a risk rule is searched in: as written, `normalise`, `fold_confusables`, `skeleton` (no repeats)."""
-    return list(dict.fromkeys((text, normalise(text), fold_confusables(text), skeleton(text))))
+@lru_cache(maxsize=65536)
+def rule_forms(text: str) -> tuple[str, ...]:
+    """Every form a risk rule is searched in: as written, `normalise`, `fold_confusables`, `skeleton` (no repeats).
+
+    Cached: a pure function of `text`, and the confusables skeleton costs tens of microseconds per text."""
+    return tuple(dict.fromkeys((text, normalise(text), fold_confusables(text), skeleton(text))))

@@ -25,7 +25,13 @@ The package, one idea per module:
 * `audits.trail.export` -- export files: the sealed :class:`ExportFooter`,
   JSON Lines and CSV, :func:`export_events`;
 * `audits.trail.reader` -- reading an export back (:func:`read_export`) and
-  verifying it against its chain and footer (:func:`verify_export`);
+  verifying it against its chain and footer (:func:`verify_export_reference`,
+  the whole file in memory);
+* `audits.trail.stream` -- the same in bounded memory and at C speed: stored
+  events (:data:`StoredEvent`) written as an export (:func:`write_export`),
+  a live trail or an export proven good (:func:`prove_stored`,
+  :func:`prove_export`), and :func:`verify_export`, which streams and leaves
+  every file it cannot prove good to the reference;
 * `audits.trail.anchor` -- the head recorded outside the database
   (:class:`Anchor`) and :func:`check_anchors`, which catches truncation at the
   tail, an emptied trail and events appended after the anchored head.
@@ -59,20 +65,22 @@ to a trusted reference point:
   standard ``csv`` module refuses fields over 128 KiB, so use JSON Lines for
   trails with very large payloads.
 
-Everything here is standard library only and, apart from the three file
-functions (:func:`export_events`, :func:`read_export`, :func:`verify_export`),
+Everything here is standard library only and, apart from the file functions
+(:func:`export_events`, :func:`write_export`, :func:`read_export`,
+:func:`verify_export`, :func:`verify_export_reference`, :func:`prove_export`),
 free of side effects.
 """
 
 from __future__ import annotations
 
-from audits.trail.anchor import Anchor, check_anchors
+from audits.trail.anchor import Anchor, check_anchors, check_head
 from audits.trail.events import (
     GENESIS_HASH,
     AuditEvent,
     TrailError,
     VerifyResult,
     canonical_bytes,
+    canonical_json,
     compute_hash,
     make_event,
     verify_events,
@@ -91,7 +99,15 @@ from audits.trail.export import (
     render_csv,
     render_jsonl,
 )
-from audits.trail.reader import NO_FOOTER_REASON, read_export, verify_export
+from audits.trail.reader import NO_FOOTER_REASON, read_export, verify_export_reference
+from audits.trail.stream import (
+    StoredEvent,
+    canonical_payloads,
+    prove_export,
+    prove_stored,
+    verify_export,
+    write_export,
+)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -105,18 +121,26 @@ __all__ = [
     "AuditEvent",
     "ExportFooter",
     "ExportFormat",
+    "StoredEvent",
     "TrailError",
     "VerifyResult",
     "canonical_bytes",
+    "canonical_json",
+    "canonical_payloads",
     "check_anchors",
+    "check_head",
     "compute_footer_hash",
     "compute_hash",
     "export_events",
     "make_event",
     "make_footer",
+    "prove_export",
+    "prove_stored",
     "read_export",
     "render_csv",
     "render_jsonl",
     "verify_events",
     "verify_export",
+    "verify_export_reference",
+    "write_export",
 ]

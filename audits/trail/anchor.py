@@ -19,7 +19,7 @@ Pure: anchors in, a `VerifyResult` (or None when they agree) out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from audits.trail.events import AuditEvent, VerifyResult, failed_result
@@ -41,20 +41,28 @@ def check_anchors(events: Sequence[AuditEvent], anchors: Sequence[Anchor]) -> Ve
     if not anchors:
         return None
     by_seq = {e.seq: e.hash for e in events}
-    last = events[-1].seq if events else 0
-    head = events[-1].hash if events else None
+    return check_head(len(events), events[-1].seq if events else 0, events[-1].hash if events else None, by_seq, anchors)
+
+
+def check_head(count: int, last: int, head: str | None, hash_at: Mapping[int, str],
+               anchors: Sequence[Anchor]) -> VerifyResult | None:
+    """:func:`check_anchors` for a chain known by its length, last sequence number (0 when empty) and head hash,
+    and `hash_at`: its hash of each anchored event number and of the number before it, where the chain has that
+    event (all `check_anchors` looks at; a streaming check reads just these)."""
+    if not anchors:
+        return None
     for a in sorted(anchors, key=lambda a: a.seq, reverse=True):
-        if a.seq not in by_seq:
-            if not events:
+        if a.seq not in hash_at:
+            if not count:
                 why = (f"the database holds no audit events, but {a.where} records event {a.seq} "
                        f"(head {a.head_hash[:16]}): the trail was emptied")
             else:
                 why = (f"event {last + 1}: missing; the trail ends at event {last} but {a.where} records event "
                        f"{a.seq} (head {a.head_hash[:16]}): events were cut off the end")
-            return failed_result(len(events), last + 1, why, head)
-        if by_seq[a.seq] != a.head_hash:
+            return failed_result(count, last + 1, why, head)
+        if hash_at[a.seq] != a.head_hash:
             return failed_result(a.seq - 1, a.seq, f"event {a.seq}: its hash differs from the one {a.where} recorded "
-                                                   "(the chain was rewritten)", by_seq.get(a.seq - 1))
+                                                   "(the chain was rewritten)", hash_at.get(a.seq - 1))
     complete = [a for a in anchors if a.complete]
     if complete:
         newest = max(complete, key=lambda a: a.seq)
@@ -65,4 +73,4 @@ def check_anchors(events: Sequence[AuditEvent], anchors: Sequence[Anchor]) -> Ve
     return None
 
 
-__all__ = ["Anchor", "check_anchors"]
+__all__ = ["Anchor", "check_anchors", "check_head"]

@@ -121,12 +121,24 @@ def _plain_json(value: Any, depth: int = 0) -> bool:
     return False
 
 
+CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""The encoder behind :func:`canonical_json` (one instance: building one per call costs more than small events).
+Its output for plain JSON is the canonical form; only :func:`canonical_json` checks that a value is plain JSON."""
+
+quote_json = json.encoder.encode_basestring
+"""How `CANONICAL_ENCODER` writes a string (the C function it calls: ``"`` ``\\`` and control characters escaped,
+everything else raw), so that a document can be assembled from parts byte for byte as the encoder would write it."""
+
+_DOCUMENT = '{"action":%s,"actor":%s,"payload":%s,"prev_hash":%s,"seq":%d,"subject":%s,"ts":%s}'
+"""The canonical document of an event with its fields in sorted order (what `canonical_bytes` encodes)."""
+
+
 def canonical_json(value: Any, where: str) -> str:
     """Deterministic JSON text: sorted keys, no spaces, raw UTF-8, no NaN (also used by the export)."""
     if not _plain_json(value):
         _check_json_value(value, where)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return CANONICAL_ENCODER.encode(value)
     except (TypeError, ValueError) as error:  # pragma: no cover - _check_json_value rejects these first
         raise TrailError(f"{where}: {error}") from error
 
@@ -191,6 +203,37 @@ def compute_hash(
     return hashlib.sha256(canonical_bytes(seq, ts, actor, action, subject, payload, prev_hash)).hexdigest()
 
 
+def hash_with_payload_text(
+    seq: int,
+    ts: str,
+    actor: str,
+    action: str,
+    subject: str,
+    payload_text: str,
+    prev_hash: str,
+) -> str:
+    """:func:`compute_hash` of an event whose payload is given as its canonical JSON text
+    (``canonical_json(payload)``), without parsing and re-encoding it.
+
+    The document is assembled by formatting (`_DOCUMENT`, keys in sorted order, strings written by `quote_json`):
+    byte for byte what :func:`canonical_bytes` encodes *when* `payload_text` is canonical. That is the caller's
+    promise; with any other text the result is simply a different hash. Raises TrailError for a field of the
+    wrong type and for text that is not valid Unicode, like :func:`canonical_bytes`.
+    """
+    if type(seq) is not int:  # exactly int: %d would write a bool as 1 and truncate a float
+        _require_int(seq, "seq")
+        seq = int(seq)  # an int subclass (not bool): written as its int value, as json.dumps does
+    try:
+        document = _DOCUMENT % (quote_json(action), quote_json(actor), payload_text, quote_json(prev_hash), seq,
+                                quote_json(subject), quote_json(ts))
+    except TypeError:
+        for value, name in ((ts, "ts"), (actor, "actor"), (action, "action"), (subject, "subject"),
+                            (prev_hash, "prev_hash"), (payload_text, "payload_text")):
+            _require_str(value, name)
+        raise
+    return hashlib.sha256(utf8_bytes(document, "event")).hexdigest()
+
+
 def _event_hash(event: AuditEvent) -> str:
     return compute_hash(event.seq, event.ts, event.actor, event.action, event.subject, event.payload, event.prev_hash)
 
@@ -234,8 +277,9 @@ def make_event(
     ts_text = _utc_timestamp(ts)
     if not isinstance(payload, Mapping):
         raise TrailError(f"payload must be a dict, not {type(payload).__name__}")
-    stored_payload = json.loads(canonical_json(dict(payload), "payload"))
-    digest = compute_hash(seq, ts_text, actor, action, subject, stored_payload, prev_hash)
+    payload_text = canonical_json(dict(payload), "payload")
+    stored_payload = json.loads(payload_text)  # canonical text round-trips: canonical_json(stored_payload) == payload_text
+    digest = hash_with_payload_text(seq, ts_text, actor, action, subject, payload_text, prev_hash)
     return AuditEvent(seq, ts_text, actor, action, subject, stored_payload, prev_hash, digest)
 
 
@@ -338,6 +382,7 @@ def verify_events(
 
 
 __all__ = [
+    "CANONICAL_ENCODER",
     "GENESIS_HASH",
     "AuditEvent",
     "TrailError",
@@ -346,7 +391,9 @@ __all__ = [
     "canonical_json",
     "compute_hash",
     "failed_result",
+    "hash_with_payload_text",
     "make_event",
+    "quote_json",
     "utf8_bytes",
     "verify_events",
 ]

@@ -127,11 +127,20 @@ def make_footer(events: Sequence[AuditEvent], *, exported_at: str) -> ExportFoot
     """The footer that closes an export of ``events`` (in file order)."""
     if events:
         first, last = events[0], events[-1]
-        fields = _footer_body(
-            EXPORT_FORMAT_VERSION, first.seq, last.seq, len(events), last.hash, first.prev_hash, exported_at
-        )
-    else:
-        fields = _footer_body(EXPORT_FORMAT_VERSION, None, None, 0, None, None, exported_at)
+        return seal_footer(first.seq, last.seq, len(events), last.hash, first.prev_hash, exported_at)
+    return seal_footer(None, None, 0, None, None, exported_at)
+
+
+def seal_footer(
+    first_seq: int | None,
+    last_seq: int | None,
+    count: int,
+    head_hash: str | None,
+    anchor_prev_hash: str | None,
+    exported_at: str,
+) -> ExportFooter:
+    """The footer of an export known by its first and last event (for a streaming writer)."""
+    fields = _footer_body(EXPORT_FORMAT_VERSION, first_seq, last_seq, count, head_hash, anchor_prev_hash, exported_at)
     return ExportFooter(**fields, footer_hash=compute_footer_hash(**fields))
 
 
@@ -174,10 +183,21 @@ def _json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def footer_jsonl(footer: ExportFooter) -> str:
+    """The footer's line of a JSON Lines export (without the newline)."""
+    return _json_line(_footer_record(footer))
+
+
+def footer_csv_row(footer: ExportFooter) -> list[str]:
+    """The footer's row of a CSV export: its fields as canonical JSON in the payload column, the seal in hash."""
+    body = {key: value for key, value in _footer_record(footer).items() if key not in ("record", "footer_hash")}
+    return ["footer", "", "", "", "", "", canonical_json(body, "footer"), "", footer.footer_hash]
+
+
 def render_jsonl(events: Sequence[AuditEvent], footer: ExportFooter) -> str:
     """The JSON Lines text of an export: one event per line, then the footer line."""
     lines = [_json_line(_event_record(event)) for event in events]
-    lines.append(_json_line(_footer_record(footer)))
+    lines.append(footer_jsonl(footer))
     return "".join(line + "\n" for line in lines)
 
 
@@ -200,8 +220,7 @@ def render_csv(events: Sequence[AuditEvent], footer: ExportFooter) -> str:
                 event.hash,
             ]
         )
-    body = {key: value for key, value in _footer_record(footer).items() if key not in ("record", "footer_hash")}
-    writer.writerow(["footer", "", "", "", "", "", canonical_json(body, "footer"), "", footer.footer_hash])
+    writer.writerow(footer_csv_row(footer))
     return buffer.getvalue()
 
 
@@ -253,7 +272,10 @@ __all__ = [
     "compute_footer_hash",
     "expected_footer_hash",
     "export_events",
+    "footer_csv_row",
+    "footer_jsonl",
     "make_footer",
     "render_csv",
     "render_jsonl",
+    "seal_footer",
 ]

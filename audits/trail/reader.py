@@ -2,7 +2,8 @@
 
 :func:`read_export` parses a file written by `audits.trail.export` (the format
 is detected from the content) and raises :class:`TrailError`, naming the line,
-for a file it cannot read or parse.  :func:`verify_export` never raises for
+for a file it cannot read or parse.  :func:`verify_export_reference` (the
+reference behind `audits.trail.stream.verify_export`) never raises for
 tampered or malformed content; it returns a failed :class:`VerifyResult`
 naming the problem (with the line number for malformed files).  Only a file
 that cannot be read at all raises :class:`TrailError`.  Parsing is strict: no
@@ -389,8 +390,10 @@ def _verify_parsed(parsed: _Parsed) -> VerifyResult:
     return _verify_against_footer(parsed.events, parsed.footer)
 
 
-def verify_export(path: str | Path) -> VerifyResult:
-    """Verify an export file: the chain, then the footer's seal, range, count and head hash.
+def verify_export_reference(path: str | Path) -> VerifyResult:
+    """Verify an export file: the chain, then the footer's seal, range, count and head hash (the reference:
+    the whole file is parsed into events first; `audits.trail.stream.verify_export` streams, and asks this
+    one whenever it cannot prove a file good).
 
     Never raises for tampered or malformed content -- that yields a failed
     result whose ``reason`` names the problem (and the line, for malformed
@@ -403,4 +406,4 @@ def verify_export(path: str | Path) -> VerifyResult:
     return _verify_parsed(_parse_file(path))
 
 
-__all__ = ["NO_FOOTER_REASON", "read_export", "verify_export"]
+__all__ = ["NO_FOOTER_REASON", "read_export", "verify_export_reference"]

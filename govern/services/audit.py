@@ -17,10 +17,13 @@ from audits.trail import (
     ExportFormat,
     VerifyResult,
     check_anchors,
-    export_events,
+    check_head,
+    prove_export,
+    prove_stored,
     read_export,
     verify_events,
-    verify_export,
+    verify_export_reference,
+    write_export,
 )
 from govern.anchors import HeadFile, mlflow_anchors
 from govern.errors import InputError
@@ -43,9 +46,11 @@ def process_gone(w: WorkerRow) -> bool:
 
 class AuditService(ServiceBase):
     def audit_export(self, path: str | Path, fmt: str, since: datetime | None = None) -> int:
+        """Write the trail (events at or after `since`) to `path` with a sealed footer; streams, in bounded memory."""
         if fmt not in ("jsonl", "csv"):
             raise InputError(f"format must be jsonl or csv, not {fmt!r}")
-        return export_events(self.store.audit_events(since), path, cast(ExportFormat, fmt))  # checked above
+        with self.store.trail_reader() as trail:
+            return write_export(trail.stored_events(), path, cast(ExportFormat, fmt), since=since)  # checked above
 
     def audit_verify(self, path: str | Path | None = None, *, mlflow: bool = True) -> VerifyResult:
         """Verify the live trail against its anchors, or an export file cross-checked against the database.
@@ -57,19 +62,41 @@ class AuditService(ServiceBase):
         export: its own chain and footer, then every event must be the
         database's event of that number, and the database must still hold the
         export's head.
+
+        Every hash is recomputed either way. The trail and the file are streamed
+        (`audits.trail.stream`); when that cannot prove them good, the reference
+        check (`_verify_live_reference`, `_verify_export_reference`: everything
+        in memory) decides and names the first bad event.
         """
-        live = self.store.audit_events()
         if path is None:
-            result = verify_events(live)
-            if not result.ok:
-                return result
-            return check_anchors(live, self.trail_anchors(mlflow=mlflow)) or result
+            with self.store.trail_reader() as trail:
+                proven = prove_stored(trail.stored_events())
+                if proven is not None:
+                    anchors = self.trail_anchors(mlflow=mlflow)
+                    hash_at = trail.hashes({n for a in anchors for n in (a.seq, a.seq - 1)})
+                    return check_head(proven.count, proven.count, proven.head_hash, hash_at, anchors) or proven
+            return self._verify_live_reference(mlflow=mlflow)
         if not Path(path).is_file():
             raise InputError(f"export file {path} does not exist")
-        result = verify_export(path)
+        with self.store.trail_reader() as trail:
+            proven = prove_export(path, database=trail.hashes_from)
+        return proven or self._verify_export_reference(path)
+
+    def _verify_live_reference(self, *, mlflow: bool) -> VerifyResult:
+        """The live trail verified in memory: the chain (`verify_events`), then the anchors."""
+        live = self.store.audit_events()
+        result = verify_events(live)
+        if not result.ok:
+            return result
+        return check_anchors(live, self.trail_anchors(mlflow=mlflow)) or result
+
+    def _verify_export_reference(self, path: str | Path) -> VerifyResult:
+        """An export verified in memory (`verify_export_reference`), then each event looked up in the database."""
+        result = verify_export_reference(path)
         if not result.ok:
             return result
         # a writer who recomputed the whole chain still disagrees with the database
+        live = self.store.audit_events()
         events, _ = read_export(path)
         by_seq = {e.seq: e for e in live}
         for e in events:

@@ -48,7 +48,8 @@ class ModelsService(ServiceBase):
         With no model registered yet, the default SmolLM2 is registered first
         (a one-time conversion of about a minute).
         """
-        models = [m.name for m in self.list_models()]
+        with self.store.read() as s:
+            models = list(s.exec(select(ModelRow.name).order_by(ModelRow.name)).all())  # names, not whole rows
         if name:
             if name in models:
                 return name

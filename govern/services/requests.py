@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
@@ -14,12 +16,49 @@ from govern.lifecycle import ACTIVE, Event, JobKind, State
 from govern.policy import Policy
 from govern.services.base import ServiceBase
 from govern.services.transitions import discard_candidate, promote
-from govern.store import JobRow, RequestRow, ReviewRow, as_utc, new_id, now
+from govern.store import JobRow, RequestRow, ReviewRow, as_utc, new_id, now, row_values
 from govern.text import identity
 from govern.validation import refuse_controls
 
 if TYPE_CHECKING:
     from govern.services.models import EditBudget
+
+
+@dataclass
+class _ActiveChanges:
+    """A model's active requests (from admission until they end: `ACTIVE`) as admission sees them in one transaction.
+
+    Read once (three columns, not whole rows), then kept up to date as the transaction admits more, so that
+    judging a request costs the same however many are active, and each sees the ones admitted before it.
+    """
+
+    order: list[tuple[str, str]]  # (id, state), in the order the database returned them, then as admitted
+    ids: set[str]
+    by_key: dict[str, list[str]]  # conflict key -> ids of the active requests holding it
+    budget: EditBudget | None = None  # production's edit budget, once a policy limit needs it
+
+    @classmethod
+    def read(cls, s: Session, model: str) -> _ActiveChanges:
+        rows = s.exec(select(RequestRow.id, RequestRow.state, RequestRow.conflicts).where(
+            RequestRow.model == model, col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
+        changes = cls(order=[], ids=set(), by_key={})
+        for rid, state, conflicts in rows:
+            changes.add(rid, state, json.loads(conflicts or "[]"))
+        return changes
+
+    def add(self, request_id: str, state: str, keys: list[str]) -> None:
+        self.order.append((request_id, state))
+        self.ids.add(request_id)
+        for key in set(keys):
+            self.by_key.setdefault(key, []).append(request_id)
+
+    def count(self, excluding: str) -> int:
+        return len(self.order) - (excluding in self.ids)
+
+    def conflicting(self, keys: list[str], excluding: str) -> list[tuple[str, str]]:
+        """The active requests sharing a conflict key with `keys`, in `order`."""
+        hits = {rid for key in set(keys) for rid in self.by_key.get(key, ()) if rid != excluding}
+        return [(rid, state) for rid, state in self.order if rid in hits] if hits else []
 
 
 class RequestsService(ServiceBase):
@@ -46,42 +85,79 @@ class RequestsService(ServiceBase):
             key = r.model or model
             if key not in resolved:
                 resolved[key] = self.resolve_model(key)
-        ids: list[str] = []
-        with self.store.tx() as s:
+        rows: list[dict[str, Any]] = []
+        with self.store.tx() as s, self.store.audit_batch(s):  # one insert for the requests, one for their events
             for r in requests:
-                row = RequestRow(
-                    id=new_id("req"), kind=r.kind, model=resolved[r.model or model], method=r.method or r.default_method,
-                    title=r.title()[:300], spec=r.spec_json(), conflicts=json.dumps(r.conflict_keys()),
-                    submitted_by=actor or identity(r.submitted_by or ""), justification=r.justification,
-                    evidence=json.dumps(r.evidence),
+                spec_text = r.spec_json()
+                row = row_values(
+                    RequestRow, id=new_id("req"), kind=r.kind, model=resolved[r.model or model],
+                    method=r.method or r.default_method, title=r.title()[:300], spec=spec_text,
+                    conflicts=json.dumps(r.conflict_keys()), submitted_by=actor or identity(r.submitted_by or ""),
+                    justification=r.justification, evidence=json.dumps(r.evidence),
                     valid_from=r.valid_from, valid_until=r.valid_until)
-                s.add(row)
-                self.store.audit(s, row.submitted_by, "request.submitted", row.id, {
-                    "model": row.model, "kind": row.kind, "method": row.method, "title": row.title,
-                    "spec": json.loads(row.spec), "submitted_by": row.submitted_by, "evidence": r.evidence})
-                ids.append(row.id)
-        return ids
+                rows.append(row)
+                self.store.audit(s, row["submitted_by"], "request.submitted", row["id"], {
+                    "model": row["model"], "kind": row["kind"], "method": row["method"], "title": row["title"],
+                    "spec": json.loads(spec_text), "submitted_by": row["submitted_by"], "evidence": r.evidence})
+            self.store.insert_rows(s, RequestRow, rows)
+        return [row["id"] for row in rows]
 
     def admit(self, request_id: str, policy: Policy, actor: str = "policy") -> State:
-        """Judge a submitted request against the policy; queue an apply job if admitted."""
-        with self.store.tx() as s:
-            req = self.store.get_request(s, request_id)
-            if req.state != State.SUBMITTED:
-                return State(req.state)
-            spec = req.request()
-            reasons = self._admission_reasons(s, req, spec, policy)
-            tier = policy.risk.tier_for_texts(spec.risk_texts())
-            req.tier = tier
-            req.policy = policy.model_dump_json()
-            if reasons:
-                req.error = "; ".join(reasons)
-                return self.store.transition(s, req, Event.DENY, actor, {"reasons": reasons, "policy": policy.name})
-            s.add(JobRow(kind=JobKind.APPLY.value, request_id=req.id, model=req.model))
-            t = policy.risk.tiers[tier]
-            return self.store.transition(s, req, Event.ADMIT, actor, {
-                "policy": policy.name, "tier": tier, "approvers": t.approvers, "auto_approve": t.auto_approve})
+        """Judge a submitted request against the policy; queue an apply job if admitted (`admit_many` of one)."""
+        return self.admit_many([request_id], policy, actor)[0]
 
-    def _admission_reasons(self, s: Session, req: RequestRow, spec: RequestSpec, policy: Policy) -> list[str]:
+    def admit_many(self, request_ids: Sequence[str], policy: Policy, actor: str = "policy", *,
+                   chunk: int = 500) -> list[State]:
+        """Judge submitted requests against the policy, in order; queue an apply job for each one admitted.
+
+        The same checks, transition and audit event per request as one at a time, and the same outcome: each
+        request sees the ones admitted before it (conflicts, the active count, the edit budget). `chunk`
+        requests share one transaction (one lock, one commit, one anchor write; their events inserted
+        together, `Store.audit_batch`). A request no longer submitted is left as it is and its state returned,
+        so admitting again after a crash admits nothing twice. An error rolls back the chunk it happened in;
+        the chunks before it stay committed. `govern apply`, `govern submit` and the UI come here.
+        """
+        if chunk < 1:
+            raise InputError(f"chunk must be at least 1, not {chunk}")
+        policy_json = policy.model_dump_json()  # stored on every request it judged: built once, not per request
+        ids = list(request_ids)
+        states: list[State] = []
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            with self.store.tx() as s, self.store.audit_batch(s):
+                rows = {r.id: r for r in s.exec(select(RequestRow).where(col(RequestRow.id).in_(set(part)))).all()}
+                active: dict[str, _ActiveChanges] = {}
+                jobs: list[dict[str, Any]] = []
+                for rid in part:
+                    req = rows.get(rid) or self.store.get_request(s, rid)  # the second raises NotFoundError
+                    states.append(self._admit_one(s, req, policy, policy_json, actor, active, jobs))
+                self.store.insert_rows(s, JobRow, jobs)
+        return states
+
+    def _admit_one(self, s: Session, req: RequestRow, policy: Policy, policy_json: str, actor: str,
+                   active: dict[str, _ActiveChanges], jobs: list[dict[str, Any]]) -> State:
+        if req.state != State.SUBMITTED:
+            return State(req.state)
+        spec = req.request()
+        changes = active.get(req.model)
+        if changes is None:
+            changes = active[req.model] = _ActiveChanges.read(s, req.model)
+        reasons = self._admission_reasons(s, req, spec, policy, changes)
+        tier = policy.risk.tier_for_texts(spec.risk_texts())
+        req.tier = tier
+        req.policy = policy_json
+        if reasons:
+            req.error = "; ".join(reasons)
+            return self.store.transition(s, req, Event.DENY, actor, {"reasons": reasons, "policy": policy.name})
+        jobs.append(row_values(JobRow, kind=JobKind.APPLY.value, request_id=req.id, model=req.model))  # queued
+        t = policy.risk.tiers[tier]
+        state = self.store.transition(s, req, Event.ADMIT, actor, {
+            "policy": policy.name, "tier": tier, "approvers": t.approvers, "auto_approve": t.auto_approve})
+        changes.add(req.id, state.value, req.conflict_keys)
+        return state
+
+    def _admission_reasons(self, s: Session, req: RequestRow, spec: RequestSpec, policy: Policy,
+                           changes: _ActiveChanges) -> list[str]:
         a = policy.admission
         reasons = []
         allowed = a.allowed_methods.get(req.kind, [])
@@ -91,24 +167,22 @@ class RequestsService(ServiceBase):
         if req.valid_until is not None and as_utc(req.valid_until) <= as_utc(now()):
             reasons.append(f"valid_until {as_utc(req.valid_until).isoformat()} has already passed")
         reasons += spec.admission_problems(a)
-        # three columns, not whole rows: every admission reads every active request of the model
-        active = s.exec(select(RequestRow.id, RequestRow.state, RequestRow.conflicts).where(
-            RequestRow.model == req.model, RequestRow.id != req.id,
-            col(RequestRow.state).in_([x.value for x in ACTIVE]))).all()
-        if len(active) >= a.max_active_edits_per_model:
-            reasons.append(f"model {req.model} already has {len(active)} active changes (limit {a.max_active_edits_per_model})")
-        reasons += self._budget_reasons(s, req, spec, a)
-        mine = set(req.conflict_keys)
-        for other_id, other_state, other_conflicts in active:
-            if mine & set(json.loads(other_conflicts or "[]")):
-                reasons.append(f"conflicts with active request {other_id} ({other_state}) on the same subject and relation")
+        n_active = changes.count(excluding=req.id)
+        if n_active >= a.max_active_edits_per_model:
+            reasons.append(f"model {req.model} already has {n_active} active changes (limit {a.max_active_edits_per_model})")
+        reasons += self._budget_reasons(s, req, spec, a, changes)
+        for other_id, other_state in changes.conflicting(req.conflict_keys, excluding=req.id):
+            reasons.append(f"conflicts with active request {other_id} ({other_state}) on the same subject and relation")
         return reasons
 
-    def _budget_reasons(self, s: Session, req: RequestRow, spec: RequestSpec, a: Any) -> list[str]:
-        """The model's edit budget (`ModelsService.budget_in`) against the policy's limits."""
+    def _budget_reasons(self, s: Session, req: RequestRow, spec: RequestSpec, a: Any,
+                        changes: _ActiveChanges) -> list[str]:
+        """The model's edit budget (`ModelsService.budget_in`, read once per transaction) against the policy's limits."""
         if a.max_active_facts_per_model is None and a.max_cumulative_update_norm is None:
             return []
-        b = self.budget_in(s, req.model)
+        if changes.budget is None:  # production does not move while requests are admitted
+            changes.budget = self.budget_in(s, req.model)
+        b = changes.budget
         reasons = []
         adding = len(getattr(spec, "facts", None) or [None])
         if a.max_active_facts_per_model is not None and b.facts + adding > a.max_active_facts_per_model:
