@@ -67,15 +67,17 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return d
 
 
-def build_gpt2(d: Path, *, n_positions: int = 512, n_layer: int = 4, seed: int = 0) -> Path:
+def build_gpt2(d: Path, *, n_positions: int = 512, n_layer: int = 4, seed: int = 0, n_embd: int = 64, n_head: int = 4,
+               initializer_range: float = 0.02) -> Path:
     """A seeded, random GPT-2 with the test tokenizer, saved to `d` (a real transformers checkpoint)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = _tokenizer(d)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=n_layer, n_head=4, n_positions=n_positions,
-                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
+                     initializer_range=initializer_range, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                     bos_token_id=tok.bos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(str(d))
     return d
 

@@ -18,7 +18,9 @@ stream. To make the model say a new object for a subject:
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
-   + weight_decay·|δ|²/|v|²``, with ``|δ| ≤ clamp·|v|``.
+   + weight_decay·|δ|²/|v|²``, with ``|δ| ≤ clamp·|v|`` (Adam; the result is the first
+   iterate whose NLL is under ``early_stop_nll``, else the iterate of least NLL, so never
+   worse for the target than δ = 0).
    Because δ enters at layer ``l``, the residual stream leaving block ``l`` is
    computed once and only the blocks above are re-run per step.
 3. **Update**: ``ΔW = δ bᵀ`` with ``C = E[k kᵀ]`` over general text. With one
@@ -351,7 +353,14 @@ class ROME:
         done = torch.zeros((), dtype=torch.bool, device=device)
         stop_step = torch.full((), cfg.steps, dtype=torch.long, device=device)
         stop_nll = torch.zeros((), device=device)
-        nll = torch.full((), float("inf"), device=device)
+        # Without an early stop, δ is the iterate of least target NLL, not the last one (the early stop, too, picks by
+        # the NLL: the first iterate under the threshold), and the first iterate is δ = 0, so the result never makes
+        # the target less likely than no edit. The last iterate can: where the NLL moves little, Adam swings δ
+        # between the norm clamp and the weight decay, and on a random GPT-2 the last swing raised the target's NLL
+        # (tests/editors/test_rome_gpt2.py).
+        best_delta = torch.zeros_like(delta).detach()  # (D,)
+        best_nll = torch.full((), float("inf"), device=device)
+        best_step = torch.zeros((), dtype=torch.long, device=device)
         steps_run = 0
         with self._forward_with_delta(model, lm, layer, proj, input_ids, hidden, mask, row_idx, subj, cfg) as run:
             for step in range(cfg.steps):
@@ -365,6 +374,10 @@ class ROME:
                 wd = cfg.weight_decay * delta.pow(2).sum() / (v_norm**2)
                 loss = nll + cfg.kl_factor * kl + wd
                 ctx.report("optimise", steps_run / cfg.steps)
+                better = (nll.detach() < best_nll) & ~done  # NaN is never better
+                best_delta = torch.where(better, delta.detach(), best_delta)
+                best_nll = torch.where(better, nll.detach(), best_nll)
+                best_step = torch.where(better, step, best_step)
                 stops_now = (nll.detach() < cfg.early_stop_nll) & ~done
                 stop_step = torch.where(stops_now, step + 1, stop_step)
                 stop_nll = torch.where(stops_now, nll.detach(), stop_nll)
@@ -383,9 +396,13 @@ class ROME:
             raise OptimisationError(f"ROME's value optimisation diverged for {edit.subject!r} (non-finite δ after {steps_run} "
                                     "steps); lower rome.lr or raise rome.weight_decay")
         stopped = bool(done)
+        # stopped: δ froze at the first step under the threshold; otherwise the least-NLL iterate (step 0 is δ = 0)
+        result = delta.detach() if stopped else best_delta
         info = {"steps": int(stop_step) if stopped else steps_run,
-                "final_target_nll": round(float(stop_nll if stopped else nll.detach()), 5), "target_tokens": L}
-        return keys_all, variant, n_ctx, delta.detach(), v_norm, info
+                "final_target_nll": round(float(stop_nll if stopped else best_nll), 5), "target_tokens": L}
+        if not stopped:
+            info["best_step"] = int(best_step)
+        return keys_all, variant, n_ctx, result, v_norm, info
 
 
 def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int, mode: str) -> torch.Tensor:
