@@ -26,10 +26,13 @@ def test_load_bench_runs_and_stores_every_request_once(backend, tmp_path, tiny_l
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     assert "PROBLEM" not in out, out
-    for row in ("submit, 4 processes at once (24)", "submit, in-process (24)", "admit, in-process (24)",
-                "submit, CLI (1)", "export, JSON Lines", "verify the export", "verify the live trail"):
+    for row in ("submit, 4 processes at once, a call per request (24)", "submit, in-process, a call per request (24)",
+                "submit, in-process, one call (24)", "admit, in-process, a call per request (24, old path)",
+                "admit_many, in-process (24)", "submit + admit, CLI (1)", "export, JSON Lines, streamed",
+                "verify the export, streamed", "verify the live trail, streamed", "old path: _verify_export_reference"):
         assert re.search(rf"^{backend}\s+{re.escape(row)}", out, re.M), row
     assert "stored once" in out and "FAILED" not in out
-    # the export holds the whole chain: 24 + 1 + 24 submissions, 24 admissions, the model's events, 300 appended
-    count = int(re.search(r"export, JSON Lines \(([\d,]+) events", out).group(1).replace(",", ""))
-    assert count >= 24 + 1 + 24 + 24 + 300
+    # the export holds the whole chain: 24 concurrent + 1 CLI + 2 x 24 in-process submissions, as many admissions,
+    # the model's events, 300 appended
+    count = int(re.search(r"export, JSON Lines, streamed \(([\d,]+) events", out).group(1).replace(",", ""))
+    assert count >= 24 + 1 + 48 + 48 + 300
