@@ -160,12 +160,50 @@ class SettingsImport:
         """A note naming the layer maps whose MLP output ``rewrite_module_tmp`` is; InputError when none is."""
         return _check_module(self.data["rewrite_module_tmp"], self.source)
 
-    def refuse_unknown(self, mapped: Mapping[str, str], method: str) -> None:
-        unknown = [k for k in self.data if k not in mapped and k not in _IGNORED]
+    def refuse_unknown(self, mapped: Mapping[str, str], method: str, *, checked_later: tuple[str, ...] = ()) -> None:
+        """One line naming the first field that neither maps nor is ignored (`checked_later`: refused by the
+        mapper itself, with a message of its own)."""
+        unknown = [k for k in self.data if k not in mapped and k not in _IGNORED and k not in checked_later]
         if unknown:
             raise self.error(f"field {unknown[0]!r} does not map onto govern's {method} settings; mapped fields: "
                              f"{', '.join(mapped)}; ignored: {', '.join(_IGNORED)}. Remove it or set the govern "
                              f"setting in the policy's methods.{method}")
+
+
+    def value_optimisation(self, out: dict[str, Any], notes: list[str], *, method: str, weight_decay_note: str) -> None:
+        """The fields ROME and MEMIT share for the value optimisation: ``fact_token`` (checked), ``v_num_grad_steps``,
+        ``v_lr``, ``clamp_norm_factor``, ``kl_factor``, ``v_weight_decay`` (noted: `weight_decay_note`)."""
+        data = self.data
+        if "fact_token" in data and data["fact_token"] != "subject_last":
+            raise self.error(f"fact_token {data['fact_token']!r} does not map: govern's {method} takes the key at the "
+                             "subject's last token; use fact_token: subject_last")
+        if "v_num_grad_steps" in data:
+            out["steps"] = self.number("v_num_grad_steps", integer=True)
+        for src, dst in (("v_lr", "lr"), ("clamp_norm_factor", "clamp_norm_factor"), ("kl_factor", "kl_factor"),
+                         ("v_weight_decay", "weight_decay")):
+            if src in data:
+                out[dst] = self.number(src)
+        if "v_weight_decay" in data:
+            notes.append(weight_decay_note)
+
+    def statistics_and_module(self, out: dict[str, Any], notes: list[str]) -> None:
+        """The fields ROME and MEMIT share after the optimisation: ``mom2_adjustment`` (→ covariance),
+        ``context_template_length_params`` (→ prefixes) and ``rewrite_module_tmp`` (checked against the layer maps)."""
+        data = self.data
+        if "mom2_adjustment" in data:
+            adjust = data["mom2_adjustment"]
+            if not isinstance(adjust, bool):
+                raise self.error(f"mom2_adjustment is {adjust!r}; it must be true or false")
+            out["covariance"] = "second_moment" if adjust else "identity"
+            if not adjust:
+                notes.append("mom2_adjustment: false means no covariance (covariance: identity, worse locality); the "
+                             "policy must set admission.allow_identity_covariance: true, or change it to second_moment")
+        if "context_template_length_params" in data:
+            out["context_prefixes"], out["prefix_tokens"], note = self.context_templates()
+            if note:
+                notes.append(note)
+        if "rewrite_module_tmp" in data:
+            notes.append(self.check_module())
 
 
 def _from_method(mapper: Any) -> Any:
@@ -192,14 +230,11 @@ def _number(data: Mapping[str, Any], key: str, source: str, *, integer: bool = F
 
 
 def _rome_settings(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
-    unknown = [k for k in data if k not in _ROME_MAPPED and k not in _IGNORED and k != "mom2_update_weight"]
-    if unknown:
-        raise InputError(f"{source}: field {unknown[0]!r} does not map onto govern's rome settings; mapped fields: "
-                         f"{', '.join(_ROME_MAPPED)}; ignored: {', '.join(_IGNORED)}. Remove it or set the govern "
-                         "setting in the policy's methods.rome")
+    tools = SettingsImport(data, source)
+    tools.refuse_unknown(_ROME_MAPPED, "rome", checked_later=("mom2_update_weight",))
     if "mom2_update_weight" in data:
-        raise InputError(f"{source}: field 'mom2_update_weight' belongs to a batch method (it weighs the covariance "
-                         "against the new keys); ROME has no such setting: remove it, or import a batch method's file")
+        raise tools.error("field 'mom2_update_weight' belongs to a batch method (it weighs the covariance against the "
+                          "new keys); ROME has no such setting: remove it, or import a batch method's file")
     out: dict[str, Any] = {}
     notes: list[str] = []
 
@@ -207,37 +242,13 @@ def _rome_settings(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any]
         layers = data["layers"]
         layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
         if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], int) or isinstance(layers[0], bool):
-            raise InputError(f"{source}: layers is {data['layers']!r}; ROME rewrites one layer, e.g. layers: [5] "
-                             "(several layers are a batch method's)")
+            raise tools.error(f"layers is {data['layers']!r}; ROME rewrites one layer, e.g. layers: [5] "
+                              "(several layers are a batch method's)")
         out["layer"] = layers[0]
-    if "fact_token" in data and data["fact_token"] != "subject_last":
-        raise InputError(f"{source}: fact_token {data['fact_token']!r} does not map: govern's ROME takes the key at the "
-                         "subject's last token; use fact_token: subject_last")
-    for src, dst in (("v_num_grad_steps", "steps"),):
-        if src in data:
-            out[dst] = _number(data, src, source, integer=True)
-    for src, dst in (("v_lr", "lr"), ("clamp_norm_factor", "clamp_norm_factor"), ("kl_factor", "kl_factor"),
-                     ("v_weight_decay", "weight_decay")):
-        if src in data:
-            out[dst] = _number(data, src, source)
-    if "v_weight_decay" in data:
-        notes.append("weight_decay: EasyEdit penalises |δ|/|v|², govern |δ|²/|v|², so the same number is not the "
-                     "same strength; check the edit's locality on the canary")
-    if "mom2_adjustment" in data:
-        adjust = data["mom2_adjustment"]
-        if not isinstance(adjust, bool):
-            raise InputError(f"{source}: mom2_adjustment is {adjust!r}; it must be true or false")
-        out["covariance"] = "second_moment" if adjust else "identity"
-        if not adjust:
-            notes.append("mom2_adjustment: false means no covariance (covariance: identity, worse locality); the policy "
-                         "must set admission.allow_identity_covariance: true, or change it to second_moment")
-    if "context_template_length_params" in data:
-        out["context_prefixes"], out["prefix_tokens"], note = _context_templates(data["context_template_length_params"],
-                                                                                 source)
-        if note:
-            notes.append(note)
-    if "rewrite_module_tmp" in data:
-        notes.append(_check_module(data["rewrite_module_tmp"], source))
+    tools.value_optimisation(out, notes, method="ROME", weight_decay_note=(
+        "weight_decay: EasyEdit penalises |δ|/|v|², govern |δ|²/|v|², so the same number is not the same strength; "
+        "check the edit's locality on the canary"))
+    tools.statistics_and_module(out, notes)
     return out, notes
 
 

@@ -27,7 +27,7 @@ MAPPED: dict[str, str] = {
 
 def memit_from_easyedit(data: Any, tools: Any) -> tuple[dict[str, Any], list[str]]:
     """(settings, notes) for govern's ``methods.memit`` from a parsed EasyEdit MEMIT file; `tools` is
-    `govern.interop.easyedit.SettingsImport` (its `error` makes the one-line refusal)."""
+    `govern.interop.easyedit.SettingsImport` (the fields MEMIT shares with ROME, and the one-line refusal)."""
     tools.refuse_unknown(MAPPED, "memit")
     out: dict[str, Any] = {}
     notes: list[str] = []
@@ -41,33 +41,12 @@ def memit_from_easyedit(data: Any, tools: Any) -> tuple[dict[str, Any], list[str
     if "layer_selection" in data and data["layer_selection"] != "all":
         raise tools.error(f"layer_selection {data['layer_selection']!r} does not map: govern rewrites every layer in "
                           "`layers`; use layer_selection: all")
-    if "fact_token" in data and data["fact_token"] != "subject_last":
-        raise tools.error(f"fact_token {data['fact_token']!r} does not map: govern's MEMIT takes the key at the subject's "
-                          "last token; use fact_token: subject_last")
-    if "v_num_grad_steps" in data:
-        out["steps"] = tools.number("v_num_grad_steps", integer=True)
-    for src, dst in (("v_lr", "lr"), ("clamp_norm_factor", "clamp_norm_factor"), ("kl_factor", "kl_factor"),
-                     ("v_weight_decay", "weight_decay"), ("mom2_update_weight", "mom2_update_weight")):
-        if src in data:
-            out[dst] = tools.number(src)
-    if "v_weight_decay" in data:
-        notes.append("weight_decay: EasyEdit penalises |δ|/|h|², govern |δ|²/|h|², so the same number is not the same "
-                     "strength; check the edits' locality on the canary")
+    tools.value_optimisation(out, notes, method="MEMIT", weight_decay_note=(
+        "weight_decay: EasyEdit penalises |δ|/|h|², govern |δ|²/|h|², so the same number is not the same strength; "
+        "check the edits' locality on the canary"))
     if "mom2_update_weight" in data:
+        out["mom2_update_weight"] = tools.number("mom2_update_weight")
         notes.append("mom2_update_weight: the same λ against E[k kᵀ]; govern's covariance comes from stats_corpus "
                      "(stats_tokens tokens), not EasyEdit's mom2_dataset, so the balance can differ")
-    if "mom2_adjustment" in data:
-        adjust = data["mom2_adjustment"]
-        if not isinstance(adjust, bool):
-            raise tools.error(f"mom2_adjustment is {adjust!r}; it must be true or false")
-        out["covariance"] = "second_moment" if adjust else "identity"
-        if not adjust:
-            notes.append("mom2_adjustment: false means no covariance (covariance: identity, worse locality); the policy "
-                         "must set admission.allow_identity_covariance: true, or change it to second_moment")
-    if "context_template_length_params" in data:
-        out["context_prefixes"], out["prefix_tokens"], note = tools.context_templates()
-        if note:
-            notes.append(note)
-    if "rewrite_module_tmp" in data:
-        notes.append(tools.check_module())
+    tools.statistics_and_module(out, notes)
     return out, notes
