@@ -10,6 +10,7 @@ real one. A third of the countries (53), spread over the alphabet, are never edi
 * efficacy      P(new) > P(old) (mean per-token log-probability) on the edit prompt; per form in the batch table
 * paraphrase    the same on "The capital city of X is" / "The region of X is part of"
 * specificity   greedy next token unchanged on the capital prompts of held-out countries (never edited)
+* neighbourhood CounterFact's score on those prompts: P(true capital) > P(an edit's new target)
 * drawdown      relative perplexity change on the shipped general text (audits/data/general.txt)
 
 Two experiments, each in one process on the same facts so the figures compare:
@@ -22,6 +23,7 @@ Two experiments, each in one process on the same facts so the figures compare:
   edits so far, specificity and drawdown. The curve is plotted to --plot.
 
     python bench/memit_quality.py batch --n 100
+    python bench/memit_quality.py batch --n 100 --sweep mom2_update_weight=2000,10000,50000   # a row per value
     python bench/memit_quality.py sequential --n 100 --every 10
     python bench/memit_quality.py sequential --n 1000 --every 100 --device cuda   # the issue's 1,000 (GPU)
     python bench/memit_quality.py plot --out bench/measured/memit_sequential.json --plot bench/memit_sequential.png
@@ -93,6 +95,7 @@ class Scorer:
         self.net, self.tok = net, tok
         self.text = "\n\n".join(p for p in (DATA / "general.txt").read_text().split("\n\n") if not p.startswith("#"))
         self.neighbours = [f"The capital of {c} is" for c, _ in held_out]
+        self.true_caps = [" " + cap for _, cap in held_out]
         self.base_next = next_tokens(net, tok, self.neighbours)
         self.base_ppl = perplexity(net, tok, self.text)
 
@@ -110,6 +113,15 @@ class Scorer:
 
         now = next_tokens(self.net, self.tok, self.neighbours)
         return sum(a == b for a, b in zip(now, self.base_next, strict=True)) / len(now)
+
+    def neighbourhood(self, facts: list[Any]) -> float:
+        """CounterFact's neighbourhood score: on held-out capital prompts the true capital still beats the edits'
+        new targets (each held-out prompt against the new target of one edit, round-robin)."""
+        caps = [f for f in facts if f.prompt.startswith("The capital of")]  # same relation as the held-out prompts
+        if not caps:
+            return float("nan")
+        news = [caps[i % len(caps)].target_new for i in range(len(self.neighbours))]
+        return self.prefers(self.neighbours, self.true_caps, news)
 
     def drawdown(self) -> float:
         from audits.canary import perplexity
@@ -189,33 +201,55 @@ def score_forms(s: Scorer, facts: list[Any], paraphrases: list[str]) -> dict[str
             for k, ix in forms.items() if ix}
 
 
+def sweep_settings(settings: dict[str, Any], sweep: str | None) -> list[dict[str, Any]]:
+    """One settings dict per value of ``--sweep KEY=v1,v2,...`` (just `settings` without a sweep)."""
+    if not sweep:
+        return [settings]
+    key, _, values = sweep.partition("=")
+    if not key or not values:
+        raise SystemExit(f"--sweep {sweep!r}: write KEY=v1,v2,..., e.g. --sweep mom2_update_weight=2000,10000")
+    return [{**settings, key: json.loads(v) if v[:1] in "0123456789-[{tfn" else v} for v in values.split(",")]
+
+
 def run_batch(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """A batch of --n facts per settings row (one row, or one per --sweep value), on the same facts and model."""
     from editors import EditContext, get_editor, validate_method_config
 
     net, tok, digest, cache = load(args.device, args.dtype, args.model)
     facts, held_out, paras = edits_for(countries(), args.n)
     s = Scorer(net, tok, held_out)
-    before = score_facts(s, facts, paras)
-    ctx = EditContext(cache_dir=cache, model_digest=digest, config=validate_method_config("memit", settings))
-    t = time.perf_counter()
-    change = get_editor("memit").compute(net, tok, facts, ctx)
-    secs = time.perf_counter() - t
-    with change.trial(net):
-        after = {**score_facts(s, facts, paras), "specificity": s.specificity(), "drawdown": s.drawdown(),
-                 "forms": score_forms(s, facts, paras)}
-    row = {"facts": len(facts), "before": before, **after, "seconds": round(secs, 1),
-           "steps": change.meta["steps"], "converged": change.meta["converged_facts"], "layers": change.meta["layers"],
-           "update_norms": [round(t["update_norm"], 4) for t in change.tensor_summaries()], "settings": settings}
+    before = {**score_facts(s, facts, paras), "neighbourhood": s.neighbourhood(facts)}
+    rows = []
+    for cfg in sweep_settings(settings, args.sweep):
+        ctx = EditContext(cache_dir=cache, model_digest=digest, config=validate_method_config("memit", cfg))
+        t = time.perf_counter()
+        change = get_editor("memit").compute(net, tok, facts, ctx)
+        secs = time.perf_counter() - t
+        with change.trial(net):
+            after = {**score_facts(s, facts, paras), "specificity": s.specificity(), "drawdown": s.drawdown(),
+                     "neighbourhood": s.neighbourhood(facts), "forms": score_forms(s, facts, paras)}
+        rows.append({"facts": len(facts), "before": before, **after, "seconds": round(secs, 1),
+                     "steps": change.meta["steps"], "converged": change.meta["converged_facts"],
+                     "layers": change.meta["layers"],
+                     "update_norms": [round(t["update_norm"], 4) for t in change.tensor_summaries()], "settings": cfg})
+        if args.out:  # partial results survive a run cut short
+            Path(args.out).write_text(json.dumps({"rows": rows, "partial": True}, indent=2))
+    swept = args.sweep.partition("=")[0] if args.sweep else None
     print(f"\nMEMIT batch of {len(facts)} real-fact edits on SmolLM2-135M ({args.device}, {args.dtype}), "
-          f"layers {change.meta['layers']}")
-    print(f"{'facts':>6s} {'eff. before':>11s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'drawdown':>9s} "
-          f"{'steps':>6s} {'seconds':>8s}")
-    print(f"{len(facts):6d} {before['efficacy']:11.1%} {after['efficacy']:9.1%} {after['paraphrase']:9.1%} "
-          f"{after['specificity']:9.1%} {after['drawdown']:+9.4f} {row['steps']:6d} {secs:8.1f}")
-    print(f"\n{'form':14s} {'edits':>6s} {'efficacy':>9s} {'paraphr.':>9s}")
-    for form, f in after["forms"].items():
-        print(f"{form:14s} {f['n']:6d} {f['efficacy']:9.1%} {f['paraphrase']:9.1%}")
-    return row
+          f"layers {rows[0]['layers']}; before the edit: efficacy {before['efficacy']:.1%}, "
+          f"neighbourhood {before['neighbourhood']:.1%}")
+    print(f"{(swept or 'settings'):>20s} {'efficacy':>9s} {'paraphr.':>9s} {'specif.':>9s} {'neighb.':>9s} "
+          f"{'drawdown':>9s} {'steps':>6s} {'seconds':>8s}")
+    for r in rows:
+        label = str(r["settings"].get(swept)) if swept else "defaults" if not settings else "--set"
+        print(f"{label:>20s} {r['efficacy']:9.1%} {r['paraphrase']:9.1%} {r['specificity']:9.1%} "
+              f"{r['neighbourhood']:9.1%} {r['drawdown']:+9.4f} {r['steps']:6d} {r['seconds']:8.1f}")
+    print(f"\n{'form':14s} {'edits':>6s} " + " ".join(f"{'eff. ' + str(r['settings'].get(swept, ''))[:8]:>14s}"
+                                                    for r in rows))
+    for form in rows[0]["forms"]:
+        print(f"{form:14s} {rows[0]['forms'][form]['n']:6d} "
+              + " ".join(f"{r['forms'][form]['efficacy']:14.1%}" for r in rows))
+    return rows[0] if len(rows) == 1 else {"rows": rows, "sweep": args.sweep}
 
 
 def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
@@ -233,8 +267,10 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
         history: list[Any] = []
         curve = []
         t0 = time.perf_counter()
+        edit_s = score_s = 0.0
         try:
             for i, fact in enumerate(facts, 1):
+                te = time.perf_counter()
                 cid = f"c{i:05d}"
                 ctx = EditContext(cache_dir=cache, model_digest=digest, config=cfg, history=tuple(history),
                                   keys_path=keys_path_for(work / f"{cid}.safetensors"))
@@ -242,19 +278,24 @@ def run_sequential(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
                 path = change.save(work / f"{cid}.safetensors")
                 change.apply(net, strict=False, undo=False)
                 history.append(PriorChange(id=cid, kind=change.kind, digest=change.digest, path=path))
+                edit_s += time.perf_counter() - te
                 if i % args.every == 0 or i == len(facts):
+                    ts = time.perf_counter()
                     first = score_facts(s, facts[: min(args.first, i)], paras)
                     allf = score_facts(s, facts[:i], paras)
                     point = {"edits": i, "first_efficacy": first["efficacy"], "efficacy": allf["efficacy"],
                              "paraphrase": allf["paraphrase"], "specificity": s.specificity(), "drawdown": s.drawdown(),
                              "seconds": round(time.perf_counter() - t0, 1)}
+                    score_s += time.perf_counter() - ts
+                    point.update(edit_s_mean=round(edit_s / i, 3), score_s_total=round(score_s, 1))
                     curve.append(point)
                     if args.out:  # partial results survive a run cut short (a time limit on a GPU host)
                         Path(args.out).write_text(json.dumps({"curves": {**curves, mode: curve}, "settings": settings,
                                                               "n": args.n, "first": args.first, "partial": True}))
                     print(f"  {mode:7s} {i:5d} edits: first-{min(args.first, i)} efficacy {point['first_efficacy']:.1%}, "
                           f"all {point['efficacy']:.1%}, paraphrase {point['paraphrase']:.1%}, specificity "
-                          f"{point['specificity']:.1%}, drawdown {point['drawdown']:+.4f} ({point['seconds']:.0f}s)", flush=True)
+                          f"{point['specificity']:.1%}, drawdown {point['drawdown']:+.4f} ({point['seconds']:.0f}s: "
+                          f"{point['edit_s_mean']:.2f} s per edit, scoring {point['score_s_total']:.0f}s)", flush=True)
         finally:  # the next mode starts from the base: a fresh load, exact
             net, tok, digest, cache = load(args.device, args.dtype, args.model)
             s.net, s.tok = net, tok
@@ -312,6 +353,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a MEMIT setting (repeatable), e.g. --set layers=[4,5,6]")
+    ap.add_argument("--sweep", default=None, metavar="KEY=V1,V2",
+                    help="batch: one row per value of a MEMIT setting, e.g. --sweep mom2_update_weight=2000,10000")
     ap.add_argument("--plot", default="bench/memit_sequential.png", help="sequential: where the curve goes")
     ap.add_argument("--out", default=None, help="JSON results (default: bench/results/memit_<experiment>.json)")
     args = ap.parse_args()
