@@ -171,7 +171,7 @@ class SettingsImport:
 
 
     def value_optimisation(self, out: dict[str, Any], notes: list[str], *, method: str, weight_decay_note: str) -> None:
-        """The fields ROME and MEMIT share for the value optimisation: ``fact_token`` (checked), ``v_num_grad_steps``,
+        """The locate-then-edit fields of the value optimisation: ``fact_token`` (checked), ``v_num_grad_steps``,
         ``v_lr``, ``clamp_norm_factor``, ``kl_factor``, ``v_weight_decay`` (noted: `weight_decay_note`)."""
         data = self.data
         if "fact_token" in data and data["fact_token"] != "subject_last":
@@ -187,7 +187,7 @@ class SettingsImport:
             notes.append(weight_decay_note)
 
     def statistics_and_module(self, out: dict[str, Any], notes: list[str]) -> None:
-        """The fields ROME and MEMIT share after the optimisation: ``mom2_adjustment`` (→ covariance),
+        """The fields every locate-then-edit method shares after the optimisation: ``mom2_adjustment`` (→ covariance),
         ``context_template_length_params`` (→ prefixes) and ``rewrite_module_tmp`` (checked against the layer maps)."""
         data = self.data
         if "mom2_adjustment" in data:
