@@ -424,3 +424,25 @@ def test_ui_runs_for_a_non_admin_only_a_registered_policy(home, ops, policy_file
                                                            "approvers: 0, auto_approve: true"))
     with pytest.raises(PermissionDenied, match="changed since `govern ui` started"):
         uiserver.pinned_policy(policy_file, digest)
+
+
+def test_the_last_usable_admin_token_cannot_be_revoked(home, users):
+    """A token-only deployment: revoking root's own last token (or demoting the last admin who holds one) would
+    leave nobody able to create tokens, users or models again. Refused, one line, nothing written."""
+    root_id = users["root"][len("gvt_"):].split(".")[0]
+    before = len(trail(home.root))
+    msg = refused(cli(home.root, "token", "revoke", root_id, token=users["root"]), Exception,
+                  f"token {root_id} is the last usable API token of an admin (root)")
+    assert "`govern token create --user root`" in msg and "\n" not in msg
+    assert len(trail(home.root)) == before and "active" in ok(cli(home.root, "token", "list", "--user", "root",
+                                                                  token=users["root"]))
+    # a second admin without a token (a UI password) is no way back to the CLI: demoting root is refused too
+    ok(cli(home.root, "user", "roles", "bob", "--role", "admin", token=users["root"]))
+    bob_id = users["bob"][len("gvt_"):].split(".")[0]
+    ok(cli(home.root, "token", "revoke", bob_id, token=users["root"]))
+    refused(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]), Exception,
+            "root holds the last usable API token of an admin")
+    # with another usable admin token, the old one goes
+    new = ok(cli(home.root, "token", "create", "--user", "root", token=users["root"])).split()[-1]
+    ok(cli(home.root, "token", "revoke", root_id, token=new))
+    assert ok(cli(home.root, "token", "list", "--user", "root", token=new)).count("active") == 1
