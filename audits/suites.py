@@ -275,26 +275,24 @@ def load_suite(path: str | Path, fill: dict[str, str] | None = None) -> EvalSuit
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SuiteError(f"suite file {p} is not UTF-8 (byte {e.start})") from None
-    rows: list[Any]
-    if p.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise SuiteError(f"{p} line {n}: not valid JSON: {e.msg}") from None
-        name = p.stem
-    else:
-        import yaml
+    # the limits of request and policy files (depth, values with YAML aliases expanded): one line, never a
+    # RecursionError or an alias bomb expanded in memory
+    from govern.validation import parse_json, parse_yaml
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SuiteError(f"suite file {p} is not valid YAML: {getattr(e, 'problem', None) or e}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-            raise SuiteError(f"suite file {p} must be a mapping with an 'items' list")
-        rows, name = data["items"], str(data.get("name") or p.stem)
+    rows: list[Any]
+    try:
+        if p.suffix == ".jsonl":
+            rows = [parse_json(line, f"{p} line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+            name = p.stem
+        else:
+            data = parse_yaml(text, f"suite file {p}")
+            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+                raise SuiteError(f"suite file {p} must be a mapping with an 'items' list")
+            rows, name = data["items"], str(data.get("name") or p.stem)
+    except SuiteError:
+        raise
+    except GovernError as e:  # InputError, PayloadTooLarge: callers expect a SuiteError
+        raise SuiteError(str(e)) from None
     if len(rows) > MAX_ITEMS:
         raise SuiteError(f"suite file {p} has {len(rows)} items; the limit is {MAX_ITEMS}")
     allowed = {"slice", "kind", "prompt", "answer", "foil", "chat", "subject"}

@@ -309,6 +309,22 @@ class Acting:
         self.require("manage_users")
         return self.gov.set_single_user(enabled, actor=self.name)
 
+    def require_registered_policy(self, policy: Policy, source: str | Path, command: str) -> None:
+        """Refuse (and audit) a policy no admin registered, unless this user is an admin or in single-user mode.
+
+        The one rule for every command that runs a policy a caller hands in (`govern apply`, `govern monitor`,
+        `govern ui`): its tiers decide who must approve and its triggers what is rolled back, so a non-admin runs
+        only a policy whose digest an admin registered (`govern policy register FILE`).
+        """
+        p = self.principal
+        if p.can("manage_policies") or p.method == "single_user" or self.gov.policy_registered(policy):
+            return
+        self.gov.note(p.name, "auth.denied", "policy", {"policy": policy.name, "digest": policy.digest,
+                                                        "roles": list(p.roles), "command": command})
+        raise PermissionDenied(f"policy {policy.name!r} (sha256 {policy.digest[:12]}) is not registered on this "
+                               f"home: `govern {command}` runs, for a non-admin, only a policy an admin registered "
+                               f"(`govern policy register {source}`); `govern policy list` shows them")
+
     def register_policy(self, policy: Policy) -> RegisteredPolicy:
         self.require("manage_policies")
         return self.gov.register_policy(policy, actor=self.name)

@@ -136,14 +136,10 @@ def _credentials() -> dict[str, str]:
     return {"GOVERN_TOKEN_FILE": str(Path(path).resolve())} if path else {}
 
 
-def _acting(gov: Govern, permission: Permission, as_name: str | None, default: str | None = None) -> Acting:
-    """The user acting in this command, checked for `permission` by the same `Acting` as the UI.
-
-    A token names the user (``--as``, if given, must agree). Without a token, ``--as`` (or `default`) is taken
-    on trust only in single-user mode. A refused token and a missing role are audited.
-    """
-    from govern.auth import ROLES, Acting, Principal, check_name, denied
-    from govern.errors import PermissionDenied
+def _identify(gov: Govern, as_name: str | None, default: str | None = None) -> tuple[Acting, str] | None:
+    """Who acts, with how they were identified ("token" or "single_user"); None when nobody was (no token, and
+    not single-user mode). A refused token is audited. No permission is checked here: `_acting` does."""
+    from govern.auth import ROLES, Acting, Principal, check_name
     from govern.text import identity
 
     token = _presented_token()
@@ -152,12 +148,27 @@ def _acting(gov: Govern, permission: Permission, as_name: str | None, default: s
         if as_name and identity(as_name) != p.name:
             raise _input_error(f"--as {as_name!r} does not match the token's user {p.name!r}; "
                                "drop --as (the token says who you are)")
-        acting, method = Acting(gov, p.name), "token"
-    elif gov.single_user():
+        return Acting(gov, p.name), "token"
+    if gov.single_user():
         if not (as_name or default):
             raise _input_error("who is acting? pass --as NAME (this home is in single-user mode)")
         name = check_name(as_name or default or "")
-        acting, method = Acting(gov, name, Principal(name, ROLES, method="single_user")), "single_user"
+        return Acting(gov, name, Principal(name, ROLES, method="single_user")), "single_user"
+    return None
+
+
+def _acting(gov: Govern, permission: Permission, as_name: str | None, default: str | None = None) -> Acting:
+    """The user acting in this command, checked for `permission` by the same `Acting` as the UI.
+
+    A token names the user (``--as``, if given, must agree). Without a token, ``--as`` (or `default`) is taken
+    on trust only in single-user mode. A refused token and a missing role are audited.
+    """
+    from govern.auth import denied
+    from govern.errors import PermissionDenied
+
+    found = _identify(gov, as_name, default)
+    if found is not None:
+        acting, method = found
     elif not gov.has_users():
         raise PermissionDenied("this home has no users yet: create the first admin with `govern user add NAME "
                                "--role admin` (it prints their API token), or, for a one-person home, "
@@ -314,7 +325,6 @@ def apply(
 
     Needs a user who may submit (a pipeline's token: `govern user add ci --role requester --token-only`), and,
     unless they are an admin, a policy an admin registered (`govern policy register FILE`)."""
-    from govern.errors import PermissionDenied
     from govern.pipeline import run_pipeline
     from govern.policy import load_policy
 
@@ -322,13 +332,8 @@ def apply(
     gov = _gov()
     acting = _acting(gov, "submit", actor, "pipeline")
     who = acting.name
-    p = acting.principal
-    if not p.can("manage_policies") and p.method != "single_user" and not gov.policy_registered(pol):
-        gov.note(who, "auth.denied", "policy", {"policy": pol.name, "digest": pol.digest, "roles": list(p.roles)})
-        raise PermissionDenied(f"policy {pol.name!r} (sha256 {pol.digest[:12]}) is not registered on this home: "
-                               "its tiers decide who must approve, so a pipeline runs only a policy an admin "
-                               f"registered (`govern policy register {policy}`); `govern policy list` shows them")
-    code = run_pipeline(gov, policy, file, actor=who, model=model, device=device, console=_console(),
+    acting.require_registered_policy(pol, policy, "apply")
+    code = run_pipeline(gov, pol, file, actor=who, model=model, device=device, console=_console(),
                         dtype=dtype.value)
     raise typer.Exit(code)
 
@@ -465,7 +470,7 @@ def monitor(
     period = parse_every(every) if every is not None else None
     pol = load_policy(policy)
     gov = _gov()
-    _acting(gov, "operate", actor, "monitor")
+    _acting(gov, "operate", actor, "monitor").require_registered_policy(pol, policy, "monitor")
     models = [gov.resolve_model(model)] if model else [m.name for m in gov.list_models()] or [gov.resolve_model(None)]
     try:
         checks = run(gov, pol, models, period, log=lambda m: typer.echo(m))
@@ -711,16 +716,22 @@ def ui(
 
     The app signs each user in itself; its background workers need the service or admin role of the user who
     starts it (their token is handed to the workers, never to the app)."""
+    from govern.auth import Acting, Principal
     from govern.policy import load_policy
     from govern.uiserver import resolve_policy, serve
 
-    load_policy(resolve_policy(policy))  # a bad policy is one error line before anything starts
+    pol = load_policy(resolve_policy(policy))  # a bad policy is one error line before anything starts
     gov = _gov()
     credentials: dict[str, str] = {}
     if worker and gov.list_models():
-        _acting(gov, "operate", actor, "worker")
+        acting = _acting(gov, "operate", actor, "worker")
         credentials = _credentials()
-    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device, credentials=credentials))
+    else:  # no workers: no role needed, but the admission policy is still vetted for whoever starts it
+        found = _identify(gov, actor, "ui")
+        acting = found[0] if found else Acting(gov, "(anonymous)", Principal("(anonymous)", (), method="none"))
+    acting.require_registered_policy(pol, policy, "ui")
+    raise typer.Exit(serve(host=host, port=port, policy=policy, worker=worker, device=device, credentials=credentials,
+                           policy_sha256=pol.digest))
 
 
 # ---------------------------------------------------------------- worker, demo

@@ -36,10 +36,13 @@ def expected_state(policy: Policy, tier: str | None) -> State:
     return State.AWAITING_REVIEW
 
 
-def run_pipeline(gov: Govern | None, policy_path: Path, file: Path | None, *, actor: str, model: str | None,
+def run_pipeline(gov: Govern | None, policy_path: Path | Policy, file: Path | None, *, actor: str, model: str | None,
                  device: str, console: Any, dtype: str = "float32") -> int:
-    """See the module docstring. `gov` may be None: it is then opened after the inputs validated."""
-    policy = load_policy(policy_path)
+    """See the module docstring. `gov` may be None: it is then opened after the inputs validated.
+
+    `policy_path` may be a `Policy` already loaded (and checked: `govern apply` runs the very policy whose
+    registration it checked, never a second read of a file that could have changed in between)."""
+    policy = policy_path if isinstance(policy_path, Policy) else load_policy(policy_path)
     reqs = load_request_file(file) if file else []
     gov = gov or Govern()
     if file:

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from govern.policy import load_policy
+from govern.errors import PermissionDenied
+from govern.policy import Policy, load_policy
 from govern.service import Govern
 
 APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
@@ -41,13 +42,25 @@ def resolve_policy(policy: Path) -> Path:
 CREDENTIALS = ("GOVERN_TOKEN", "GOVERN_TOKEN_FILE")
 
 
+def pinned_policy(path: Path, sha256: str | None) -> Policy:
+    """The policy at `path`, refused (one line) unless its digest is `sha256`, the one `govern ui` vetted at start
+    (registered, or started by an admin): the file is re-read by the app, and an edit after start must not count."""
+    pol = load_policy(path)
+    if sha256 and pol.digest != sha256:
+        raise PermissionDenied(f"policy file {path} changed since `govern ui` started (sha256 {pol.digest[:12]}, "
+                               f"started with {sha256[:12]}); restart `govern ui` to vet the new policy")
+    return pol
+
+
 def serve(*, host: str, port: int, policy: Path, worker: bool, device: str,
-          credentials: dict[str, str] | None = None) -> int:
+          credentials: dict[str, str] | None = None, policy_sha256: str | None = None) -> int:
     policy = resolve_policy(policy)
-    load_policy(policy)  # a bad policy is one error line before anything starts
+    pinned_policy(policy, policy_sha256)  # a bad (or since changed) policy is one error line before anything starts
     gov = Govern()
     env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
     env.update({"GOVERN_HOME": str(gov.home.root), "GOVERN_UI_POLICY": str(policy.resolve())})
+    if policy_sha256:
+        env["GOVERN_UI_POLICY_SHA256"] = policy_sha256
     worker_env = {**env, **(credentials or {})}
     children: list[tuple[str, subprocess.Popen]] = []
 

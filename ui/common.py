@@ -19,9 +19,8 @@ from govern.auth import Acting, Principal
 from govern.errors import GovernError
 from govern.home import Home
 from govern.policy import Policy
-from govern.policy import load_policy as _load_policy
 from govern.service import Govern
-from govern.uiserver import resolve_policy
+from govern.uiserver import pinned_policy, resolve_policy
 
 USER_KEY = "govern_user"  # the signed-in Principal (server-side session state, never sent by the browser)
 OPEN_KEY = "open_request"  # the request the request page shows
@@ -45,7 +44,8 @@ def policy_path() -> Path:
 
 
 def load_policy() -> Policy:
-    return _load_policy(policy_path())
+    """The admission policy `govern ui` vetted: a file edited since it started is refused (`pinned_policy`)."""
+    return pinned_policy(policy_path(), os.environ.get("GOVERN_UI_POLICY_SHA256") or None)
 
 
 def principal() -> Principal | None:

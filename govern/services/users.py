@@ -136,6 +136,10 @@ class UsersService(ServiceBase):
                 raise NotFoundError(f"no token {token_id!r}; `govern token list` shows their ids")
             if row.revoked_at is not None:
                 raise ConflictError(f"token {token_id} was revoked already ({as_utc(row.revoked_at):%Y-%m-%d %H:%M} UTC)")
+            if _admin_tokens(s) == [row]:  # checked under the write lock, like the last admin's role
+                raise ConflictError(f"token {token_id} is the last usable API token of an admin ({row.user}): without "
+                                    f"it nobody could create tokens, users or models again; create another first "
+                                    f"(`govern token create --user {row.user}`), then revoke this one")
             row.revoked_at, row.revoked_by = now(), actor
             s.add(row)
             self.store.audit(s, actor, "token.revoked", token_id, {"user": row.user})
@@ -208,6 +212,11 @@ class UsersService(ServiceBase):
                 if len(admins) == 1:
                     raise ConflictError(f"{row.name} is the only admin; make another user an admin first "
                                         f"(`govern user roles NAME --role admin`), or nobody could add users again")
+                tokens = _admin_tokens(s)
+                if tokens and all(t.user == row.name for t in tokens):
+                    raise ConflictError(f"{row.name} holds the last usable API token of an admin: without it nobody "
+                                        f"could create tokens or models again; create a token for another admin "
+                                        f"first (`govern token create --user NAME`)")
             row.roles = json.dumps(roles)
             s.add(row)
             self.store.audit(s, actor, "user.roles_changed", name, {"from": before, "to": roles})
@@ -282,3 +291,12 @@ def _single_user(s: Session) -> bool:
     last = s.exec(select(AuditRow).where(AuditRow.action == "auth.single_user")
                   .order_by(col(AuditRow.seq).desc()).limit(1)).first()
     return bool(last is not None and json.loads(last.payload).get("enabled"))
+
+
+def _admin_tokens(s: Session) -> list[ApiTokenRow]:
+    """The API tokens an admin can still present (not revoked, not expired): the CLI's admin credentials. Only a
+    token creates tokens, models and policies, so the last of them is never revoked or demoted away."""
+    admins = {u.name for u in s.exec(select(UserRow)).all() if "admin" in u.role_list}
+    t = now()
+    return [r for r in s.exec(select(ApiTokenRow).where(col(ApiTokenRow.revoked_at).is_(None))).all()
+            if r.user in admins and (r.expires_at is None or as_utc(r.expires_at) > t)]

@@ -375,3 +375,38 @@ def test_item_check_directly():
     with pytest.raises(SuiteError, match=r"^here: unknown kind 'x'"):
         Item("probe", "x", "p").check("here")  # type: ignore[arg-type]  # wrong on purpose: the check under test
     assert Item("probe", "keeps", "p").check("here") == Item("probe", "keeps", "p")
+
+
+# -- issue 12: suite files get the depth and size limits of request and policy files ------------------------------
+
+
+def _bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 10**levels values (a billion laughs) in a few hundred bytes."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nitems:\n  - {{slice: probe, kind: keeps, prompt: x, subject: *a{levels - 1}}}\n"
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("deep.jsonl", json.dumps({"slice": "probe", "kind": "keeps", "prompt": "ok"}) + "\n"
+     + "[" * 100_000 + "]" * 100_000 + "\n", ["line 2", "nested deeper than 32 levels"]),
+    ("deep.yaml", "items:\n  - {slice: probe, kind: keeps, prompt: x, subject: " + "[" * 40 + "]" * 40 + "}\n",
+     ["nested deeper than 32 levels"]),
+    ("bomb.yaml", _bomb(), ["holds more than 200,000 values"]),
+])
+def test_suite_files_have_the_request_files_depth_and_size_limits(tmp_path, name, text, words):
+    _suite_error(_write(tmp_path, name, text), *words)
+
+
+def test_a_policy_naming_a_deep_suite_is_one_error_line(tmp_path):
+    from govern.errors import PolicyError
+    from govern.policy import load_policy
+
+    _write(tmp_path, "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
+    base = (Path(__file__).resolve().parents[2] / "policies" / "default.yaml").read_text()
+    assert "canary:\n" in base
+    p = _write(tmp_path, "policy.yaml", base.replace("canary:\n", "canary:\n  suites: [deep.jsonl]\n", 1))
+    with pytest.raises(PolicyError) as info:
+        load_policy(p)
+    assert "canary.suites.0" in str(info.value) and "nested deeper than 32 levels" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -378,3 +378,71 @@ def test_the_last_admin_cannot_drop_the_admin_role(home, users):
     ok(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]))  # bob is still an admin
     refused(cli(home.root, "user", "roles", "bob", "--role", "reviewer", token=users["bob"]), Exception,
             "bob is the only admin")
+
+
+# -- issue 12: `govern monitor --policy` and `govern ui --policy` apply `govern apply`'s rule --------------------------
+
+
+def test_monitor_runs_for_a_non_admin_only_a_registered_policy(home, ops, policy_file, tmp_path):
+    """The monitor's policy chooses the rollback triggers: a service account runs only one an admin registered,
+    an edited copy is another policy, and an admin may run any. Each refusal is audited and rolls nothing back."""
+    before = len(trail(home.root))
+    msg = refused(cli(home.root, "monitor", "--policy", str(policy_file), token=ops["svc"]), PermissionDenied,
+                  "policy 'test' (sha256")
+    assert "`govern monitor` runs, for a non-admin, only a policy an admin registered" in msg and "\n" not in msg
+    (ev,) = trail(home.root)[before:]
+    assert ev[:3] == ("svc", "auth.denied", "policy") and ev[3]["command"] == "monitor"
+    ok(cli(home.root, "policy", "register", str(policy_file), token=ops["root"]))
+    assert "tiny: production v1 -> v1; ok" in ok(cli(home.root, "monitor", "--policy", str(policy_file),
+                                                     token=ops["svc"]))
+    edited = tmp_path / "edited.yaml"  # the registered policy with a laxer canary gate: another digest
+    edited.write_text(policy_file.read_text().replace("threshold: 1.0", "threshold: 0.9"))
+    refused(cli(home.root, "monitor", "--policy", str(edited), token=ops["svc"]), PermissionDenied, "not registered")
+    assert "tiny: production v1 -> v1" in ok(cli(home.root, "monitor", "--policy", str(policy_file), token=ops["root"]))
+
+
+def test_ui_runs_for_a_non_admin_only_a_registered_policy(home, ops, policy_file, tmp_path, monkeypatch):
+    """`govern ui`'s policy admits what is submitted in the app: for its service account, or with no token at all
+    (--no-worker), it must be registered; an admin's may be any. The app refuses the file once it is edited."""
+    import govern.uiserver as uiserver
+
+    started: list[dict] = []
+    monkeypatch.setattr(uiserver, "serve", lambda **kw: started.append(kw) or 0)
+    for args, token in ((["ui"], ops["svc"]), (["ui", "--no-worker"], None), (["ui", "--no-worker"], ops["alice"])):
+        refused(cli(home.root, *args, "--policy", str(policy_file), token=token), PermissionDenied,
+                "`govern ui` runs, for a non-admin, only a policy an admin registered")
+    assert started == []
+    assert [(a, s) for a, _, s, _ in trail(home.root, "auth.denied")] == [
+        ("svc", "policy"), ("(anonymous)", "policy"), ("alice", "policy")]
+    ok(cli(home.root, "ui", "--policy", str(tmp_path / "policy.yaml"), token=ops["root"]))  # an admin's: any
+    ok(cli(home.root, "policy", "register", str(policy_file), token=ops["root"]))
+    ok(cli(home.root, "ui", "--policy", str(policy_file), token=ops["svc"]))
+    ok(cli(home.root, "ui", "--no-worker", "--policy", str(policy_file)))
+    digest = started[-1]["policy_sha256"]
+    assert uiserver.pinned_policy(policy_file, digest).digest == digest
+    policy_file.write_text(policy_file.read_text().replace("approvers: 2, auto_approve: false",
+                                                           "approvers: 0, auto_approve: true"))
+    with pytest.raises(PermissionDenied, match="changed since `govern ui` started"):
+        uiserver.pinned_policy(policy_file, digest)
+
+
+def test_the_last_usable_admin_token_cannot_be_revoked(home, users):
+    """A token-only deployment: revoking root's own last token (or demoting the last admin who holds one) would
+    leave nobody able to create tokens, users or models again. Refused, one line, nothing written."""
+    root_id = users["root"][len("gvt_"):].split(".")[0]
+    before = len(trail(home.root))
+    msg = refused(cli(home.root, "token", "revoke", root_id, token=users["root"]), Exception,
+                  f"token {root_id} is the last usable API token of an admin (root)")
+    assert "`govern token create --user root`" in msg and "\n" not in msg
+    assert len(trail(home.root)) == before and "active" in ok(cli(home.root, "token", "list", "--user", "root",
+                                                                  token=users["root"]))
+    # a second admin without a token (a UI password) is no way back to the CLI: demoting root is refused too
+    ok(cli(home.root, "user", "roles", "bob", "--role", "admin", token=users["root"]))
+    bob_id = users["bob"][len("gvt_"):].split(".")[0]
+    ok(cli(home.root, "token", "revoke", bob_id, token=users["root"]))
+    refused(cli(home.root, "user", "roles", "root", "--role", "requester", token=users["root"]), Exception,
+            "root holds the last usable API token of an admin")
+    # with another usable admin token, the old one goes
+    new = ok(cli(home.root, "token", "create", "--user", "root", token=users["root"])).split()[-1]
+    ok(cli(home.root, "token", "revoke", root_id, token=new))
+    assert ok(cli(home.root, "token", "list", "--user", "root", token=new)).count("active") == 1
