@@ -76,6 +76,10 @@ DtypeOpt = Annotated[Dtype, typer.Option(
     help="weights' dtype on the worker; auto: float32 on the CPU, bfloat16 on CUDA (float16 without bf16)")]
 
 
+MAX_SECONDS = 366 * 86400.0  # a year: bounds every seconds option (an infinity, or a sleep past time_t)
+MAX_ERROR_CHARS = 1000  # an error line quoting a megabyte argument is cut here
+
+
 COMMAND_PERMISSIONS: dict[str, str | None] = {
     "model add": "manage_models", "model list": None,
     "submit": "submit", "submit edit": "submit", "apply": "submit",
@@ -380,8 +384,10 @@ def history(model: ModelOpt = None) -> None:
 def ask(prompt: str, model: ModelOpt = None,
         max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 24) -> None:
     """Generate with the production version."""
+    from govern.text import printable
+
     version, text = _gov().ask(model, prompt, max_new_tokens)
-    typer.echo(f"[v{version}] {prompt}{text}")
+    typer.echo(f"[v{version}] {prompt}{printable(text)}")  # a generated escape sequence never reaches the terminal
 
 
 @app.command()
@@ -486,7 +492,8 @@ def monitor(
 
 @app.command()
 def reconcile(model: ModelOpt = None,
-              grace: Annotated[float, typer.Option(min=0.0, help="collect orphans older than this many seconds")] = 600.0,
+              grace: Annotated[float, typer.Option(min=0.0, max=MAX_SECONDS,
+                                                   help="collect orphans older than this many seconds")] = 600.0,
               actor: Actor = None) -> None:
     """Bring MLflow (runs, model versions, aliases, anchors) and certificates in line with the database; collect orphans.
 
@@ -741,7 +748,8 @@ def worker(model: ModelOpt = None,
            dtype: DtypeOpt = Dtype.float32,
            lease: Annotated[float, typer.Option(
                min=1.0, max=3600.0, help="lease seconds (1-3600); a dead worker's job is re-claimed after it")] = 60.0,
-           stop_after: Annotated[float | None, typer.Option(help="exit after this many seconds")] = None,
+           stop_after: Annotated[float | None, typer.Option(
+               min=0.0, max=MAX_SECONDS, help="exit after this many seconds")] = None,
            actor: Actor = None) -> None:
     """Serve apply jobs for one model, keeping it loaded between jobs.
 
@@ -780,7 +788,10 @@ def main() -> None:
     try:
         app()
     except GovernError as e:  # one root: editor, suite and trail errors included
-        typer.echo(f"error: {e}", err=True)
+        msg = str(e)
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = f"{msg[:MAX_ERROR_CHARS]}… ({len(msg) - MAX_ERROR_CHARS:,} more characters)"
+        typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
     except OSError as e:
         if e.errno != errno.ENOSPC:

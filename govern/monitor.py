@@ -160,6 +160,9 @@ def _drift(gov: Govern, policy: Policy, model: str, check: Check, log: Log) -> N
         log(check.actions[-1])
 
 
+MAX_EVERY_S = 30 * 86400
+
+
 def parse_every(text: str) -> float:
     """'90s', '10m', '1h' or plain seconds → seconds (at least 1)."""
     t = text.strip().lower()
@@ -168,8 +171,8 @@ def parse_every(text: str) -> float:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise InputError(f"--every {text!r} is not a duration; write e.g. 30s, 10m or 1h") from None
-    if not value >= 1 or value != value or value == float("inf"):
-        raise InputError(f"--every {text!r} must be at least 1 second")
+    if not 1 <= value <= MAX_EVERY_S:  # NaN and infinities too; a longer sleep overflows time_t
+        raise InputError(f"--every {text[:24]!r} must be between 1 second and 30 days")
     return value
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -599,13 +599,57 @@ class TrailReader:
 
     def _blocks(self, columns: str, from_seq: int) -> Iterator[list[Any]]:
         sql = f"SELECT {columns} FROM {AUDIT_TABLE.name} WHERE seq >= {'%s' if self.postgres else '?'} ORDER BY seq"
-        cur = self._raw.cursor(name=f"govern_trail_{uuid.uuid4().hex[:8]}") if self.postgres else self._raw.cursor()
+        if self.postgres:
+            return self._prefetched(sql, from_seq)
+        return self._fetched(self._raw.cursor(), sql, from_seq)
+
+    def _fetched(self, cur: Any, sql: str, from_seq: int) -> Iterator[list[Any]]:
         try:
             cur.execute(sql, (from_seq,))
             while rows := cur.fetchmany(self.block):
                 yield rows
         finally:
             cur.close()
+
+    def _prefetched(self, sql: str, from_seq: int, depth: int = 2) -> Iterator[list[Any]]:
+        """PostgreSQL: the server-side cursor is read by a thread `depth` blocks ahead, so the server's work and
+        the socket wait (psycopg releases the GIL there) overlap with hashing the block before. The blocks, their
+        order and the snapshot are those of `_fetched`; only this thread touches the connection meanwhile."""
+        import queue
+        import threading
+
+        blocks: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        done = object()
+
+        def read() -> None:
+            try:
+                for rows in self._fetched(self._raw.cursor(name=f"govern_trail_{uuid.uuid4().hex[:8]}"), sql, from_seq):
+                    while not stop.is_set():
+                        try:
+                            blocks.put(rows, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                blocks.put(done)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
+                blocks.put(e)
+
+        reader = threading.Thread(target=read, name="govern-trail-prefetch", daemon=True)
+        reader.start()
+        try:
+            while (item := blocks.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # a consumer that stops early (a bad event found) ends the thread, which closes the cursor
+            while reader.is_alive():
+                with suppress(queue.Empty):
+                    blocks.get(timeout=0.1)
+            reader.join()
 
     def stored_events(self, from_seq: int = 1) -> Iterator[list[StoredEvent]]:
         """Blocks of events as stored (the payload as its JSON text), from event `from_seq` on."""

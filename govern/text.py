@@ -62,3 +62,10 @@ def rule_forms(text: str) -> tuple[str, ...]:
 
     Cached: a pure function of `text`, and the confusables skeleton costs tens of microseconds per text."""
     return tuple(dict.fromkeys((text, normalise(text), fold_confusables(text), skeleton(text))))
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: C0/C1 controls (newline and tab kept) and DEL written as ``\\xNN`` escapes, so text a
+    model generated cannot move the cursor, clear the screen or retitle the window."""
+    return "".join(c if c in "\n\t" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) else f"\\x{ord(c):02x}"
+                   for c in text)

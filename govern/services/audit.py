@@ -49,6 +49,10 @@ class AuditService(ServiceBase):
         """Write the trail (events at or after `since`) to `path` with a sealed footer; streams, in bounded memory."""
         if fmt not in ("jsonl", "csv"):
             raise InputError(f"format must be jsonl or csv, not {fmt!r}")
+        out = Path(path)
+        if out.is_symlink() or (out.exists() and not out.is_file()):  # the export is renamed into place: it would
+            raise InputError(f"{out} exists and is not a regular file (a folder, link or device); "  # replace that
+                             "export to a new file name, or to a regular file to replace")
         with self.store.trail_reader() as trail:
             return write_export(trail.stored_events(), path, cast(ExportFormat, fmt), since=since)  # checked above
 

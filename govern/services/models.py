@@ -17,6 +17,9 @@ from govern.lifecycle import VersionStatus
 from govern.models import DEFAULT_MODEL_NAME, convert_cached, digest_of, find_smollm2_gguf, pin_files, refuse_pickle_only
 from govern.services.base import ServiceBase
 from govern.store import ChangeRow, ModelRow, RequestRow, VersionRow
+from govern.validation import refuse_controls
+
+MAX_ASK_CHARS = 10_000  # `govern ask`: a question, not a document
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class ModelsService(ServiceBase):
 
         if not prompt.strip():
             raise InputError("the prompt is empty")
+        if len(prompt) > MAX_ASK_CHARS:
+            raise InputError(f"the prompt has {len(prompt):,} characters; the limit is {MAX_ASK_CHARS:,}")
+        refuse_controls({"prompt": prompt}, "ask", free_text=frozenset({"prompt"}))
         name = self.resolve_model(model)
         loaded = self.materialise(name)
         return loaded.version or 1, generate_greedy(loaded.model, loaded.tokenizer, prompt, max_new_tokens)

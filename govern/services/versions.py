@@ -88,6 +88,8 @@ class VersionsService(ServiceBase):
     def _rollback_target(self, s: Session, target: str) -> tuple[RequestRow | None, str, ModelRow]:
         t = target.strip()
         if t.lower().lstrip("v").isdigit():
+            if len(t.lower().lstrip("v")) > 9:  # SQLite's INTEGER (and any real history) is far below 10**9
+                raise InputError(f"version {t[:24]!r} is not a version of this model; `govern history` lists them")
             models = self.list_models()
             if len(models) != 1:
                 raise InputError("with several models, roll back by request id (or pass --model)")

@@ -249,3 +249,68 @@ def test_rich_markup_in_a_request_is_shown_as_written_and_breaks_no_table(single
     assert one.exit_code == 0, (one.output, one.exception)
     assert "subject: [/]Zorg" in one.stdout and f"new target: {target!r}" in one.stdout
     assert cli(single_user_home, "history").exit_code == 0
+
+
+# -- issue 12, a further attacker's pass over the CLI's options and arguments ------------------------------------
+@pytest.mark.parametrize("args", [["worker", "--stop-after", "nan"], ["worker", "--stop-after", "inf"],
+                                  ["worker", "--stop-after", "-1"], ["reconcile", "--grace", "inf"],
+                                  ["reconcile", "--grace", "nan"]])
+def test_seconds_options_refuse_nan_infinity_and_negatives(single_user_home, args):
+    before = fingerprint(single_user_home)
+    res = cli(single_user_home, *args, "--as", "ops")
+    assert res.exit_code == 2 and "Invalid value" in res.output, res.output
+    assert fingerprint(single_user_home) == before
+
+
+@pytest.mark.parametrize("every", ["99999999999999h", "1e300s", "inf", "nan", "-5m", "31d"])
+def test_monitor_every_is_bounded(every):
+    from govern.monitor import parse_every
+
+    with pytest.raises(InputError, match=r"must be between 1 second and 30 days|is not a duration"):
+        parse_every(every)  # 3.6e17 s used to pass and then overflow time.sleep after the first check
+    assert parse_every("720h") == 30 * 86400
+
+
+def test_a_version_number_past_any_integer_is_one_line(single_user_home):
+    before = fingerprint(single_user_home)
+    res = cli(single_user_home, "rollback", "9" * 30, "--reason", "x", "--as", "root")
+    assert isinstance(res.exception, InputError), res.exception  # was OverflowError from SQLite
+    assert "is not a version of this model" in str(res.exception)
+    assert fingerprint(single_user_home) == before
+
+
+def test_audit_export_never_replaces_a_folder_link_or_device(single_user_home, tmp_path):
+    import os
+
+    folder, fifo, link = tmp_path / "folder", tmp_path / "fifo", tmp_path / "link"
+    folder.mkdir()
+    (folder / "keep").write_text("x")
+    os.mkfifo(fifo)
+    (tmp_path / "target").write_text("mine")
+    link.symlink_to(tmp_path / "target")
+    for out in (folder, fifo, link):
+        res = cli(single_user_home, "audit", "export", "-o", str(out), "--as", "root")
+        assert isinstance(res.exception, InputError), (out, res.exception)  # a folder was an IsADirectoryError
+        assert "is not a regular file" in str(res.exception)
+    assert (folder / "keep").read_text() == "x" and fifo.is_fifo() and link.is_symlink()
+    assert (tmp_path / "target").read_text() == "mine"
+    assert "exported" in cli(single_user_home, "audit", "export", "-o", str(tmp_path / "new.jsonl"), "--as", "root").stdout
+
+
+def test_ask_refuses_controls_and_huge_prompts_and_escapes_the_answer(single_user_home):
+    from govern.text import printable
+
+    for prompt, says in (("x\x1b[2Jy", "control character U+001B"), ("p" * 10_001, "the limit is 10,000")):
+        res = cli(single_user_home, "ask", prompt)
+        assert isinstance(res.exception, InputError) and says in str(res.exception), res.exception
+    assert printable("a\x1b]0;owned\x07b\n\tc\x9b") == "a\\x1b]0;owned\\x07b\n\tc\\x9b"
+
+
+def test_an_error_quoting_a_huge_argument_is_cut(single_user_home):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "govern.cli", "status", "r" * 100_000], capture_output=True, text=True,
+                       env={**__import__("os").environ, "GOVERN_HOME": str(single_user_home)}, cwd=REPO, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error: no request 'rrr") and p.stderr.count("\n") == 1
+    assert len(p.stderr) < 1100 and "more characters)" in p.stderr

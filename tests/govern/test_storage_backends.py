@@ -281,3 +281,28 @@ def test_the_governed_loop_runs_on_each_backend(backend_gov, policy_file, db_url
     assert backend_gov.get_request(rid).state == "rolled_back"
     assert backend_gov.audit_verify().ok
     assert backend_gov.store.dialect == db_url.split(":")[0].split("+")[0]
+
+
+def test_the_trail_streams_the_same_blocks_whatever_the_backend_and_a_consumer_may_stop_early(db_url):
+    """`TrailReader` reads PostgreSQL's server-side cursor a few blocks ahead in a thread (export and verify
+    overlap the server's work with hashing): the blocks are the table's rows in order, from one snapshot; a
+    consumer that stops at the first block ends the reader, and the connection is usable at once."""
+    import threading
+
+    store = Store(db_url)
+    with store.tx() as s:
+        for i in range(23):
+            store.audit(s, "t", "test.event", f"e{i}", {"i": i})
+    with store.trail_reader(block=5) as trail:
+        blocks = list(trail.stored_events())
+        assert [len(b) for b in blocks] == [5, 5, 5, 5, 3]
+        assert [r[0] for b in blocks for r in b] == list(range(1, 24))
+        with store.tx() as s:  # written after the snapshot: not seen by the same reader
+            store.audit(s, "t", "test.event", "late", {})
+        assert sum(len(b) for b in trail.stored_events()) == 23
+        stream = trail.stored_events(from_seq=7)
+        assert next(stream)[0][0] == 7
+        stream.close()
+        assert not [t for t in threading.enumerate() if t.name == "govern-trail-prefetch"]
+        assert trail.hashes({1, 23}).keys() == {1, 23}
+        assert [h for b in trail.hashes_from(22) for h in b] == [(22, blocks[-1][1][7]), (23, blocks[-1][2][7])]
