@@ -14,7 +14,14 @@ stream. To make the model say a new object for a subject:
    leading space) than after a word (" Eiffel Tower"), and the two keys are far
    apart, so the keys are grouped by the subject's token ids (the subject-first
    form always among them, from the KL prompt ``"<subject> is a"``) and each
-   group is averaged: ``k_1 .. k_G``.
+   group is averaged: ``k_1 .. k_G``. No key at a text's first position is
+   used: without a BOS token (GPT-2, SmolLM2) a one-token subject that opens
+   the text sits there, and in Llama-family models that position is the
+   attention sink, whose key is nearly the same for every first token (cosine
+   0.88 on SmolLM2), so mapping it moves every text. Such a subject is keyed at
+   the next token instead ("Microsoft was" for "Microsoft was founded by"), and
+   the KL prompt's subject-first key is read after a newline
+   (``"\n<subject> is a"``, position 1: the form a new line or a chat turn gives).
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
@@ -31,7 +38,10 @@ stream. To make the model say a new object for a subject:
    ``b = C⁻¹K (KᵀC⁻¹K)⁻¹ 1``: still rank one, and every tokenisation's key
    maps to the value the optimisation found. ``key_mode="pooled"`` is the
    original single mean over all contexts; ``"balanced"`` one mean over the
-   group means.
+   group means. Where the next token's key is mapped, the keys of that token
+   after the corpus's other sentence-initial tokens ("Apple was", "The was", ...)
+   join ``C`` with weight ``first_token_weight`` (`protected_solve`), so the
+   update tells the subject's "was" from theirs.
 
 The result is a `LowRankUpdate` holding the two factors ``δ`` and
 ``u / (uᵀ k*)`` in float32, in the projection's storage layout (swapped for
