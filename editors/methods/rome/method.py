@@ -13,15 +13,14 @@ stream. To make the model say a new object for a subject:
    tokenised differently where it opens the text ("Eiffel Tower is ...": no
    leading space) than after a word (" Eiffel Tower"), and the two keys are far
    apart, so the keys are grouped by the subject's token ids (the subject-first
-   form always among them, from the KL prompt ``"<subject> is a"``) and each
+   form among them, from the KL prompt ``"<subject> is a"``) and each
    group is averaged: ``k_1 .. k_G``. No key at a text's first position is
    used: without a BOS token (GPT-2, SmolLM2) a one-token subject that opens
    the text sits there, and in Llama-family models that position is the
    attention sink, whose key is nearly the same for every first token (cosine
    0.88 on SmolLM2), so mapping it moves every text. Such a subject is keyed at
    the next token instead ("Microsoft was" for "Microsoft was founded by"), and
-   the KL prompt's subject-first key is read after a newline
-   (``"\n<subject> is a"``, position 1: the form a new line or a chat turn gives).
+   the KL prompt's key (the subject at position 0 again) is not mapped.
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
@@ -349,16 +348,12 @@ class ROME:
             tgt_pos.append(len(ids))
         n_ctx = len(rows)
         # "<subject> is a" anchors the KL term and carries the subject-first tokenisation's key, whatever the prompt's
-        # form; a subject of one token would sit at the sink there, so it is read after a newline (position 1, the
-        # no-space form a text's new line or a chat turn gives it)
+        # form, unless the subject is one token: its key would then be the first position's, never mapped
         kl_text = f"{edit.subject} is a"
         kl_ids, kl_sf, kl_si = subject_span(tokenizer, kl_text, 0, len(edit.subject))
-        if kl_si == 0:
-            kl_text = "\n" + kl_text
-            kl_ids, kl_sf, kl_si = subject_span(tokenizer, kl_text, 1, 1 + len(edit.subject))
         rows.append(kl_ids)
         subj_idx.append(kl_si)
-        variant.append(tuple(kl_ids[kl_sf : kl_si + 1]))
+        variant.append((*kl_ids[kl_sf : kl_si + 1], FIRST_POSITION) if kl_si == 0 else tuple(kl_ids[kl_sf : kl_si + 1]))
 
         input_ids, mask = pad_right(rows, tokenizer.pad_token_id, device)  # (B, T) each
         row_idx = torch.arange(len(rows), device=device)
@@ -462,7 +457,7 @@ class ROME:
 
 
 NEXT_TOKEN = -1  # in a row's tokenisation: the key is the token after the subject's (a subject-first single token)
-FIRST_POSITION = -2  # the subject is the whole text's first token and nothing follows it: its key is never mapped
+FIRST_POSITION = -2  # the subject's key is at a text's first position (the sink): optimised with, never mapped
 
 
 def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int, mode: str) -> torch.Tensor:
@@ -477,6 +472,8 @@ def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int,
     for i, v in enumerate(variant):
         if FIRST_POSITION not in v:
             groups.setdefault(v, []).append(i)
+    if not groups:  # the prompt is the subject alone and there are no prefixes: nothing else to key on
+        groups[()] = list(range(n_ctx))
     # a tokenisation the contexts use is averaged over the contexts only; the KL row stands in for one they lack
     means = [keys[[i for i in idx if i < n_ctx] or idx].mean(0) for idx in groups.values()]
     K = torch.stack(means, 1)  # (F, G)
