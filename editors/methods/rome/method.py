@@ -12,15 +12,14 @@ stream. To make the model say a new object for a subject:
    plain prompt and a few model-generated prefixes + prompt. The subject is
    tokenised differently where it opens the text ("Eiffel Tower is ...": no
    leading space) than after a word (" Eiffel Tower"), and the two keys are far
-   apart, so the keys are grouped by the subject's token ids (the subject-first
-   form among them, from the KL prompt ``"<subject> is a"``) and each
+   apart, so the contexts' keys are grouped by the subject's token ids (a prompt that
+   opens with the subject has both forms: itself and after each prefix) and each
    group is averaged: ``k_1 .. k_G``. No key at a text's first position is
    used: without a BOS token (GPT-2, SmolLM2) a one-token subject that opens
    the text sits there, and in Llama-family models that position is the
    attention sink, whose key is nearly the same for every first token (cosine
    0.88 on SmolLM2), so mapping it moves every text. Such a subject is keyed at
-   the next token instead ("Microsoft was" for "Microsoft was founded by"), and
-   the KL prompt's key (the subject at position 0 again) is not mapped.
+   the next token instead ("Microsoft was" for "Microsoft was founded by").
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
@@ -347,13 +346,12 @@ class ROME:
             variant.append(tokens)
             tgt_pos.append(len(ids))
         n_ctx = len(rows)
-        # "<subject> is a" anchors the KL term and carries the subject-first tokenisation's key, whatever the prompt's
-        # form, unless the subject is one token: its key would then be the first position's, never mapped
+        # "<subject> is a" anchors the KL term; its key is not mapped (_edited_keys)
         kl_text = f"{edit.subject} is a"
         kl_ids, kl_sf, kl_si = subject_span(tokenizer, kl_text, 0, len(edit.subject))
         rows.append(kl_ids)
         subj_idx.append(kl_si)
-        variant.append((*kl_ids[kl_sf : kl_si + 1], FIRST_POSITION) if kl_si == 0 else tuple(kl_ids[kl_sf : kl_si + 1]))
+        variant.append(tuple(kl_ids[kl_sf : kl_si + 1]))
 
         input_ids, mask = pad_right(rows, tokenizer.pad_token_id, device)  # (B, T) each
         row_idx = torch.arange(len(rows), device=device)
@@ -463,19 +461,21 @@ FIRST_POSITION = -2  # the subject's key is at a text's first position (the sink
 def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int, mode: str) -> torch.Tensor:
     """The key columns (F, G) the update maps to δ, from each row's key (B, F) and subject tokenisation.
 
-    Rows ``0..n_ctx-1`` are the contexts; row ``n_ctx`` is the KL prompt, which
-    opens with the subject and so carries the subject-first tokenisation's key.
+    Only the contexts (rows ``0..n_ctx-1``) count: a subject-first prompt has its
+    subject-first tokenisation in row 0 and the spaced one after each prefix; a
+    mid-sentence prompt has one tokenisation, and every mode is then the
+    original mean. (Row ``n_ctx``, the KL prompt, also opens with the subject;
+    mapping its key too cost a good SmolLM2 edit its canary: the README.)
     """
     if mode == "pooled":
         return keys[:n_ctx].mean(0)[:, None]  # (F, 1): the original ROME key
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, v in enumerate(variant):
+    for i, v in enumerate(variant[:n_ctx]):  # the tokenisations the edit's own contexts use, not the KL row's
         if FIRST_POSITION not in v:
             groups.setdefault(v, []).append(i)
     if not groups:  # the prompt is the subject alone and there are no prefixes: nothing else to key on
         groups[()] = list(range(n_ctx))
-    # a tokenisation the contexts use is averaged over the contexts only; the KL row stands in for one they lack
-    means = [keys[[i for i in idx if i < n_ctx] or idx].mean(0) for idx in groups.values()]
+    means = [keys[idx].mean(0) for idx in groups.values()]
     K = torch.stack(means, 1)  # (F, G)
     return K.mean(1, keepdim=True) if mode == "balanced" else K
 
