@@ -21,9 +21,13 @@ class ROMEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     layer: int | None = Field(None, ge=0, description="block whose MLP output projection is rewritten; default: the family's")
-    # default 'per_token' (2026-12-02): no key at a text's first position (the attention sink) is mapped any more; a
-    # one-token subject that opens the text is keyed at the next token, kept apart from the same token after other
-    # first tokens (first_token_weight). Measured: README, "Subject-first prompts, multi-token targets, half precision"
+    # default 'per_token' (2026-12-02). Only the keys of the edit's own contexts are mapped and none at a text's first
+    # position (the attention sink: mapping the subject's key there changed 14 of 78 canary probes); a one-token
+    # subject that opens the prompt is keyed at the next token (see first_token_weight). Measured with
+    # `python bench/edit_quality.py --n 4 --set context_prefixes=4 --set stats_tokens=3000`: efficacy 100% on
+    # every form in every mode; greedy on multi-token targets 100% (pooled 75%: "Microsoft was founded by" ->
+    # " Steve Jobs" misses); specificity 81.2 / 84.4 / 87.5% by form (pooled 81.2 / 84.4 / 84.4%). README,
+    # "Subject-first prompts, multi-token targets, half precision"; bench/measured/edit_quality_cpu_2026-12-02.log
     key_mode: Literal["per_token", "balanced", "pooled"] = Field(
         "per_token", description="how the keys of the contexts become the edited key: 'per_token' maps the key of "
         "every tokenisation of the subject (subject-first and after a space) to the value; 'balanced' averages the "
