@@ -18,8 +18,9 @@ Measured with the canary's scorer on the edited model (trial application):
 
 Configurations run in the same process on the same edits, so their rows compare
 directly (those that differ only in ``key_mode`` share one value optimisation,
-so their s/edit is the same): ``pooled`` is the key as ROME computed it before (one mean over the
-bare prompt and the prefixed copies: the baseline), ``balanced`` averages each
+so their s/edit is the same): ``pooled`` is the original ROME key (one mean over the
+bare prompt and the prefixed copies: the baseline; like every mode it keys a one-token subject that opens
+the prompt at the next token, never at position 0), ``balanced`` averages each
 tokenisation of the subject with equal weight, ``per_token`` maps
 every tokenisation's key to the value.
 

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -373,3 +374,68 @@ def cached_solver(
 def clear_solver_cache() -> None:
     """Drop every statistic this process holds on a device (covariances, factors, bases; frees their memory)."""
     default_cache.clear()
+
+
+
+def first_tokens(tokenizer: Any, texts: Iterable[str], max_tokens: int) -> list[int]:
+    """The distinct ids that open a text, as the tokenizer encodes it: the first token of every sentence of `texts`.
+
+    A tokenizer that prepends a BOS token gives that one id (every text then opens with it); one that does not
+    (GPT-2, SmolLM2) gives the sentence-initial words in their no-space form ("The", "France"), in order of first
+    appearance, at most `max_tokens` of them.
+    """
+    seen: dict[int, None] = {}
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+            ids = tokenizer(sentence.strip(), add_special_tokens=True)["input_ids"] if sentence.strip() else []
+            if ids:
+                seen.setdefault(int(ids[0]), None)
+                if len(seen) >= max_tokens:
+                    return list(seen)
+    return list(seen)
+
+
+@torch.no_grad()
+def second_position_keys(model: nn.Module, layer_map: LayerMap, layer: int, first_ids: list[int], second_id: int,
+                         batch: int = 512) -> torch.Tensor:
+    """(F, m) float32 on the model's device: the key of `layer` at position 1 of the two-token text
+    ``[first, second_id]``, for each id in `first_ids` (the forward pass stops at the edited layer)."""
+    module = layer_map.mlp_out_module(model, layer)
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, args: tuple) -> None:
+        captured.append(args[0].detach())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    out = []
+    try:
+        for s in range(0, len(first_ids), batch):
+            firsts = torch.tensor(first_ids[s : s + batch], dtype=torch.long, device=device)[:, None]  # (b, 1)
+            ids = torch.cat([firsts, torch.full_like(firsts, second_id)], 1)  # (b, 2)
+            captured.clear()
+            with contextlib.suppress(_Stop):
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            out.append(captured[0][:, 1].float())  # (b, F)
+    finally:
+        handle.remove()
+    if not out:
+        raise StatisticsError("no sentence-initial tokens in the corpus to compute the protected keys from")
+    return torch.cat(out).T.contiguous()  # (F, m)
+
+
+def cached_second_position_keys(model: nn.Module, tokenizer: Any, layer_map: LayerMap, layer: int, second_id: int, *,
+                                model_digest: str, corpus_path: str | Path | None = None,
+                                max_tokens: int = 1024) -> torch.Tensor:
+    """`second_position_keys` after each of the corpus's sentence-initial tokens, kept in `default_cache` (cheap to
+    rebuild: one two-token pass per distinct first token, so nothing is written to disk)."""
+    device = next(model.parameters()).device
+    key = ("second", model_digest, layer_map.mlp_out_name(layer), str(corpus_path), max_tokens, second_id, str(device))
+    hit = default_cache.get(key)
+    if hit is not None:
+        return hit
+    firsts = first_tokens(tokenizer, iter_corpus(corpus_path or DEFAULT_CORPUS), max_tokens)
+    Z = second_position_keys(model, layer_map, layer, firsts, second_id)
+    default_cache.put(key, Z, _nbytes(Z))
+    return Z

@@ -10,7 +10,7 @@ from editors.changes import LowRankUpdate
 from editors.changes.hashing import tensor_sha256
 from editors.errors import EditSpecError, UnknownMethodError
 from editors.layers import layer_map_for
-from editors.methods.rome.method import rank_one_factors, rank_one_update
+from editors.methods.rome.method import protected_solve, rank_one_factors, rank_one_update
 from editors.stats import corpus_texts, second_moment
 
 EDIT = FactEdit(subject="Zorblat", prompt="The capital of Zorblat is", target_new=" Paris")
@@ -264,12 +264,11 @@ def test_stats_stream_matches_list_and_accumulates_in_fp32(tiny_llama):
 
 
 def _smollm2_edit(model, tok, tmp_path, edit):
-    """The edit with key_mode per_token, the mode built for subject-first prompts. The default (pooled) misses
-    "Microsoft was founded by" -> " Steve Jobs" greedily; per_token disturbs probes on SmolLM2 (README, ROME)."""
+    """The edit with the default settings (key_mode per_token) but the fast tests' prefixes and sample count."""
     from audits.canary import target_logprobs
 
     ctx = EditContext(cache_dir=tmp_path, model_digest="smollm2-fast", config=validate_method_config(
-        "rome", {"context_prefixes": 4, "stats_tokens": 3000, "key_mode": "per_token"}))
+        "rome", {"context_prefixes": 4, "stats_tokens": 3000}))
     change = get_editor("rome").compute(model, tok, [edit], ctx)
     n_new = len(tok(edit.target_new, add_special_tokens=False)["input_ids"])
     n_old = len(tok(edit.target_old, add_special_tokens=False)["input_ids"])
@@ -300,3 +299,78 @@ def test_two_token_target_takes_smollm2(smollm2_loaded, tmp_path):
     new, old, greedy = _smollm2_edit(model, tok, tmp_path, edit)
     assert new > old, (new, old)
     assert greedy.strip() == "Steve Jobs", greedy
+
+
+def test_protected_solve_adds_the_protected_keys_to_the_covariance():
+    """Woodbury: protected_solve(solve, Z, w) is (C + λI + w ZZᵀ/m)⁻¹, and a key it protects moves less."""
+    from editors.methods.rome.method import key_variant_factors
+    from editors.stats import CovarianceSolver
+
+    g = torch.Generator().manual_seed(3)
+    F, m, D = 10, 4, 3
+    A = torch.randn(F, F, generator=g, dtype=torch.float64)
+    C = A @ A.T / F + 0.1 * torch.eye(F, dtype=torch.float64)
+    Z = torch.randn(F, m, generator=g, dtype=torch.float64)
+    solver = CovarianceSolver.factorise(C, ridge=0.0, device="cpu")
+    X = torch.randn(F, 2, generator=g, dtype=torch.float64)
+    explicit = torch.linalg.solve(C + 5.0 * Z @ Z.T / m, X)
+    assert torch.allclose(protected_solve(solver.solve, Z, 5.0)(X), explicit, atol=1e-10)
+    assert torch.allclose(protected_solve(None, Z, 5.0)(X), torch.linalg.solve(torch.eye(F, dtype=torch.float64)
+                                                                            + 5.0 * Z @ Z.T / m, X), atol=1e-10)
+    k = torch.randn(F, 1, generator=g, dtype=torch.float64)
+    delta = torch.randn(D, generator=g, dtype=torch.float64)
+    _, b0 = key_variant_factors(solver.solve, k, delta)
+    _, b1 = key_variant_factors(protected_solve(solver.solve, Z, 100.0), k, delta)
+    assert torch.allclose(b1 @ k, torch.ones(1, dtype=torch.float64))  # the edited key still maps to δ
+    assert (b1 @ Z).norm() < 0.2 * (b0 @ Z).norm()
+
+
+def test_one_token_subject_first_edit_takes_by_default_and_leaves_first_positions_still_smollm2(smollm2_loaded, tmp_path):
+    """'Microsoft' is one token and opens the prompt, so it sits at position 0, the attention sink: SmolLM2's
+    tokenizer adds no BOS, and the key there has cosine 0.88 with every text's first key. The default maps the
+    next token's key instead ("Microsoft was"), kept apart from "Apple was", "Google was", ...
+
+    Fails on both earlier behaviours: with key_mode pooled (the default before) " Steve Jobs" is not greedy;
+    with per_token as it was (the subject's position-0 key mapped) about 80% of δ is written at the first
+    position of every text (|ΔW k₀| / |δ| = 0.8 on random first tokens)."""
+    from audits.canary import next_tokens
+    from editors.stats import first_tokens, iter_corpus
+
+    model, tok = smollm2_loaded
+    assert tok("Microsoft was founded by")["input_ids"][0] == tok("Microsoft", add_special_tokens=False)["input_ids"][0]
+    neighbours = ["Apple was founded by", "Amazon was founded by", "Google was founded by", "Toyota was founded by",
+                  "The capital of France is", "I like to"]
+    before = next_tokens(model, tok, neighbours)
+    edit = FactEdit(subject="Microsoft", prompt="Microsoft was founded by", target_new=" Steve Jobs",
+                    target_old=" Bill Gates")
+    ctx = EditContext(cache_dir=tmp_path, model_digest="smollm2-fast", config=validate_method_config(
+        "rome", {"context_prefixes": 4, "stats_tokens": 3000}))
+    change = get_editor("rome").compute(model, tok, [edit], ctx)
+    assert change.meta["config"]["key_mode"] == "per_token" and change.meta["protected_keys"] > 100
+    from editors.tokens import generate_greedy
+
+    with change.trial(model):
+        assert generate_greedy(model, tok, edit.prompt, 2).strip() == "Steve Jobs"
+        assert next_tokens(model, tok, neighbours) == before
+    # the first position of unrelated texts: its key depends on its token alone (position 0 sees only itself)
+    lm = layer_map_for(model)
+    layer = change.meta["layer"]
+    (A, B), = change.factors.values()
+    dW = lm.as_out_in(A.double() @ B.double().T)  # (out, in)
+    firsts = first_tokens(tok, iter_corpus(), 1024)[:200]
+    hidden = torch.randint(0, len(tok), (200,), generator=torch.Generator().manual_seed(1)).tolist()
+    for ids in (firsts, hidden):
+        k0 = _first_position_keys(model, lm.mlp_out_module(model, layer), ids)  # (n, F)
+        moved = (k0 @ dW.T).norm(dim=1) / change.meta["value_delta_norm"]
+        assert float(moved.mean()) < 0.05 and float(moved.max()) < 0.2, (float(moved.mean()), float(moved.max()))
+
+
+def _first_position_keys(model, proj, ids: list[int]) -> torch.Tensor:
+    cap: dict = {}
+    h = proj.register_forward_pre_hook(lambda _m, a: cap.setdefault("k", a[0]))
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor(ids)[:, None])
+    finally:
+        h.remove()
+    return cap["k"][:, 0].double()

@@ -12,9 +12,14 @@ stream. To make the model say a new object for a subject:
    plain prompt and a few model-generated prefixes + prompt. The subject is
    tokenised differently where it opens the text ("Eiffel Tower is ...": no
    leading space) than after a word (" Eiffel Tower"), and the two keys are far
-   apart, so the keys are grouped by the subject's token ids (the subject-first
-   form always among them, from the KL prompt ``"<subject> is a"``) and each
-   group is averaged: ``k_1 .. k_G``.
+   apart, so the contexts' keys are grouped by the subject's token ids (a prompt that
+   opens with the subject has both forms: itself and after each prefix) and each
+   group is averaged: ``k_1 .. k_G``. No key at a text's first position is
+   used: without a BOS token (GPT-2, SmolLM2) a one-token subject that opens
+   the text sits there, and in Llama-family models that position is the
+   attention sink, whose key is nearly the same for every first token (cosine
+   0.88 on SmolLM2), so mapping it moves every text. Such a subject is keyed at
+   the next token instead ("Microsoft was" for "Microsoft was founded by").
 2. **Value**: find ``δ`` (added to the projection's output at the subject's
    last token) that minimises
    ``NLL(target | prompt) + kl_factor·KL(p₀ ‖ p_δ on "<subject> is a")
@@ -31,7 +36,10 @@ stream. To make the model say a new object for a subject:
    ``b = C⁻¹K (KᵀC⁻¹K)⁻¹ 1``: still rank one, and every tokenisation's key
    maps to the value the optimisation found. ``key_mode="pooled"`` is the
    original single mean over all contexts; ``"balanced"`` one mean over the
-   group means.
+   group means. Where the next token's key is mapped, the keys of that token
+   after the corpus's other sentence-initial tokens ("Apple was", "The was", ...)
+   join ``C`` with weight ``first_token_weight`` (`protected_solve`), so the
+   update tells the subject's "was" from theirs.
 
 The result is a `LowRankUpdate` holding the two factors ``δ`` and
 ``u / (uᵀ k*)`` in float32, in the projection's storage layout (swapped for
@@ -56,7 +64,7 @@ from editors.changes.lowrank import LowRankUpdate
 from editors.errors import EditSpecError, OptimisationError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
 from editors.methods.rome.config import ROMEConfig
-from editors.stats import CovarianceSolver, cached_solver
+from editors.stats import CovarianceSolver, cached_second_position_keys, cached_solver
 from editors.tokens import encode_left_padded, pad_right
 
 
@@ -135,6 +143,28 @@ def key_variant_factors(solve: Callable[[torch.Tensor], torch.Tensor] | None, K:
     return delta_v.double().to(K64.device), U @ w  # (D,), (F,)
 
 
+def protected_solve(solve: Callable[[torch.Tensor], torch.Tensor] | None, Z: torch.Tensor, weight: float
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``X ↦ (C + λI + weight · Z Zᵀ / m)⁻¹ X`` from `solve` (``(C + λI)⁻¹``; None: the identity) and Z (F, m).
+
+    Z holds m keys the update should leave still; ``Z Zᵀ / m`` is their second moment and `weight` how much more
+    than general text they count in the least-disturbance solve. The inverse is the Woodbury identity
+    ``A⁻¹ − A⁻¹Z (m/w·I + ZᵀA⁻¹Z)⁻¹ ZᵀA⁻¹``: one solve of A on Z and an m × m Cholesky.
+    """
+    Z64 = Z.double()
+    AZ = Z64 if solve is None else solve(Z64).to(Z64.device)  # (F, m) = A⁻¹ Z
+    m = Z64.shape[1]
+    inner = (m / weight) * torch.eye(m, dtype=torch.float64, device=Z64.device) + Z64.T @ AZ  # (m, m), SPD
+    chol = torch.linalg.cholesky(inner)
+
+    def solve2(X: torch.Tensor) -> torch.Tensor:
+        X64 = X.double().to(Z64.device)
+        AX = X64 if solve is None else solve(X64).to(Z64.device)  # A⁻¹ X
+        return AX - AZ @ torch.cholesky_solve(Z64.T @ AX, chol)
+
+    return solve2
+
+
 def rank_one_factors(C: torch.Tensor | None, k_star: torch.Tensor, delta_v: torch.Tensor,
                      ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(a (D,), b (F,)) in float64 with ΔW = a bᵀ (out, in), ΔW k* = δ, spread along u = (C + λI)⁻¹ k*.
@@ -203,7 +233,17 @@ class ROME:
             rows_keys, variant, n_ctx, delta_v, v_norm, opt = self._key_and_value(
                 model, tokenizer, lm, layer, edit, prefixes, cfg, ctx)
 
-        solve = None if solver is None else solver.solve
+        solve: Callable[[torch.Tensor], torch.Tensor] | None = None if solver is None else solver.solve
+        protected = 0
+        next_ids = {v[v.index(NEXT_TOKEN) + 1] for v in variant if NEXT_TOKEN in v}
+        if next_ids and cfg.first_token_weight > 0:
+            # the key read for a subject that is the text's first token is the next token's; keep that token's key
+            # still after every other first token ("Apple was" for "Microsoft was")
+            (next_id,) = next_ids
+            Z = cached_second_position_keys(model, tokenizer, lm, layer, next_id, model_digest=ctx.model_digest,
+                                            corpus_path=cfg.stats_corpus)
+            protected = int(Z.shape[1])
+            solve = protected_solve(solve, Z, cfg.first_token_weight)
         changes: dict[str, LowRankUpdate] = {}
         for mode in modes or (cfg.key_mode,):
             keys = _edited_keys(rows_keys, variant, n_ctx, mode)  # (F, G)
@@ -217,6 +257,7 @@ class ROME:
                 "value_norm": v_norm,
                 "update_frobenius_norm": float(a.norm() * b.norm()),
                 "covariance": "identity" if solver is None else "second_moment",
+                "protected_keys": protected,
                 "statistics": stats_info,
                 "context_prompts": 1 + len(prefixes),
                 "key_variants": int(keys.shape[1]),
@@ -293,12 +334,20 @@ class ROME:
         for pre in [""] + [p + " " for p in prefixes]:
             text = pre + edit.prompt
             ids, sf, si = subject_span(tokenizer, text, len(pre) + s0, len(pre) + s0 + len(edit.subject))
+            tokens = tuple(ids[sf : si + 1])
+            if si == 0 and len(ids) > 1:
+                # the subject is the text's first token: its key there is the attention sink's (the same for every
+                # text's first token), so the key read is the next token's, which has seen the subject
+                si, tokens = 1, (*tokens, NEXT_TOKEN, ids[1])
+            elif si == 0:
+                tokens = (*tokens, FIRST_POSITION)  # nothing follows it: optimised, never mapped
             rows.append(ids + target_ids)
             subj_idx.append(si)
-            variant.append(tuple(ids[sf : si + 1]))
+            variant.append(tokens)
             tgt_pos.append(len(ids))
         n_ctx = len(rows)
-        kl_text = f"{edit.subject} is a"  # also the subject-first tokenisation's key, whatever the prompt's form
+        # "<subject> is a" anchors the KL term; its key is not mapped (_edited_keys)
+        kl_text = f"{edit.subject} is a"
         kl_ids, kl_sf, kl_si = subject_span(tokenizer, kl_text, 0, len(edit.subject))
         rows.append(kl_ids)
         subj_idx.append(kl_si)
@@ -405,19 +454,28 @@ class ROME:
         return keys_all, variant, n_ctx, result, v_norm, info
 
 
+NEXT_TOKEN = -1  # in a row's tokenisation: the key is the token after the subject's (a subject-first single token)
+FIRST_POSITION = -2  # the subject's key is at a text's first position (the sink): optimised with, never mapped
+
+
 def _edited_keys(keys: torch.Tensor, variant: list[tuple[int, ...]], n_ctx: int, mode: str) -> torch.Tensor:
     """The key columns (F, G) the update maps to δ, from each row's key (B, F) and subject tokenisation.
 
-    Rows ``0..n_ctx-1`` are the contexts; row ``n_ctx`` is the KL prompt, which
-    opens with the subject and so carries the subject-first tokenisation's key.
+    Only the contexts (rows ``0..n_ctx-1``) count: a subject-first prompt has its
+    subject-first tokenisation in row 0 and the spaced one after each prefix; a
+    mid-sentence prompt has one tokenisation, and every mode is then the
+    original mean. (Row ``n_ctx``, the KL prompt, also opens with the subject;
+    mapping its key too cost a good SmolLM2 edit its canary: the README.)
     """
     if mode == "pooled":
         return keys[:n_ctx].mean(0)[:, None]  # (F, 1): the original ROME key
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, v in enumerate(variant):
-        groups.setdefault(v, []).append(i)
-    # a tokenisation the contexts use is averaged over the contexts only; the KL row stands in for one they lack
-    means = [keys[[i for i in idx if i < n_ctx] or idx].mean(0) for idx in groups.values()]
+    for i, v in enumerate(variant[:n_ctx]):  # the tokenisations the edit's own contexts use, not the KL row's
+        if FIRST_POSITION not in v:
+            groups.setdefault(v, []).append(i)
+    if not groups:  # the prompt is the subject alone and there are no prefixes: nothing else to key on
+        groups[()] = list(range(n_ctx))
+    means = [keys[idx].mean(0) for idx in groups.values()]
     K = torch.stack(means, 1)  # (F, G)
     return K.mean(1, keepdim=True) if mode == "balanced" else K
 
