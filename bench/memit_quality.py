@@ -201,6 +201,11 @@ def score_forms(s: Scorer, facts: list[Any], paraphrases: list[str]) -> dict[str
             for k, ix in forms.items() if ix}
 
 
+def setting_value(text: str) -> Any:
+    """A --set / --sweep value: JSON where it looks like a number, list, object, bool or null; else the string."""
+    return json.loads(text) if text[:1] in "0123456789-[{tfn" else text
+
+
 def sweep_settings(settings: dict[str, Any], sweep: str | None) -> list[dict[str, Any]]:
     """One settings dict per value of ``--sweep KEY=v1,v2,...`` (just `settings` without a sweep)."""
     if not sweep:
@@ -208,7 +213,7 @@ def sweep_settings(settings: dict[str, Any], sweep: str | None) -> list[dict[str
     key, _, values = sweep.partition("=")
     if not key or not values:
         raise SystemExit(f"--sweep {sweep!r}: write KEY=v1,v2,..., e.g. --sweep mom2_update_weight=2000,10000")
-    return [{**settings, key: json.loads(v) if v[:1] in "0123456789-[{tfn" else v} for v in values.split(",")]
+    return [{**settings, key: setting_value(v)} for v in values.split(",")]
 
 
 def run_batch(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
@@ -358,8 +363,7 @@ def main() -> None:
     ap.add_argument("--plot", default="bench/memit_sequential.png", help="sequential: where the curve goes")
     ap.add_argument("--out", default=None, help="JSON results (default: bench/results/memit_<experiment>.json)")
     args = ap.parse_args()
-    settings = {**FAST, **{k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
-                           for k, v in (x.split("=", 1) for x in args.set)}}
+    settings = {**FAST, **{k: setting_value(v) for k, v in (x.split("=", 1) for x in args.set)}}
     if args.experiment == "plot":
         saved = json.loads(Path(args.out or "bench/results/memit_sequential.json").read_text())
         plot(saved["curves"], Path(args.plot), saved.get("first", args.first), saved.get("note", ""))

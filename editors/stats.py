@@ -376,7 +376,6 @@ def clear_solver_cache() -> None:
     default_cache.clear()
 
 
-
 def first_tokens(tokenizer: Any, texts: Iterable[str], max_tokens: int) -> list[int]:
     """The distinct ids that open a text, as the tokenizer encodes it: the first token of every sentence of `texts`.
 

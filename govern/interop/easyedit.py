@@ -169,7 +169,6 @@ class SettingsImport:
                              f"{', '.join(mapped)}; ignored: {', '.join(_IGNORED)}. Remove it or set the govern "
                              f"setting in the policy's methods.{method}")
 
-
     def value_optimisation(self, out: dict[str, Any], notes: list[str], *, method: str, weight_decay_note: str) -> None:
         """The locate-then-edit fields of the value optimisation: ``fact_token`` (checked), ``v_num_grad_steps``,
         ``v_lr``, ``clamp_norm_factor``, ``kl_factor``, ``v_weight_decay`` (noted: `weight_decay_note`)."""
