@@ -184,7 +184,18 @@ def _acting(gov: Govern, permission: Permission, as_name: str | None, default: s
     if not p.can(permission):
         gov.note(p.name, "auth.denied", permission, {"roles": list(p.roles), "method": method})
         raise denied(p, permission)
+    if method == "token" and "admin" in p.roles:
+        _warn_if_admin_tokens_lapse(gov)
     return acting
+
+
+def _warn_if_admin_tokens_lapse(gov: Govern) -> None:
+    """On stderr, for admins: every usable admin token expires soon, after which no one could add tokens or models."""
+    lapse = gov.admin_tokens_lapse()
+    if lapse is not None:
+        typer.echo(f"warning: every usable admin API token expires by {lapse:%Y-%m-%d %H:%M} UTC; after that nobody can "
+                   "create tokens, users, models or policies: create one that lasts (`govern token create --user NAME "
+                   "--expires 90d`, or never) before then", err=True)
 
 
 def _print_token(token: str) -> None:
@@ -707,6 +718,8 @@ def auth_status() -> None:
         return
     p = gov.authenticate_token(token)
     typer.echo(f"token: {p.name} ({', '.join(p.roles) or 'no role'})")
+    if "admin" in p.roles:
+        _warn_if_admin_tokens_lapse(gov)
 
 
 @app.command()
@@ -725,8 +738,9 @@ def ui(
     starts it (their token is handed to the workers, never to the app)."""
     from govern.auth import Acting, Principal
     from govern.policy import load_policy
-    from govern.uiserver import resolve_policy, serve
+    from govern.uiserver import check_listen, resolve_policy, serve
 
+    check_listen(host, port)  # an address it cannot listen on is one line, before anything is vetted or started
     pol = load_policy(resolve_policy(policy))  # a bad policy is one error line before anything starts
     gov = _gov()
     credentials: dict[str, str] = {}

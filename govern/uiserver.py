@@ -14,12 +14,13 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 
-from govern.errors import PermissionDenied
+from govern.errors import InputError, PermissionDenied
 from govern.policy import Policy, load_policy
 from govern.service import Govern
 
@@ -40,6 +41,25 @@ def resolve_policy(policy: Path) -> Path:
 
 
 CREDENTIALS = ("GOVERN_TOKEN", "GOVERN_TOKEN_FILE")
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on (unknown name, another machine's address,
+    a port in use or reserved) before anything starts: Streamlit would otherwise die with a socket traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise InputError(f"--host {host!r} is not an address here ({reason}); use 127.0.0.1 (this machine only), "
+                         f"0.0.0.0 (every interface) or a name that resolves to this machine") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a socket in TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or a --host "
+                             f"of this machine") from None
 
 
 def pinned_policy(path: Path, sha256: str | None) -> Policy:

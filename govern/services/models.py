@@ -93,6 +93,9 @@ class ModelsService(ServiceBase):
         local = Path(path)
         if gguf_file is None and not local.exists() and (path.startswith((".", "/")) or local.suffix):
             raise NotFoundError(f"model path {path!r} does not exist; give a local directory or a hub id")
+        if gguf_file is None and local.exists() and not local.is_dir():
+            raise InputError(f"model path {path!r} is not a directory: give the checkpoint's directory (config.json "
+                             f"and safetensors weights), or its directory with --gguf-file NAME for a GGUF file")
         if gguf_file is None and local.is_dir() and not allow_pickle:
             refuse_pickle_only(local)
         dest = self.home.models / name / "base"

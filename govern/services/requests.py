@@ -251,6 +251,7 @@ class RequestsService(ServiceBase):
         with self.store.read() as s:
             q = select(RequestRow).order_by(col(RequestRow.created_at))
             if model:
+                self.store.get_model(s, model)  # an unknown name is an error naming the registered ones, not an empty list
                 q = q.where(RequestRow.model == model)
             return list(s.exec(q).all())
 

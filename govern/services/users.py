@@ -28,6 +28,8 @@ from govern.services.base import ServiceBase
 from govern.store import ApiTokenRow, AuditRow, UserRow, as_utc, now
 from govern.text import identity
 
+ADMIN_TOKEN_WARNING = timedelta(days=14)  # admins are warned this long before the last admin token lapses
+
 if TYPE_CHECKING:
     from govern.service import Govern
 
@@ -177,6 +179,18 @@ class UsersService(ServiceBase):
                                    "(`govern token create --user NAME`)")
         return replace(self.principal(user.name), method="token")
 
+    def admin_tokens_lapse(self, within: timedelta = ADMIN_TOKEN_WARNING) -> datetime | None:
+        """When the last usable admin API token expires, if every one of them does within `within`; else None.
+
+        Expiry is not prevented (a lapsed token is the point of an expiry), but once the last admin token lapses
+        nobody can create tokens, users, models or policies through govern: admins are warned ahead."""
+        with self.store.read() as s:
+            tokens = _admin_tokens(s)
+        if not tokens or any(r.expires_at is None for r in tokens):
+            return None
+        last = max(as_utc(r.expires_at) for r in tokens if r.expires_at is not None)
+        return last if last - now() <= within else None
+
     def single_user(self) -> bool:
         """Whether this home is in single-user mode: the last ``auth.single_user`` event in the trail says."""
         with self.store.read() as s:
@@ -196,6 +210,10 @@ class UsersService(ServiceBase):
                                        "API token in $GOVERN_TOKEN")
             if _single_user(s) == enabled:
                 return False
+            if not enabled and not bootstrap and not _admin_tokens(s):  # under the write lock, like the last token
+                raise ConflictError("no admin holds a usable API token: with single-user mode off nobody could act "
+                                    "as an admin again; create one first (`govern token create --user NAME "
+                                    "--as NAME`), then turn it off")
             self.store.audit(s, identity(actor) or "?", "auth.single_user", "home", {"enabled": enabled})
         return True
 

@@ -446,3 +446,59 @@ def test_the_last_usable_admin_token_cannot_be_revoked(home, users):
     new = ok(cli(home.root, "token", "create", "--user", "root", token=users["root"])).split()[-1]
     ok(cli(home.root, "token", "revoke", root_id, token=new))
     assert ok(cli(home.root, "token", "list", "--user", "root", token=new)).count("active") == 1
+
+
+def test_single_user_mode_cannot_be_turned_off_while_no_admin_holds_a_usable_token(home):
+    """A one-person home whose only admin signs in by password: turning single-user mode off would leave nobody able
+    to act as an admin through the CLI. Refused, one line, nothing written; with an admin token it goes."""
+    ok(cli(home.root, "auth", "single-user", "on", "--as", "me"))
+    ok(cli(home.root, "user", "add", "me", "--role", "admin", "--email", "me@example.org", "--as", "me"))
+    con = sqlite3.connect(home.root / "govern.db")  # the bootstrap printed a token, and it lapsed (as tokens do)
+    con.execute("update api_tokens set expires_at = ?", ((now() - timedelta(hours=1)).isoformat(" "),))
+    con.commit()
+    con.close()
+    before = trail(home.root)
+    msg = refused(cli(home.root, "auth", "single-user", "off", "--as", "me"), Exception,
+                  "no admin holds a usable API token")
+    assert "\n" not in msg and trail(home.root) == before
+    assert "single-user mode: on" in ok(cli(home.root, "auth", "status"))
+    token = ok(cli(home.root, "token", "create", "--user", "me", "--as", "me")).split()[-1]
+    ok(cli(home.root, "auth", "single-user", "off", token=token))
+    assert "single-user mode: off" in ok(cli(home.root, "auth", "status"))
+
+
+def test_admins_are_warned_before_the_last_admin_token_lapses(home, users):
+    root_id = users["root"][len("gvt_"):].split(".")[0]
+    soon = ok(cli(home.root, "token", "create", "--user", "root", "--expires", "3d", token=users["root"])).split()[-1]
+    assert "warning" not in cli(home.root, "user", "list", token=soon).stderr  # root's 90-day token still lasts
+    ok(cli(home.root, "token", "revoke", root_id, token=soon))
+    res = cli(home.root, "user", "list", token=soon)
+    ok(res)
+    lapse = (now() + timedelta(days=3)).strftime("%Y-%m-%d")
+    assert f"warning: every usable admin API token expires by {lapse}" in res.stderr
+    assert "warning" in cli(home.root, "auth", "status", token=soon).stderr
+    assert "warning" not in cli(home.root, "user", "list", token=users["alice"]).stderr  # a requester: not their job
+    never = ok(cli(home.root, "token", "create", "--user", "root", "--expires", "never", token=soon)).split()[-1]
+    assert "warning" not in cli(home.root, "user", "list", token=never).stderr
+
+
+def test_bad_listen_addresses_unknown_models_and_non_directories_are_one_line(home, users, tmp_path):
+    import socket
+
+    root = users["root"]
+    before = trail(home.root)
+    for host in ("999.1.1.1", "no such host", "8.8.8.8"):
+        msg = refused(cli(home.root, "ui", "--no-worker", "--host", host, token=root), InputError, host)
+        assert "\n" not in msg
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused(cli(home.root, "ui", "--no-worker", "--port", str(port), token=root), InputError,
+                f"cannot listen on 127.0.0.1:{port} (Address already in use)")
+    refused(cli(home.root, "status", "--model", "garbage", token=root), NotFoundError,
+            "no model 'garbage'; none is registered yet")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
+    for path in ("/dev/zero", str(tmp_path / "weights.bin")):
+        refused(cli(home.root, "model", "add", "m", path, token=root), InputError, "is not a directory")
+    assert trail(home.root) == before and not (home.root / "models" / "m").exists()
