@@ -14,9 +14,10 @@ again and again from forgetting what it knew, and what earlier edits wrote:
   ``β‖ΔW k_p‖²`` for every earlier key ``k_p`` to its objective.
 * **Closed form** (`projected_factors`): with ``G = P K`` (the new keys, projected)
   and ``H = P K_p`` (earlier keys, projected), the minimiser of
-  ``‖ΔW K − R‖² + β‖ΔW K_p‖² + alpha‖ΔW‖²`` over ``ΔW = X P`` is
-  ``ΔW = R Gᵀ (G Gᵀ + β H Hᵀ + alpha I)⁻¹``, rank ≤ n — returned as factors
-  ``A = R`` (D, n), ``B = (G Gᵀ + β H Hᵀ + alphaI)⁻¹ G`` (F, n) with ``ΔW = A Bᵀ``.
+  ``‖ΔW K − R‖² + β‖ΔW K_p‖² + λ E‖ΔW k‖² + alpha‖ΔW‖²`` over ``ΔW = X P`` is
+  ``ΔW = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹``, rank ≤ n — returned as factors
+  ``A = R`` (D, n), ``B = (G Gᵀ + β H Hᵀ + λ P C P + alphaI)⁻¹ G`` (F, n) with ``ΔW = A Bᵀ``
+  (λ = 0 is AlphaEdit's solve; λ > 0 adds MEMIT's penalty on general text's keys inside the null space).
   Its rows lie in the range of ``P``, so ``ΔW x = ΔW P x``: a key in the preserved
   span is mapped to exactly zero.
 
@@ -61,12 +62,21 @@ def project_out(K: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 
 
 def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier: torch.Tensor | None, *,
-                      reg: float, earlier_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A (D, n), B (F, n)) in float64 with ``ΔW = A Bᵀ = R Gᵀ (G Gᵀ + β H Hᵀ + alpha I)⁻¹``; see the module docstring.
+                      reg: float, earlier_weight: float, cov: torch.Tensor | None = None,
+                      cov_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A (D, n), B (F, n)) in float64 with ``ΔW = A Bᵀ = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹``; see the
+    module docstring.
 
     `K` (F, n): the keys to write at; `R` (D, n): the value each should gain;
     `Q` (F, r): the preserved basis; `earlier` (F, m): keys of earlier edits, or
     None. alpha = `reg` · mean ‖P k‖² so the setting is scale-free; β = `earlier_weight`.
+    `cov` (F, F) and λ = `cov_weight`: MEMIT's penalty on general text's keys
+    (second moment C), kept inside the null space. Where C has no small
+    eigenvalues (a small model's keys fill every direction), general text has
+    as much of its energy in the null space, relative to its size, as the
+    edit's key: the projection alone then moves general text as much as the
+    edit's key, and this term is what keeps it small. ``P C P`` lives in the
+    range of P, so ΔW still maps the preserved span to exactly zero.
     """
     G = project_out(K, Q)  # (F, n)
     F = G.shape[0]
@@ -79,6 +89,10 @@ def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier
     if earlier is not None and earlier.shape[1] > 0 and earlier_weight > 0:
         H = project_out(earlier.to(G.device), Q)  # (F, m)
         M = M + earlier_weight * (H @ H.T)
+    if cov is not None and cov_weight > 0:
+        PC = project_out(cov.to(G.device), Q)  # (F, F) = P C
+        PCP = project_out(PC.T, Q)  # P (P C)ᵀ = P C P (C symmetric)
+        M = M + cov_weight * (PCP + PCP.T) / 2
     B = torch.linalg.solve(M, G)  # (F, n)
     return R.double(), B
 

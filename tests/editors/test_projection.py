@@ -48,6 +48,29 @@ def test_projected_factors_solve_the_normal_equations_and_spare_the_preserved_sp
     assert torch.allclose(A2 @ B2.T @ K, R, atol=1e-5)
 
 
+def test_the_covariance_term_keeps_general_keys_in_the_null_space_still():
+    """λ P C P: the normal equations hold with it, the preserved span still maps to zero, and general text's keys
+    (drawn with second moment C) move less than with AlphaEdit's solve alone."""
+    g = torch.Generator().manual_seed(4)
+    F, D, n, lam = 24, 5, 2, 50.0
+    U, _ = torch.linalg.qr(torch.randn(F, F, generator=g, dtype=torch.float64))
+    C = U @ torch.diag(torch.linspace(10.0, 1.0, F, dtype=torch.float64)) @ U.T  # no small eigenvalues (SmolLM2-like)
+    Q = preserved_basis(C, 0.8)
+    K = torch.randn(F, n, generator=g, dtype=torch.float64)
+    R = torch.randn(D, n, generator=g, dtype=torch.float64)
+    A, B = projected_factors(K, R, Q, None, reg=0.1, earlier_weight=0.0, cov=C, cov_weight=lam)
+    dW = A @ B.T
+    assert (dW @ Q).abs().max() < 1e-10
+    G = project_out(K, Q)
+    P = torch.eye(F, dtype=torch.float64) - Q @ Q.T
+    alpha = 0.1 * float(G.pow(2).sum(0).mean())
+    grad = (dW @ G - R) @ G.T + lam * dW @ P @ C @ P + alpha * dW
+    assert grad.abs().max() < 1e-9
+    A0, B0 = projected_factors(K, R, Q, None, reg=0.1, earlier_weight=0.0)
+    general = torch.linalg.cholesky(C) @ torch.randn(F, 500, generator=g, dtype=torch.float64)  # E[k kᵀ] = C
+    assert (dW @ general).norm() < 0.8 * ((A0 @ B0.T) @ general).norm()
+
+
 def test_an_empty_null_space_is_refused():
     g = torch.Generator().manual_seed(3)
     Q = torch.eye(6, dtype=torch.float64)

@@ -54,6 +54,10 @@ class MEMITConfig(BaseModel):
                     "the rest is the null space the update lives in")
     projection_reg: float = Field(0.1, gt=0, le=100, allow_inf_nan=False,
                                   description="ridge of the projected solve, relative to the mean |P k|²")
+    null_space_cov_weight: float = Field(
+        0.0, ge=0, le=1e9, allow_inf_nan=False,
+        description="λ of MEMIT's penalty on general text's keys inside the null space (projected solve): "
+                    "ΔW = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹; 0 is AlphaEdit's solve")
     earlier_keys_weight: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False,
                                        description="weight of keeping ΔW k ≈ 0 on the keys of earlier edits")
     seed: int = Field(0, description="seed for the generated prefixes and sampled statistics text")

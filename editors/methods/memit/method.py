@@ -393,7 +393,8 @@ class MEMIT:
                     prior = earlier.get(name)
                     try:
                         A, B = projected_factors(K, R, Q, prior, reg=cfg.projection_reg,
-                                                 earlier_weight=cfg.earlier_keys_weight)
+                                                 earlier_weight=cfg.earlier_keys_weight, cov=C,
+                                                 cov_weight=cfg.null_space_cov_weight)
                     except ValueError as e:
                         raise OptimisationError(f"MEMIT at layer {layer}: {e}") from None
                     row.update(preserved_dims=int(Q.shape[1]), null_space_dims=int(Q.shape[0] - Q.shape[1]),
