@@ -36,8 +36,9 @@ shared cache has them); the median row is the steady state.
     python bench/worker_gpu.py --device cuda --model /path/to/converted/checkpoint
     OMP_NUM_THREADS=1 python bench/worker_gpu.py --fast --n 2                # CPU, a few minutes; what the test runs
 
-`--fast` keeps the real model and the whole loop but shortens the work: 10 generated neighbours, 200 bootstrap
-resamples, ROME/MEMIT with 2 context prefixes, 10 steps and 3,000 statistics tokens.
+`--fast` keeps the real model and the whole loop but shortens the work: 44 generated neighbours (the fewest the
+specificity gate can show), 200 bootstrap resamples, ROME/MEMIT with 2 context prefixes, 10 steps and 3,000
+statistics tokens (its own covariance statistics, computed once into the shared cache).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ FACTS: list[tuple[str, str]] = [
     ("Austria", "Vienna"), ("Ireland", "Dublin"),
 ]
 FAST_METHOD = {"steps": 10, "context_prefixes": 2, "stats_tokens": 3000}
-FAST_CANARY = {"neighbors": 10, "resamples": 200}
+FAST_CANARY = {"neighbors": 44, "resamples": 200}  # 44: the fewest the specificity gate can show
 STAGES = ("edit", "canary", "bookkeeping", "other")
 
 
