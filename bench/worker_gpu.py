@@ -138,12 +138,14 @@ class Clock:
         """`fn`, adding its seconds to `part` of the request `rid_of(result, *args)` names."""
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = self.now()
-            result = fn(*args, **kwargs)
-            rid = rid_of(result, *args)
-            if rid is not None:
-                self.add(rid, part, self.now() - t)
-            return result
+            t, result = self.now(), None
+            try:
+                result = fn(*args, **kwargs)
+                return result
+            finally:  # a step that raises still took its time
+                rid = rid_of(result, *args)
+                if rid is not None:
+                    self.add(rid, part, self.now() - t)
 
         return wrapper
 
@@ -176,8 +178,20 @@ def instrument(worker: Any, gov: Any, clock: Clock) -> None:
 
     worker.claim = clock.timed(worker.claim, "claim", job_rid)
     gov.task_for = clock.timed(gov.task_for, "task", arg_rid)
-    gov.commit = clock.timed(gov.commit, "commit", arg_rid)
     current: dict[str, str] = {}
+    commit = clock.timed(gov.commit, "commit", arg_rid)
+
+    def flagged_commit(*args: Any, **kwargs: Any) -> Any:
+        current["in_commit"] = "yes"
+        try:
+            return commit(*args, **kwargs)
+        finally:
+            current.pop("in_commit", None)
+
+    gov.commit = flagged_commit
+    # a job the worker could not finish (outside the commit, which may call it too: counted there)
+    gov.fail_job = clock.timed(gov.fail_job, "fail_job", lambda _r, job, *_: None if "in_commit" in current
+                               else str(job.request_id))
     gov._evidence = clock.timed(gov._evidence, "gates", lambda *_: current.get("rid"))
     gov.after_decision = clock.timed(gov.after_decision, "mlflow_certificate", lambda _r, _m, rid: rid)
 
@@ -205,7 +219,8 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
     p = row["parts"]
     edit = p.get("edit", 0.0)
     canary = p.get("canary_production", 0.0) + p.get("canary_candidate", 0.0) + p.get("gates", 0.0)
-    bookkeeping = p.get("claim", 0.0) + p.get("task", 0.0) + p.get("commit", 0.0) - p.get("gates", 0.0)
+    bookkeeping = (p.get("claim", 0.0) + p.get("task", 0.0) + p.get("commit", 0.0) + p.get("fail_job", 0.0)
+                   - p.get("gates", 0.0))
     total = p.get("claim", 0.0) + p.get("run_one", 0.0)
     return {"edit_s": edit, "canary_s": canary, "bookkeeping_s": bookkeeping,
             "other_s": total - edit - canary - bookkeeping, "total_s": total}
