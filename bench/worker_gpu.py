@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         model = gov.ensure_default_model(log=lambda m: print(m, flush=True)).name
     policy = load_policy(policy_file(work, args.method, args.fast))
-    reqs = [parse_request({**e, "model": model}) for e in edits(args.n, args.method)]
+    specs = edits(args.n, args.method)
+    reqs = [parse_request({**e, "model": model}) for e in specs]
     ids = gov.submit(reqs, "bench-requester")
     admitted = gov.admit_many(ids, policy)
     print(f"home {home.root}; {len(ids)} requests, admitted: {sum(s.value == 'admitted' for s in admitted)}", flush=True)
@@ -283,10 +284,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall_s = clock.now() - t
 
     rows = []
-    for rid, req in zip(ids, reqs, strict=True):
+    for rid, spec in zip(ids, specs, strict=True):
         r = gov.get_request(rid)
         raw = clock.rows.get(rid, {"parts": {}, "stages": []})
-        rows.append({"request": rid, "prompt": req.facts[0].prompt, "target": req.facts[0].target,  # type: ignore[attr-defined]
+        rows.append({"request": rid, "prompt": spec["prompt"], "target": spec["target"],
                      "method": r.method, "state": str(r.state), "error": r.error,
                      **summarise(raw), "parts": raw["parts"], "stages": raw["stages"]})
     med = {k: statistics.median(r[k] for r in rows) for k in ("edit_s", "canary_s", "bookkeeping_s", "other_s",
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if med:
         print(f"{'median':22s} {'':6s} {'':16s} {med['edit_s']:8.2f} {med['canary_s']:9.2f} "
               f"{med['bookkeeping_s']:10.2f} {med['other_s']:8.2f} {med['total_s']:8.2f}")
+    for r in rows:
+        if r["error"]:
+            print(f"  {r['request']}: {r['error'][:300]}")
     print(f"all {len(rows)} requests: {wall_s:.1f}s wall (worker start and reconcile included)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
