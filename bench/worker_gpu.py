@@ -110,16 +110,15 @@ class Clock:
     """Per request: the seconds of each step, read at stage changes and around the worker's steps."""
 
     def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
+        self.device, self.cuda = device, device.startswith("cuda")
         self.rows: dict[str, dict[str, Any]] = {}
-        self.current: str | None = None
         self.marks: list[tuple[str, float]] = []  # (stage, time) inside the executor's run
 
     def now(self) -> float:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)  # queued kernels finish before the clock is read
         return time.perf_counter()
 
     def row(self, rid: str) -> dict[str, Any]:
@@ -201,9 +200,10 @@ def instrument(worker: Any, gov: Any, clock: Clock) -> None:
         current["rid"] = task.request_id
         clock.marks = []
         t = clock.now()
-        outcome = run(task, progress)
-        clock.split_run(task.request_id, t, clock.now())
-        return outcome
+        try:
+            return run(task, progress)
+        finally:
+            clock.split_run(task.request_id, t, clock.now())
 
     def timed_run_one(job: Any) -> Any:
         t = clock.now()
@@ -285,10 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = []
     for rid, spec in zip(ids, specs, strict=True):
-        r = gov.get_request(rid)
+        req = gov.get_request(rid)
         raw = clock.rows.get(rid, {"parts": {}, "stages": []})
         rows.append({"request": rid, "prompt": spec["prompt"], "target": spec["target"],
-                     "method": r.method, "state": str(r.state), "error": r.error,
+                     "method": req.method, "state": str(req.state), "error": req.error,
                      **summarise(raw), "parts": raw["parts"], "stages": raw["stages"]})
     med = {k: statistics.median(r[k] for r in rows) for k in ("edit_s", "canary_s", "bookkeeping_s", "other_s",
                                                                 "total_s")} if rows else {}
