@@ -95,6 +95,10 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _bound(x: float | None, unbounded: str) -> str:
+    return unbounded if x is None else f"{x:+.3f}"
+
+
 def _missing(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -143,7 +147,8 @@ def _n_needed(st: ScoreType, margin: float, alpha: float, sd: float | None, plan
 
 
 def _relative_row(g: Any, r: stats.NonInferiorityResult, st: ScoreType, plan: TestPlan) -> dict[str, Any]:
-    ci = None if r.ci_low is None or r.ci_high is None else [r.ci_low, r.ci_high]
+    # a bound can be infinite (resamples without spread): stored as None (the trail takes finite numbers only)
+    ci = None if r.ci_low is None or r.ci_high is None else [_finite(r.ci_low), _finite(r.ci_high)]
     return {"gate": g.describe(), "metric": g.metric, "kind": "relative", "value": r.diff, "n": r.n,
             "margin": r.margin, "mean_prod": r.mean_prod, "mean_cand": r.mean_cand, "diff": r.diff,
             "ci": ci, "ci_level": 1.0 - 2.0 * plan.alpha, "effect_size": _finite(r.effect_size),
@@ -163,8 +168,8 @@ def _relative_why(row: dict[str, Any], r: stats.NonInferiorityResult, plan: Test
                 if need is not None else "no number of items would do at this margin")
     if r.p_value is None:  # the test could not run
         return f"not enough evidence: {r.note}; {need_txt}"
-    lo, hi = row["ci"]
-    ci = f"{100 * row['ci_level']:g}% CI {lo:+.3f}..{hi:+.3f}"
+    lo, hi = row["ci"] or (None, None)
+    ci = f"{100 * row['ci_level']:g}% CI {_bound(lo, '-inf')}..{_bound(hi, '+inf')}"
     if r.score_type == "binary":
         what = f"{r.losses} of {r.n} {noun} got worse and {r.wins} better"
     else:

@@ -57,7 +57,10 @@ def bootstrap_t(d: np.ndarray, margin: float, n_resamples: int, rng: np.random.G
         slack = 1e-9 * np.maximum(1.0, np.abs(t))
         p_ni[rows] = (np.count_nonzero(tb >= t - slack, axis=1) + 1) / (n_resamples + 1)
         p_worse[rows] = (np.count_nonzero(tb <= t + slack, axis=1) + 1) / (n_resamples + 1)
-        q_lo, q_hi = np.quantile(tb, [alpha, 1.0 - alpha], axis=1)
+        # nearest-rank quantiles (the conservative side of each): interpolating between an infinite t* (a resample
+        # without spread) and a finite one gives NaN
+        q_lo = np.quantile(tb, alpha, axis=1, method="lower")
+        q_hi = np.quantile(tb, 1.0 - alpha, axis=1, method="higher")
         lo[rows] = mean[rows] - q_hi * se[rows]
         hi[rows] = mean[rows] - q_lo * se[rows]
     return {"p_value": p_ni, "p_worse": p_worse, "ci_low": lo, "ci_high": hi}

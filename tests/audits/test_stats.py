@@ -380,6 +380,35 @@ def test_continuous_degenerate_cases_are_insufficient_not_a_tiny_p():
                            min_n=5).p_value is not None
 
 
+def test_sparse_continuous_differences_give_bounds_never_nan():
+    """One or two items moved out of 20 (a small edit on a tiny model): many resamples have no spread, so t* is
+    ±inf for them. Interpolated quantiles gave a NaN bound, which the audit trail refuses; nearest-rank ones give
+    a number or an infinite (unbounded) side, and the gate's row stores only finite numbers."""
+    import json
+
+    from audits.gates import _relative_row
+    from audits.stats.continuous import bootstrap_t
+
+    for k in (1, 2, 3):
+        d = np.zeros(20)
+        d[:k] = -0.5
+        res = bootstrap_t(d[None, :], 0.1, 500, np.random.default_rng(0))
+        assert not np.isnan(res["ci_low"]).any() and not np.isnan(res["ci_high"]).any()
+        prod = np.zeros(20)
+        r = non_inferiority(prod, prod + d, margin=0.1, score_type="continuous")
+        assert r.ci_low is not None and not math.isnan(r.ci_low) and not math.isnan(r.ci_high)
+
+        class Gate:
+            metric = "retention_nll"
+
+            def describe(self) -> str:
+                return "retention"
+
+        plan = type("Plan", (), {"alpha": 0.05})()
+        row = _relative_row(Gate(), r, "continuous", plan)
+        json.dumps(row["ci"], allow_nan=False)  # what the trail needs: finite numbers or None
+
+
 def test_continuous_n_needed_by_hand():
     # sd 0.05, margin 0.02, alpha 0.05: t_{0.95,17} * 0.05 / sqrt(18) = 1.7396 * 0.011785 = 0.02050 >= 0.02,
     # t_{0.95,18} * 0.05 / sqrt(19) = 1.7341 * 0.011471 = 0.01989 < 0.02 -> 19

@@ -49,15 +49,16 @@ class MEMITConfig(BaseModel):
     projection_after: int = Field(20, ge=0, le=10_000_000,
                                   description="auto: project once the model carries at least this many edited facts")
     preserved_energy: float = Field(
-        0.8, gt=0, lt=1, allow_inf_nan=False,
+        0.3, gt=0, lt=1, allow_inf_nan=False,
         description="the top eigen-directions of C carrying this share of its trace are preserved (projected out); "
                     "the rest is the null space the update lives in")
     projection_reg: float = Field(0.1, gt=0, le=100, allow_inf_nan=False,
                                   description="ridge of the projected solve, relative to the mean |P k|²")
     null_space_cov_weight: float = Field(
-        0.0, ge=0, le=1e9, allow_inf_nan=False,
+        2000.0, ge=0, le=1e9, allow_inf_nan=False,
         description="λ of MEMIT's penalty on general text's keys inside the null space (projected solve): "
-                    "ΔW = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹; 0 is AlphaEdit's solve")
+                    "ΔW = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹; 0 is AlphaEdit's solve. Default (with "
+                    "preserved_energy 0.3) from the sequential sweep in bench/measured/memit_seq_nullcov_h200_*")
     earlier_keys_weight: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False,
                                        description="weight of keeping ΔW k ≈ 0 on the keys of earlier edits")
     seed: int = Field(0, description="seed for the generated prefixes and sampled statistics text")
