@@ -28,14 +28,14 @@ def run_bench(tmp_path: Path, *extra: str) -> tuple[str, dict]:
     return p.stdout, json.loads(out.read_text())
 
 
-def check(stdout: str, result: dict, n: int) -> None:
+def check(stdout: str, result: dict, n: int, method: str = "rome") -> None:
     assert "edit s" in stdout and "bookkeep s" in stdout and "median" in stdout  # the table was printed
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["n"] == n
     rows = result["requests"]
     assert len(rows) == n
     for r in rows:
         assert r["state"] in WORKER_DONE, r
-        assert r["method"] == "rome"
+        assert r["method"] == method
         parts = r["edit_s"] + r["canary_s"] + r["bookkeeping_s"]
         assert r["edit_s"] > 0 and r["canary_s"] > 0 and r["bookkeeping_s"] > 0, r
         # the three add up to the measured total; the rest (weights to the new production, resolving, the suite) is small
@@ -52,8 +52,16 @@ def test_worker_gpu_tiny_model(tmp_path, tiny_llama_dir):
     check(stdout, result, 2)
 
 
+def test_worker_gpu_tiny_model_memit(tmp_path, tiny_llama_dir):
+    """MEMIT through the whole worker: its retention scores on the tiny model once gave a NaN CI bound that the
+    audit trail refused, failing the job ("payload['gates'][4]['ci'][1]: nan is not allowed")."""
+    stdout, result = run_bench(tmp_path, "--n", "2", "--model", str(tiny_llama_dir), "--method", "memit")
+    check(stdout, result, 2, "memit")
+    assert all(r["state"] != "failed" for r in result["requests"]), result["requests"]
+
+
 @pytest.mark.slow
 def test_worker_gpu_smollm2_fast(tmp_path):
-    stdout, result = run_bench(tmp_path, "--n", "2")
-    check(stdout, result, 2)
+    stdout, result = run_bench(tmp_path, "--n", "1")
+    check(stdout, result, 1)
     assert result["model"] == "smollm2"
