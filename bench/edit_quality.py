@@ -26,6 +26,7 @@ every tokenisation's key to the value.
 
     python bench/edit_quality.py                                # all forms, the three key modes
     python bench/edit_quality.py --configs per_token --n 4      # quick look
+    python bench/edit_quality.py --configs per_token --device cuda --dtype bfloat16 --model DIR   # half precision, GPU
     python bench/edit_quality.py --samples 1000,3000,10000,27000 --configs per_token  # statistics sample count
 
 `--samples` adds one ``per_token`` row per covariance sample count (tokens of
@@ -181,6 +182,9 @@ def main() -> None:
     ap.add_argument("--samples", default=None, help="comma list of covariance token counts: a per_token row each")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a ROME setting in every configuration (repeatable), e.g. --set steps=40")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="the model's dtype (ROME's optimisation state stays float32)")
     ap.add_argument("--cache", default=".govern/bench-cache", help="statistics cache folder")
     ap.add_argument("--out", default="bench/results/edit_quality.json")
     args = ap.parse_args()
@@ -193,7 +197,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     path = find_model(args.model)
-    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, args.dtype)).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -239,7 +243,8 @@ def main() -> None:
         } | {"rows": rs}
     base = next(iter(results))
     print()
-    print(f"ROME on SmolLM2-135M ({path.name}), real facts, {args.n} edits per form; baseline row: {base}")
+    print(f"ROME on SmolLM2-135M ({path.name}, {args.device}, {args.dtype}), real facts, {args.n} edits per form; "
+          f"baseline row: {base}")
     print(f"{'config':10s} {'form':13s} {'edits':>5s} {'efficacy':>9s} {'greedy':>7s} {'paraphr.':>9s} {'specif.':>8s} "
           f"{'s/edit':>7s} {'eff. vs ' + base:>14s}")
     for cname, r in results.items():
