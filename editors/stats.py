@@ -31,16 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from editors.capture import mlp_inputs
 from editors.errors import StatisticsError
 from editors.layers import LayerMap
 from editors.tokens import context_length, encode_left_padded
 
 DEFAULT_CORPUS = Path(__file__).parent / "data"  # every corpus*.txt in it
 Progress = Callable[[str, float], None]
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass once the layer of interest ran."""
 
 
 def corpus_files(path: str | Path = DEFAULT_CORPUS) -> list[Path]:
@@ -121,39 +118,25 @@ def second_moment(
     the model's device (full-precision fp32 products, TF32 off), whatever the
     model's dtype; only the final mean is float64.
     """
-    module = layer_map.mlp_out_module(model, layer)
     device = next(model.parameters()).device
     batch = batch or (8 if device.type == "cpu" else 64)
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(hook)
     acc: torch.Tensor | None = None
     count = 0
     length = min(max_len, context_length(model) or max_len)
-    try:
-        with _full_fp32_matmul():
-            for chunk in _batches(texts, batch):
-                if count >= n_tokens:
-                    break
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=length)
-                enc = {k: v.to(device) for k, v in enc.items()}
-                captured.clear()
-                with contextlib.suppress(_Stop):
-                    model(**enc, use_cache=False)
-                keys = captured[0][enc["attention_mask"].bool()].float()  # (N, F)
-                keys = keys[: n_tokens - count]
-                if acc is None:
-                    acc = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float32, device=device)
-                acc.addmm_(keys.T, keys)  # (F, F) += Kᵀ K
-                count += keys.shape[0]
-                if progress:
-                    progress("covariance", min(1.0, count / n_tokens))
-    finally:
-        handle.remove()
+    with _full_fp32_matmul():
+        for chunk in _batches(texts, batch):
+            if count >= n_tokens:
+                break
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=length)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            keys = mlp_inputs(model, layer_map, layer, **enc)[enc["attention_mask"].bool()].float()  # (N, F)
+            keys = keys[: n_tokens - count]
+            if acc is None:
+                acc = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float32, device=device)
+            acc.addmm_(keys.T, keys)  # (F, F) += Kᵀ K
+            count += keys.shape[0]
+            if progress:
+                progress("covariance", min(1.0, count / n_tokens))
     if acc is None or count == 0:
         raise StatisticsError("no text to compute statistics from; the corpus is empty")
     return acc.double() / count, count
@@ -399,26 +382,12 @@ def second_position_keys(model: nn.Module, layer_map: LayerMap, layer: int, firs
                          batch: int = 512) -> torch.Tensor:
     """(F, m) float32 on the model's device: the key of `layer` at position 1 of the two-token text
     ``[first, second_id]``, for each id in `first_ids` (the forward pass stops at the edited layer)."""
-    module = layer_map.mlp_out_module(model, layer)
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(hook)
     out = []
-    try:
-        for s in range(0, len(first_ids), batch):
-            firsts = torch.tensor(first_ids[s : s + batch], dtype=torch.long, device=device)[:, None]  # (b, 1)
-            ids = torch.cat([firsts, torch.full_like(firsts, second_id)], 1)  # (b, 2)
-            captured.clear()
-            with contextlib.suppress(_Stop):
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-            out.append(captured[0][:, 1].float())  # (b, F)
-    finally:
-        handle.remove()
+    for s in range(0, len(first_ids), batch):
+        firsts = torch.tensor(first_ids[s : s + batch], dtype=torch.long, device=device)[:, None]  # (b, 1)
+        ids = torch.cat([firsts, torch.full_like(firsts, second_id)], 1)  # (b, 2)
+        out.append(mlp_inputs(model, layer_map, layer, input_ids=ids, attention_mask=torch.ones_like(ids))[:, 1].float())
     if not out:
         raise StatisticsError("no sentence-initial tokens in the corpus to compute the protected keys from")
     return torch.cat(out).T.contiguous()  # (F, m)

@@ -35,7 +35,6 @@ This is an independent implementation from the papers' equations.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from editors.base import EditContext, FactEdit
+from editors.capture import capture
 from editors.changes.lowrank import LowRankUpdate, add_low_rank_
 from editors.errors import EditSpecError, OptimisationError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
@@ -56,10 +56,6 @@ from editors.methods.rome.method import frozen, generate_prefixes, subject_last_
 from editors.projection import keys_path_for, load_keys, preserved_basis, projected_factors, save_keys
 from editors.stats import default_cache, device_second_moment
 from editors.tokens import pad_right
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass once the top edited block ran."""
 
 
 def memit_factors(C: torch.Tensor | None, K: torch.Tensor, R: torch.Tensor, *, weight: float,
@@ -343,23 +339,9 @@ class MEMIT:
             b = self._rows(tokenizer, facts[start : start + cfg.value_batch], prefixes, device)
             n = len(facts[start : start + cfg.value_batch])
             rows = torch.arange(b.n_ctx_rows, device=device)
-            cap: dict[str, torch.Tensor] = {}
-
-            def keep_key(_m: nn.Module, a: tuple, cap: dict = cap) -> None:
-                cap["k"] = a[0].detach()
-
-            def keep_top(_m: nn.Module, _a: tuple, out: Any, cap: dict = cap) -> None:
-                cap["h"] = (out[0] if isinstance(out, tuple) else out).detach()
-                raise _Stop
-
-            h1 = lm.mlp_out_module(model, layer).register_forward_pre_hook(keep_key)
-            h2 = lm.block(model, top).register_forward_hook(keep_top)
-            try:
-                with torch.no_grad(), contextlib.suppress(_Stop):
-                    model(input_ids=b.input_ids[: b.n_ctx_rows], attention_mask=b.mask[: b.n_ctx_rows], use_cache=False)
-            finally:
-                h1.remove()
-                h2.remove()
+            with torch.no_grad():  # the key at `layer` and the hidden state leaving `top`; blocks above are skipped
+                cap = capture(model, {"input_ids": b.input_ids[: b.n_ctx_rows], "attention_mask": b.mask[: b.n_ctx_rows]},
+                              inputs_of={"k": lm.mlp_out_module(model, layer)}, outputs_of={"h": lm.block(model, top)})
             fact = b.row_fact[: b.n_ctx_rows]
             subj = b.subj[: b.n_ctx_rows]
             counts = torch.zeros(n, device=device, dtype=torch.float64).index_add_(
