@@ -311,3 +311,21 @@ def test_device_statistics_share_one_bounded_cache(tiny_llama, tmp_path):
     assert len(moments) == 2, default_cache._items.keys()  # the two edited layers, float64 on the model's device
     clear_solver_cache()
     assert len(default_cache) == 0
+
+
+def test_the_early_stop_is_exact_and_an_unconverged_fact_keeps_its_least_nll_iterate(tiny_llama, tmp_path):
+    """Checking the stop on the host every step or every 7th gives the same change (facts are independent rows);
+    with a threshold nobody reaches, each fact's value is its least-NLL iterate, never worse than no edit."""
+    model, tok = tiny_llama
+    editor = get_editor("memit")
+    every1 = editor.compute(model, tok, FACTS, _ctx(tmp_path, stop_check_every=1, early_stop_nll=2.0, steps=20))
+    every7 = editor.compute(model, tok, FACTS, _ctx(tmp_path, stop_check_every=7, early_stop_nll=2.0, steps=20))
+    for name in every1.factors:
+        assert all(torch.equal(a, b) for a, b in zip(every1.factors[name], every7.factors[name], strict=True))
+    assert every1.meta["steps"] <= every7.meta["steps"]
+    zero = editor.compute(model, tok, FACTS, _ctx(tmp_path, early_stop_nll=0.0, steps=1))  # step 0 only: δ = 0
+    never = editor.compute(model, tok, FACTS, _ctx(tmp_path, early_stop_nll=0.0, steps=6, lr=5.0))
+    assert never.meta["converged_facts"] == 0
+    # per fact the least NLL over the iterates, step 0 (δ = 0) among them: never above step 0's
+    assert never.meta["final_target_nll_max"] <= zero.meta["final_target_nll_max"] + 1e-5
+    assert never.meta["final_target_nll_mean"] <= zero.meta["final_target_nll_mean"] + 1e-5

@@ -35,6 +35,8 @@ class MEMITConfig(BaseModel):
                                      description="|δ| is kept below this multiple of |h| (the hidden state it is added to)")
     early_stop_nll: float = Field(0.05, ge=0, le=100, allow_inf_nan=False,
                                   description="a fact's δ is frozen once its mean target NLL is below this")
+    stop_check_every: int = Field(5, ge=1, le=500, description="steps between host-side checks that every fact "
+                                  "converged (the stop itself is exact: each fact's value is frozen on the device)")
     value_batch: int = Field(64, ge=1, le=100_000, description="facts per value optimisation batch (memory bound)")
     covariance: Literal["second_moment", "identity"] = Field(
         "second_moment", description="'identity' skips the statistics (worse locality); only where the policy allows it")

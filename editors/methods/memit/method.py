@@ -289,9 +289,13 @@ class MEMIT:
         # float32 whatever the model's dtype: Adam's eps underflows in float16
         delta = torch.zeros(n, hidden.shape[-1], device=device, dtype=torch.float32, requires_grad=True)  # (n, D)
         optim = torch.optim.Adam([delta], lr=cfg.lr)
+        # per fact: δ is the first iterate under `early_stop_nll` (frozen there), else the iterate of least target NLL
+        # (step 0 is δ = 0, so no fact's target ends less likely than without the edit); the host reads the flags
+        # only every `stop_check_every` steps. Facts are independent rows (separable loss, elementwise Adam, a
+        # per-row clamp), so the steps a converged fact keeps taking change nothing that is returned.
         best = torch.zeros_like(delta, requires_grad=False)
+        best_nll = torch.full((n,), float("inf"), device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        nll = torch.full((n,), float("inf"), device=device)
         sel_rows = torch.cat([b.sel_rows, kl_rows])
         sel_cols = torch.cat([b.sel_cols, b.kl_cols])
         n_sel = b.sel_rows.shape[0]
@@ -309,11 +313,13 @@ class MEMIT:
                 wd = cfg.weight_decay * delta.pow(2).sum(1) / h_norm.pow(2)
                 loss = (nll + cfg.kl_factor * kl + wd).sum()
                 with torch.no_grad():
-                    newly = (nll < cfg.early_stop_nll) & ~done
-                    best[newly] = delta[newly]
-                    done |= newly
+                    now = nll.detach()
+                    better = (now < best_nll) & ~done  # NaN is never better
+                    best = torch.where(better[:, None], delta.detach(), best)
+                    best_nll = torch.where(better, now, best_nll)
+                    done = done | ((now < cfg.early_stop_nll) & ~done)  # its first iterate under it is `best` already
                 ctx.report("optimise", (done_before + n * steps_run / cfg.steps) / total)
-                if bool(done.all()):
+                if steps_run % cfg.stop_check_every == 0 and bool(done.all()):
                     break
                 optim.zero_grad()
                 loss.backward()
@@ -321,12 +327,10 @@ class MEMIT:
                 with torch.no_grad():  # |δᵢ| ≤ clamp·|hᵢ|, without a host sync
                     norms = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
                     delta.mul_(torch.clamp(max_norm / norms, max=1.0))
-        with torch.no_grad():
-            best[~done] = delta[~done]
         if not bool(torch.isfinite(best).all()):
             raise OptimisationError(f"MEMIT's value optimisation diverged (non-finite δ after {steps_run} steps); "
                                     "lower memit.lr or raise memit.weight_decay")
-        return (h0 + best).detach(), steps_run, nll.detach()
+        return (h0 + best).detach(), steps_run, best_nll
 
     # -- 2 + 3. spread over the layers -----------------------------------------------------
     def _keys_and_top(self, model: nn.Module, tokenizer: Any, lm: LayerMap, layer: int, top: int,
