@@ -61,8 +61,16 @@ def project_out(K: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     return K64 - Q @ (Q.T @ K64)  # (F, n)
 
 
+def null_space_cov(C: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``P C P`` (F, F) float64, symmetric, for the preserved basis `Q`: general text's second moment inside the null
+    space. It depends only on (C, Q), so a caller editing the same model again keeps it (`projected_factors` takes it)."""
+    PC = project_out(C.to(Q.device), Q)  # (F, F) = P C
+    PCP = project_out(PC.T, Q)  # P (P C)ᵀ = P C P (C symmetric)
+    return (PCP + PCP.T) / 2
+
+
 def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier: torch.Tensor | None, *,
-                      reg: float, earlier_weight: float, cov: torch.Tensor | None = None,
+                      reg: float, earlier_weight: float, null_cov: torch.Tensor | None = None,
                       cov_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(A (D, n), B (F, n)) in float64 with ``ΔW = A Bᵀ = R Gᵀ (G Gᵀ + β H Hᵀ + λ P C P + alpha I)⁻¹``; see the
     module docstring.
@@ -70,8 +78,8 @@ def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier
     `K` (F, n): the keys to write at; `R` (D, n): the value each should gain;
     `Q` (F, r): the preserved basis; `earlier` (F, m): keys of earlier edits, or
     None. alpha = `reg` · mean ‖P k‖² so the setting is scale-free; β = `earlier_weight`.
-    `cov` (F, F) and λ = `cov_weight`: MEMIT's penalty on general text's keys
-    (second moment C), kept inside the null space. Where C has no small
+    `null_cov` (F, F) = ``P C P`` (`null_space_cov`) and λ = `cov_weight`: MEMIT's
+    penalty on general text's keys (second moment C), kept inside the null space. Where C has no small
     eigenvalues (a small model's keys fill every direction), general text has
     as much of its energy in the null space, relative to its size, as the
     edit's key: the projection alone then moves general text as much as the
@@ -89,10 +97,8 @@ def projected_factors(K: torch.Tensor, R: torch.Tensor, Q: torch.Tensor, earlier
     if earlier is not None and earlier.shape[1] > 0 and earlier_weight > 0:
         H = project_out(earlier.to(G.device), Q)  # (F, m)
         M = M + earlier_weight * (H @ H.T)
-    if cov is not None and cov_weight > 0:
-        PC = project_out(cov.to(G.device), Q)  # (F, F) = P C
-        PCP = project_out(PC.T, Q)  # P (P C)ᵀ = P C P (C symmetric)
-        M = M + cov_weight * (PCP + PCP.T) / 2
+    if null_cov is not None and cov_weight > 0:
+        M = M + cov_weight * null_cov.to(G.device, torch.float64)
     B = torch.linalg.solve(M, G)  # (F, n)
     return R.double(), B
 
@@ -129,4 +135,5 @@ def load_keys(path: str | Path, change_digest: str) -> tuple[dict[str, torch.Ten
     return keys, int(meta.get("facts", "1"))
 
 
-__all__ = ["KEYS_SUFFIX", "keys_path_for", "load_keys", "preserved_basis", "project_out", "projected_factors", "save_keys"]
+__all__ = ["KEYS_SUFFIX", "keys_path_for", "load_keys", "null_space_cov", "preserved_basis", "project_out",
+           "projected_factors", "save_keys"]

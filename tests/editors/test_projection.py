@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editors.projection import keys_path_for, load_keys, preserved_basis, project_out, projected_factors, save_keys
+from editors.projection import (
+    keys_path_for,
+    load_keys,
+    null_space_cov,
+    preserved_basis,
+    project_out,
+    projected_factors,
+    save_keys,
+)
 
 
 def _cov(F: int, g: torch.Generator) -> torch.Tensor:
@@ -58,7 +66,7 @@ def test_the_covariance_term_keeps_general_keys_in_the_null_space_still():
     Q = preserved_basis(C, 0.8)
     K = torch.randn(F, n, generator=g, dtype=torch.float64)
     R = torch.randn(D, n, generator=g, dtype=torch.float64)
-    A, B = projected_factors(K, R, Q, None, reg=0.1, earlier_weight=0.0, cov=C, cov_weight=lam)
+    A, B = projected_factors(K, R, Q, None, reg=0.1, earlier_weight=0.0, null_cov=null_space_cov(C, Q), cov_weight=lam)
     dW = A @ B.T
     assert (dW @ Q).abs().max() < 1e-10
     G = project_out(K, Q)

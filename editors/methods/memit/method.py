@@ -53,7 +53,7 @@ from editors.errors import EditSpecError, OptimisationError, StatisticsError
 from editors.layers import LayerMap, layer_map_for
 from editors.methods.memit.config import MEMITConfig
 from editors.methods.rome.method import frozen, generate_prefixes, subject_last_token
-from editors.projection import keys_path_for, load_keys, preserved_basis, projected_factors, save_keys
+from editors.projection import keys_path_for, load_keys, null_space_cov, preserved_basis, projected_factors, save_keys
 from editors.stats import default_cache, device_second_moment
 from editors.tokens import pad_right
 
@@ -172,14 +172,17 @@ class MEMIT:
             raise StatisticsError(f"could not read or write the statistics cache in {ctx.cache_dir}: {e}") from e
         return C, {k: v for k, v in info.items() if k != "cache"}
 
-    def _basis(self, C: torch.Tensor, info: dict[str, Any], cfg: MEMITConfig) -> torch.Tensor:
-        key = ("basis", info.get("model_digest"), info.get("layer"), info.get("source"), info.get("tokens"),
+    def _basis(self, C: torch.Tensor, info: dict[str, Any], cfg: MEMITConfig, what: str = "basis") -> torch.Tensor:
+        """The preserved basis Q of C (`what` "basis"), or ``P C P`` ("null_cov"): both depend only on the statistics
+        and preserved_energy, so sequential edits of one model compute each once (the bounded device cache)."""
+        key = (what, info.get("model_digest"), info.get("layer"), info.get("source"), info.get("tokens"),
                cfg.preserved_energy, str(C.device))
-        basis = default_cache.get(key)
-        if basis is None:
-            basis = preserved_basis(C, cfg.preserved_energy)
-            default_cache.put(key, basis, basis.numel() * basis.element_size())
-        return basis
+        found = default_cache.get(key)
+        if found is None:
+            found = (preserved_basis(C, cfg.preserved_energy) if what == "basis"
+                     else null_space_cov(C, self._basis(C, info, cfg)))
+            default_cache.put(key, found, found.numel() * found.element_size())
+        return found
 
     def _earlier_keys(self, ctx: EditContext, names: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
         """Keys of the model's earlier edits at `names` (F, m), the facts they edited, and how many changes had none."""
@@ -379,7 +382,9 @@ class MEMIT:
                     prior = earlier.get(name)
                     try:
                         A, B = projected_factors(K, R, Q, prior, reg=cfg.projection_reg,
-                                                 earlier_weight=cfg.earlier_keys_weight, cov=C,
+                                                 earlier_weight=cfg.earlier_keys_weight,
+                                                 null_cov=(self._basis(C, sinfo, cfg, "null_cov")
+                                                           if cfg.null_space_cov_weight > 0 else None),
                                                  cov_weight=cfg.null_space_cov_weight)
                     except ValueError as e:
                         raise OptimisationError(f"MEMIT at layer {layer}: {e}") from None
