@@ -46,6 +46,9 @@ CREDENTIALS = ("GOVERN_TOKEN", "GOVERN_TOKEN_FILE")
 def check_listen(host: str, port: int) -> None:
     """Refuse, in one line, an address this machine cannot listen on (unknown name, another machine's address,
     a port in use or reserved) before anything starts: Streamlit would otherwise die with a socket traceback."""
+    from govern.validation import refuse_controls
+
+    refuse_controls(host, "--host")  # getaddrinfo stops at a NUL that the Streamlit command line would not take
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as e:

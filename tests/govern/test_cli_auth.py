@@ -490,6 +490,8 @@ def test_bad_listen_addresses_unknown_models_and_non_directories_are_one_line(ho
     for host in ("999.1.1.1", "no such host", "8.8.8.8"):
         msg = refused(cli(home.root, "ui", "--no-worker", "--host", host, token=root), InputError, host)
         assert "\n" not in msg
+    refused(cli(home.root, "ui", "--no-worker", "--host", "127.0.0.1\x1bx", token=root), InputError,
+            "--host: (value): contains the control character U+001B")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
